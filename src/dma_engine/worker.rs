@@ -1,0 +1,628 @@
+//! The data-plane thread.
+//!
+//! One thread owns the processing of every port's rings. vhost-user handler threads only mark
+//! a TX queue as kicked and wake it through an eventfd. A pass takes each kicked TX queue, pops
+//! a batch of chains (holding only that ring's lock), makes every switch decision on a copy of
+//! the frame headers, delivers each frame with one guest-to-guest copy into the destination's
+//! RX buffers (holding only that ring's lock), returns the TX chains, and signals each touched
+//! queue once per pass, subject to EVENT_IDX.
+
+use super::copy::{copy_segments, read_segments, write_segments};
+use super::net_hdr::{rx_header, vnet_hdr_len};
+use super::segments::{Direction, Segments};
+use crate::stats::PortCounters;
+use crate::switch::{Learned, Switch, Verdict};
+use crate::vf::{Connection, GuestMem, Port, Vring};
+use crate::wire::{flow_hash, FrameHeader, ETH_HEADER_LEN, HEADER_COPY_LEN};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vhost_user_backend::VringT;
+use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Chains popped from a TX ring per lock hold.
+const TX_BATCH: usize = 64;
+/// Frames taken from one TX queue per pass before other queues get their turn.
+const TX_BUDGET: usize = 256;
+/// Most RX chains one (mergeable) frame may span.
+const MAX_RX_CHAINS: usize = 64;
+/// Room for VLAN tags on top of the MTU and the Ethernet header.
+const FRAME_OVERHEAD: usize = ETH_HEADER_LEN + 8;
+/// How long the thread sleeps without a kick (it then ages the FDB).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Wakes the data plane: an eventfd the vhost-user threads write on a kick.
+#[derive(Debug)]
+pub struct Waker {
+    efd: EventFd,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Self> {
+        Ok(Waker {
+            efd: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    pub fn wake(&self) {
+        // EAGAIN means the counter is saturated: the data plane is awake anyway.
+        let _ = self.efd.write(1);
+    }
+
+    /// Sleeps until woken or `timeout` passes, and resets the eventfd.
+    fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.efd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call, and nfds is 1.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        let _ = self.efd.read();
+    }
+}
+
+/// One popped TX chain and what was read from it.
+struct TxFrame {
+    segs: Segments,
+    /// Frame length (without the virtio-net header).
+    len: usize,
+    /// The first bytes of the frame, copied once: every decision is made on this copy and the
+    /// destination receives these bytes, so a guest rewriting its buffer cannot bypass policy.
+    head: [u8; HEADER_COPY_LEN],
+    head_len: usize,
+    hash: u32,
+    ok: bool,
+}
+
+impl Default for TxFrame {
+    fn default() -> Self {
+        TxFrame {
+            segs: Segments::default(),
+            len: 0,
+            head: [0; HEADER_COPY_LEN],
+            head_len: 0,
+            hash: 0,
+            ok: false,
+        }
+    }
+}
+
+impl TxFrame {
+    fn read<M>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMem,
+        hdr_len: usize,
+        max_frame: usize,
+    ) where
+        M: std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        self.ok = false;
+        self.len = 0;
+        if self.segs.fill(chain, Direction::Read, mem).is_err() {
+            return;
+        }
+        let total = self.segs.total();
+        if total < hdr_len + ETH_HEADER_LEN || total - hdr_len > max_frame {
+            return;
+        }
+        self.len = total - hdr_len;
+        let want = self.len.min(HEADER_COPY_LEN);
+        match read_segments(mem, self.segs.as_slice(), hdr_len, &mut self.head[..want]) {
+            Ok(n) if n == want => self.head_len = n,
+            _ => return,
+        }
+        self.hash = flow_hash(&self.head[..self.head_len]);
+        self.ok = true;
+    }
+}
+
+/// The data plane's view of one port.
+struct PortView {
+    port: Arc<Port>,
+    generation: u64,
+    conn: Option<Arc<Connection>>,
+    /// RX queues the guest has enabled, refreshed once per pass when first needed.
+    rx_enabled: [u8; 64],
+    n_rx: usize,
+    rx_pass: u64,
+    /// Bit q: RX queue q got used buffers this pass and may need a notification.
+    rx_signal: u64,
+}
+
+impl PortView {
+    fn refresh_rx(&mut self, pass: u64) {
+        if self.rx_pass == pass {
+            return;
+        }
+        self.rx_pass = pass;
+        self.n_rx = 0;
+        let Some(conn) = &self.conn else { return };
+        for q in 0..usize::from(self.port.spec.queue_pairs).min(64) {
+            if let Some(v) = conn.vring(2 * q) {
+                let st = v.get_ref();
+                if st.is_enabled() && st.get_queue().ready() {
+                    self.rx_enabled[self.n_rx] = q as u8;
+                    self.n_rx += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Why a frame was not delivered to one destination.
+enum RxDrop {
+    NoBuffer,
+    Oversize,
+}
+
+/// Scratch space for RX chains, reused for every frame.
+struct RxScratch {
+    first: Segments,
+    cur: Segments,
+    used: [(u16, u32); MAX_RX_CHAINS],
+}
+
+/// The data-plane thread's state.
+pub struct DataPlane {
+    views: Vec<PortView>,
+    switch: Arc<Mutex<Switch>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    frames: Box<[TxFrame]>,
+    rx: Box<RxScratch>,
+    pass: u64,
+    start: Instant,
+    last_age: u64,
+}
+
+impl DataPlane {
+    pub fn new(
+        ports: Vec<Arc<Port>>,
+        switch: Arc<Mutex<Switch>>,
+        waker: Arc<Waker>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let views = ports
+            .into_iter()
+            .map(|port| PortView {
+                port,
+                generation: u64::MAX,
+                conn: None,
+                rx_enabled: [0; 64],
+                n_rx: 0,
+                rx_pass: 0,
+                rx_signal: 0,
+            })
+            .collect();
+        DataPlane {
+            views,
+            switch,
+            waker,
+            stop,
+            frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
+            rx: Box::new(RxScratch {
+                first: Segments::default(),
+                cur: Segments::default(),
+                used: [(0, 0); MAX_RX_CHAINS],
+            }),
+            pass: 0,
+            start: Instant::now(),
+            last_age: 0,
+        }
+    }
+
+    /// Runs the data plane on its own thread until `stop` is set (and the waker woken).
+    pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("dataplane".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Acquire) {
+            self.waker.wait(IDLE_WAIT);
+            self.pass += 1;
+            self.refresh_views();
+            self.age_fdb();
+            loop {
+                let mut worked = false;
+                for i in 0..self.views.len() {
+                    let Some(conn) = self.views[i].conn.clone() else {
+                        continue;
+                    };
+                    let mut mask = conn.take_tx_pending();
+                    while mask != 0 {
+                        let qp = mask.trailing_zeros() as usize;
+                        mask &= mask - 1;
+                        self.process_tx(i, &conn, qp);
+                        worked = true;
+                    }
+                }
+                self.flush_rx_signals();
+                if !worked {
+                    break;
+                }
+                self.pass += 1;
+            }
+        }
+    }
+
+    /// Picks up attach/detach of frontends.
+    fn refresh_views(&mut self) {
+        for v in &mut self.views {
+            let g = v.port.generation();
+            if g == v.generation {
+                continue;
+            }
+            v.generation = g;
+            if v.conn.is_some() {
+                self.switch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .port_down(v.port.spec.id);
+            }
+            v.conn = v.port.connection();
+            v.rx_pass = 0;
+            v.rx_signal = 0;
+            if let Some(c) = &v.conn {
+                // Frames may have been queued before this view saw the connection.
+                for qp in 0..usize::from(v.port.spec.queue_pairs).min(64) {
+                    c.mark_tx_pending(qp);
+                }
+            }
+        }
+    }
+
+    fn age_fdb(&mut self) {
+        let now = self.start.elapsed().as_secs();
+        if now > self.last_age {
+            self.last_age = now;
+            self.switch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .age(now);
+        }
+    }
+
+    /// Processes TX queue pair `qp` of port `src` for up to `TX_BUDGET` frames.
+    fn process_tx(&mut self, src: usize, conn: &Arc<Connection>, qp: usize) {
+        let Some(vring) = conn.vring(2 * qp + 1) else {
+            return;
+        };
+        let port = self.views[src].port.clone();
+        let mem_guard = conn.mem.memory();
+        let mem: &GuestMem = &mem_guard;
+        let hdr_len = vnet_hdr_len(conn.acked_features());
+        let max_frame = usize::from(port.spec.mtu) + FRAME_OVERHEAD;
+        let mut done = 0;
+        loop {
+            let Some(n) = self.pop_tx_batch(vring, mem, hdr_len, max_frame) else {
+                return;
+            };
+            if n == 0 {
+                // Re-arm notifications; if the guest queued more meanwhile, keep going.
+                let more = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .enable_notification(mem)
+                    .unwrap_or(false);
+                if more {
+                    continue;
+                }
+                break;
+            }
+            {
+                let switch = self.switch.clone();
+                let mut sw = switch.lock().unwrap_or_else(|e| e.into_inner());
+                let now = self.start.elapsed().as_secs();
+                for k in 0..n {
+                    self.switch_frame(&mut sw, src, &port, qp, k, mem, hdr_len, now);
+                }
+            }
+            complete_tx(vring, mem, &self.frames[..n]);
+            done += n;
+            if done >= TX_BUDGET {
+                conn.mark_tx_pending(qp);
+                break;
+            }
+        }
+    }
+
+    /// Pops up to `TX_BATCH` chains; `None` when the queue is not usable.
+    fn pop_tx_batch(
+        &mut self,
+        vring: &Vring,
+        mem: &GuestMem,
+        hdr_len: usize,
+        max_frame: usize,
+    ) -> Option<usize> {
+        let mut st = vring.get_mut();
+        if !st.is_enabled() || !st.get_queue().ready() {
+            return None;
+        }
+        let q = st.get_queue_mut();
+        let _ = q.disable_notification(mem);
+        let mut n = 0;
+        while n < TX_BATCH {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            self.frames[n].read(chain, mem, hdr_len, max_frame);
+            n += 1;
+        }
+        Some(n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn switch_frame(
+        &mut self,
+        sw: &mut Switch,
+        src: usize,
+        port: &Port,
+        qp: usize,
+        k: usize,
+        src_mem: &GuestMem,
+        src_hdr: usize,
+        now: u64,
+    ) {
+        let c = &port.counters;
+        let f = &self.frames[k];
+        c.totals.tx_packets.inc();
+        c.totals.tx_bytes.add(f.len as u64);
+        if let Some(qc) = c.queue(qp) {
+            qc.tx_packets.inc();
+            qc.tx_bytes.add(f.len as u64);
+        }
+        let hdr = match (f.ok, FrameHeader::parse(&f.head[..f.head_len], f.len)) {
+            (true, Ok(h)) => h,
+            _ => {
+                c.totals.drop_malformed.inc();
+                return;
+            }
+        };
+        let (verdict, learned) = sw.forward(port.spec.id, &hdr, now);
+        if let Learned::Moved { from } = learned {
+            tracing::info!(mac = %hdr.src, from = %from, to = %port.spec.id, "FDB move");
+        }
+        match verdict {
+            Verdict::SamePort => c.totals.drop_same_port.inc(),
+            Verdict::Unicast(dst) => match self.views.get(dst.index()) {
+                Some(v) if v.conn.is_some() => {
+                    c.totals.tx_forwarded.inc();
+                    self.deliver_counted(dst.index(), k, src_mem, src_hdr);
+                }
+                _ => c.totals.drop_no_destination.inc(),
+            },
+            Verdict::Flood => {
+                let mut any = false;
+                for j in 0..self.views.len() {
+                    if j == src || self.views[j].conn.is_none() {
+                        continue;
+                    }
+                    if !any {
+                        c.totals.tx_forwarded.inc();
+                        any = true;
+                    }
+                    self.deliver_counted(j, k, src_mem, src_hdr);
+                }
+                if !any {
+                    c.totals.drop_no_destination.inc();
+                }
+            }
+        }
+    }
+
+    fn deliver_counted(&mut self, dst: usize, k: usize, src_mem: &GuestMem, src_hdr: usize) {
+        let pass = self.pass;
+        let f = &self.frames[k];
+        let view = &mut self.views[dst];
+        let port = view.port.clone();
+        let c: &PortCounters = &port.counters;
+        match deliver(view, f, src_mem, src_hdr, &mut self.rx, pass) {
+            Ok(q) => {
+                c.totals.rx_packets.inc();
+                c.totals.rx_bytes.add(f.len as u64);
+                if let Some(qc) = c.queue(q) {
+                    qc.rx_packets.inc();
+                    qc.rx_bytes.add(f.len as u64);
+                }
+            }
+            Err(RxDrop::NoBuffer) => c.totals.drop_no_rx_buffer.inc(),
+            Err(RxDrop::Oversize) => c.totals.drop_oversize_rx.inc(),
+        }
+    }
+
+    /// Notifies the guests whose RX queues got frames this pass.
+    fn flush_rx_signals(&mut self) {
+        for v in &mut self.views {
+            let mut mask = std::mem::take(&mut v.rx_signal);
+            let Some(conn) = &v.conn else { continue };
+            if mask == 0 {
+                continue;
+            }
+            let mem = conn.mem.memory();
+            while mask != 0 {
+                let q = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if let Some(vring) = conn.vring(2 * q) {
+                    signal_if_needed(vring, &mem);
+                }
+            }
+        }
+    }
+}
+
+/// Returns the TX chains to the guest and notifies it if it asked.
+fn complete_tx(vring: &Vring, mem: &GuestMem, frames: &[TxFrame]) {
+    let mut st = vring.get_mut();
+    let q = st.get_queue_mut();
+    for f in frames {
+        // A failure here means the ring was reset under us; the frames are gone with it.
+        let _ = q.add_used(mem, f.segs.head, 0);
+    }
+    let notify = q.needs_notification(mem).unwrap_or(true);
+    if notify {
+        let _ = st.signal_used_queue();
+    }
+}
+
+fn signal_if_needed(vring: &Vring, mem: &GuestMem) {
+    let mut st = vring.get_mut();
+    if st.get_queue_mut().needs_notification(mem).unwrap_or(true) {
+        let _ = st.signal_used_queue();
+    }
+}
+
+/// Copies frame bytes `[from, to)` into `dst` at `dst_off`: the part covered by the header
+/// copy from that copy, the rest guest to guest.
+#[allow(clippy::too_many_arguments)]
+fn copy_frame_range(
+    f: &TxFrame,
+    src_mem: &GuestMem,
+    src_hdr: usize,
+    from: usize,
+    to: usize,
+    dst_mem: &GuestMem,
+    dst: &Segments,
+    dst_off: usize,
+) -> bool {
+    let split = f.head_len.clamp(from, to);
+    if from < split
+        && write_segments(dst_mem, dst.as_slice(), dst_off, &f.head[from..split]).is_err()
+    {
+        return false;
+    }
+    if split < to {
+        let r = copy_segments(
+            src_mem,
+            f.segs.as_slice(),
+            src_hdr + split,
+            dst_mem,
+            dst.as_slice(),
+            dst_off + (split - from),
+            to - split,
+        );
+        return r.is_ok();
+    }
+    true
+}
+
+/// Writes one frame into the RX queue of `view` chosen by its flow hash. Returns the queue.
+fn deliver(
+    view: &mut PortView,
+    f: &TxFrame,
+    src_mem: &GuestMem,
+    src_hdr: usize,
+    rx: &mut RxScratch,
+    pass: u64,
+) -> Result<usize, RxDrop> {
+    view.refresh_rx(pass);
+    if view.n_rx == 0 {
+        return Err(RxDrop::NoBuffer);
+    }
+    let qi = usize::from(view.rx_enabled[f.hash as usize % view.n_rx]);
+    let conn = view.conn.as_ref().ok_or(RxDrop::NoBuffer)?;
+    let vring = conn.vring(2 * qi).ok_or(RxDrop::NoBuffer)?;
+    let features = conn.acked_features();
+    let hdr_len = vnet_hdr_len(features);
+    let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+    let mem_guard = conn.mem.memory();
+    let dmem: &GuestMem = &mem_guard;
+    let need = hdr_len + f.len;
+
+    let mut st = vring.get_mut();
+    if !st.is_enabled() || !st.get_queue().ready() {
+        return Err(RxDrop::NoBuffer);
+    }
+    let q = st.get_queue_mut();
+    let mut nused = 0;
+    let mut written = 0;
+    // Chains completed with length 0 because the guest posted them broken: once one is in the
+    // frame, the popped chains cannot be put back and are completed empty instead.
+    let mut poisoned = false;
+    let result = loop {
+        if written == need {
+            break Ok(());
+        }
+        if nused == MAX_RX_CHAINS {
+            break Err(RxDrop::NoBuffer);
+        }
+        let Some(chain) = q.pop_descriptor_chain(dmem) else {
+            break Err(RxDrop::NoBuffer);
+        };
+        let segs = if nused == 0 {
+            &mut rx.first
+        } else {
+            &mut rx.cur
+        };
+        let head = chain.head_index();
+        let fill_ok = segs.fill(chain, Direction::Write, dmem).is_ok();
+        let cap = segs.total();
+        if !fill_ok || (nused == 0 && cap < hdr_len) || cap == 0 {
+            let _ = q.add_used(dmem, head, 0);
+            poisoned = true;
+            continue;
+        }
+        if !mergeable && cap < need {
+            rx.used[nused] = (head, 0);
+            nused += 1;
+            break Err(RxDrop::Oversize);
+        }
+        let take = cap.min(need - written);
+        let (from, dst_off) = if nused == 0 {
+            (0, hdr_len)
+        } else {
+            (written - hdr_len, 0)
+        };
+        let to = written + take - hdr_len;
+        if !copy_frame_range(f, src_mem, src_hdr, from, to, dmem, segs, dst_off) {
+            rx.used[nused] = (head, 0);
+            nused += 1;
+            break Err(RxDrop::NoBuffer);
+        }
+        rx.used[nused] = (head, take as u32);
+        nused += 1;
+        written += take;
+        if !mergeable && written < need {
+            break Err(RxDrop::Oversize);
+        }
+    };
+    match result {
+        Ok(()) => {
+            let hdr = rx_header(nused as u16);
+            let hdr_ok = write_segments(dmem, rx.first.as_slice(), 0, &hdr[..hdr_len]).is_ok();
+            for &(head, len) in &rx.used[..nused] {
+                // Without a valid header the frame is unusable: hand the buffers back empty.
+                let _ = q.add_used(dmem, head, if hdr_ok { len } else { 0 });
+            }
+            view.rx_signal |= 1 << qi;
+            if hdr_ok {
+                Ok(qi)
+            } else {
+                Err(RxDrop::NoBuffer)
+            }
+        }
+        Err(e) => {
+            if poisoned {
+                for &(head, _) in &rx.used[..nused] {
+                    let _ = q.add_used(dmem, head, 0);
+                }
+                view.rx_signal |= 1 << qi;
+            } else {
+                // Put the chains back for the next frame.
+                let back = q.next_avail().wrapping_sub(nused as u16);
+                q.set_next_avail(back);
+            }
+            Err(e)
+        }
+    }
+}

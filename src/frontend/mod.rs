@@ -1,0 +1,545 @@
+//! A userspace vhost-user virtio-net driver: "a guest in a test".
+//!
+//! - `ring.rs`: the driver side of a split virtqueue.
+//! - this file: `VirtioNetFrontend`, which does over the socket what QEMU does (features,
+//!   protocol features with REPLY_ACK, memfd memory table, vrings, kicks and calls) and then
+//!   sends and receives frames like a guest driver, including mergeable RX buffers.
+
+mod ring;
+
+pub use ring::{Desc, DriverRing, RingLayout, Used};
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::dma_engine::vnet_hdr_len;
+
+/// Why the frontend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: String, source: vhost::Error },
+    #[error("vhost-user {op} failed: {source}")]
+    Protocol {
+        op: &'static str,
+        source: vhost::Error,
+    },
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error("the backend offers {offered} queues, {wanted} wanted")]
+    QueueNum { offered: u64, wanted: usize },
+    #[error("no free descriptor on TX queue pair {0}")]
+    QueueFull(usize),
+    #[error("frame of {0} bytes does not fit a TX buffer")]
+    FrameTooLong(usize),
+    #[error("queue pair {0} does not exist")]
+    NoSuchQueue(usize),
+    #[error("eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, FrontendError>;
+
+/// How the frontend sets up the device.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// Queue pairs to set up (the backend must offer at least as many).
+    pub queue_pairs: usize,
+    /// Queue pairs enabled after setup (like a guest enabling min(pairs, vCPUs)).
+    pub enabled_pairs: usize,
+    pub queue_size: u16,
+    /// Size of each RX buffer (with MRG_RXBUF a frame may span several).
+    pub rx_buf_size: u32,
+    /// Size of each TX buffer (virtio-net header + frame).
+    pub tx_buf_size: u32,
+    /// Feature bits the driver is willing to ack (intersected with the device's).
+    pub driver_features: u64,
+    /// Put the virtio-net header in its own TX descriptor (as legacy Linux drivers do).
+    pub split_tx_header: bool,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        FrontendConfig {
+            queue_pairs: 1,
+            enabled_pairs: 1,
+            queue_size: 256,
+            rx_buf_size: 2048,
+            tx_buf_size: 9216 + 64,
+            driver_features: u64::MAX,
+            split_tx_header: false,
+        }
+    }
+}
+
+/// One connected virtio-net frontend.
+pub struct VirtioNetFrontend {
+    fe: Frontend,
+    mem: GuestMemoryMmap,
+    host_base: u64,
+    rings: Vec<DriverRing>,
+    bufs: Vec<(u64, u32)>,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    features: u64,
+    hdr_len: usize,
+    cfg: FrontendConfig,
+}
+
+fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
+    move |source| FrontendError::Protocol { op, source }
+}
+
+fn memfd(size: u64) -> Result<File> {
+    let name = c"sriov-emu-frontend";
+    // SAFETY: `name` is a valid NUL-terminated string; the returned fd is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(FrontendError::Memory(format!(
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)
+        .map_err(|e| FrontendError::Memory(format!("memfd set_len: {e}")))?;
+    Ok(file)
+}
+
+impl VirtioNetFrontend {
+    /// Connects to `path` and brings the device up, like QEMU at guest driver load.
+    pub fn connect(path: impl AsRef<Path>, cfg: FrontendConfig) -> Result<Self> {
+        let path = path.as_ref();
+        let nq = 2 * cfg.queue_pairs;
+        let mut fe =
+            Frontend::connect(path, nq as u64).map_err(|source| FrontendError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+
+        fe.set_owner().map_err(proto("SET_OWNER"))?;
+        let dev_features = fe.get_features().map_err(proto("GET_FEATURES"))?;
+        let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let features = dev_features & cfg.driver_features & !proto_bit;
+        if dev_features & proto_bit != 0 {
+            let pf = fe
+                .get_protocol_features()
+                .map_err(proto("GET_PROTOCOL_FEATURES"))?;
+            let want = VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+            let pf = pf & want;
+            fe.set_protocol_features(pf)
+                .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+            if pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+            let offered = fe.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
+            if offered < nq as u64 {
+                return Err(FrontendError::QueueNum {
+                    offered,
+                    wanted: nq,
+                });
+            }
+        }
+        let acked = features | (dev_features & proto_bit);
+        fe.set_features(acked).map_err(proto("SET_FEATURES"))?;
+        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+
+        // Memory: rings first, then one buffer per descriptor of every queue.
+        let qs = cfg.queue_size;
+        let ring_bytes = RingLayout::bytes(qs).next_multiple_of(4096);
+        let mut total = ring_bytes * nq as u64;
+        let mut bufs = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let size = if q % 2 == 0 {
+                cfg.rx_buf_size
+            } else {
+                cfg.tx_buf_size
+            };
+            bufs.push((total, size));
+            total += u64::from(size) * u64::from(qs);
+        }
+        let total = total.next_multiple_of(2 << 20);
+        let file = memfd(total)?;
+        let mem = GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            total as usize,
+            Some(FileOffset::new(file, 0)),
+        )])
+        .map_err(|e| FrontendError::Memory(e.to_string()))?;
+        let region = mem
+            .iter()
+            .next()
+            .ok_or_else(|| FrontendError::Memory("no region".into()))?;
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region)
+            .map_err(|e| FrontendError::Memory(e.to_string()))?;
+        let host_base = info.userspace_addr;
+        fe.set_mem_table(&[info]).map_err(proto("SET_MEM_TABLE"))?;
+        let _ = region.len();
+
+        let mut rings = Vec::with_capacity(nq);
+        let mut kicks = Vec::with_capacity(nq);
+        let mut calls = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let layout = RingLayout::at(ring_bytes * q as u64, qs);
+            rings.push(DriverRing::new(&mem, layout, event_idx));
+            let kick = EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?;
+            let call = EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?;
+            fe.set_vring_num(q, qs).map_err(proto("SET_VRING_NUM"))?;
+            fe.set_vring_base(q, 0).map_err(proto("SET_VRING_BASE"))?;
+            let addr = VringConfigData {
+                queue_max_size: qs,
+                queue_size: qs,
+                flags: 0,
+                desc_table_addr: host_base + layout.desc,
+                used_ring_addr: host_base + layout.used,
+                avail_ring_addr: host_base + layout.avail,
+                log_addr: None,
+            };
+            fe.set_vring_addr(q, &addr)
+                .map_err(proto("SET_VRING_ADDR"))?;
+            fe.set_vring_kick(q, &kick)
+                .map_err(proto("SET_VRING_KICK"))?;
+            fe.set_vring_call(q, &call)
+                .map_err(proto("SET_VRING_CALL"))?;
+            kicks.push(kick);
+            calls.push(call);
+        }
+        let hdr_len = vnet_hdr_len(features);
+        let mut me = VirtioNetFrontend {
+            fe,
+            mem,
+            host_base,
+            rings,
+            bufs,
+            kicks,
+            calls,
+            features,
+            hdr_len,
+            cfg,
+        };
+        for qp in 0..me.cfg.queue_pairs {
+            me.fill_rx(qp);
+        }
+        for qp in 0..me.cfg.queue_pairs {
+            let on = qp < me.cfg.enabled_pairs;
+            me.set_queue_pair_enabled(qp, on)?;
+        }
+        Ok(me)
+    }
+
+    /// Negotiated virtio features.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The virtio-net header length in use.
+    pub fn hdr_len(&self) -> usize {
+        self.hdr_len
+    }
+
+    pub fn queue_pairs(&self) -> usize {
+        self.cfg.queue_pairs
+    }
+
+    /// Enables or disables both rings of a queue pair (SET_VRING_ENABLE, as QEMU does when the
+    /// guest changes its channel count).
+    pub fn set_queue_pair_enabled(&mut self, qp: usize, on: bool) -> Result<()> {
+        if qp >= self.cfg.queue_pairs {
+            return Err(FrontendError::NoSuchQueue(qp));
+        }
+        self.fe
+            .set_vring_enable(2 * qp, on)
+            .map_err(proto("SET_VRING_ENABLE"))?;
+        self.fe
+            .set_vring_enable(2 * qp + 1, on)
+            .map_err(proto("SET_VRING_ENABLE"))?;
+        if on {
+            self.kick(2 * qp);
+        }
+        Ok(())
+    }
+
+    fn buf_addr(&self, q: usize, head: u16) -> u64 {
+        let (base, size) = self.bufs[q];
+        base + u64::from(head) * u64::from(size)
+    }
+
+    fn kick(&self, q: usize) {
+        let _ = self.kicks[q].write(1);
+    }
+
+    /// Posts every free RX descriptor of queue pair `qp`.
+    fn fill_rx(&mut self, qp: usize) {
+        let q = 2 * qp;
+        let size = self.bufs[q].1;
+        let mut added = false;
+        while self.rings[q].free_descriptors() > 0 {
+            // The buffer is chosen by head index, which `add` picks: add with a placeholder
+            // address, then fix the descriptor to point at that head's buffer.
+            let Some(head) = self.rings[q].add(
+                &self.mem,
+                &[Desc {
+                    addr: 0,
+                    len: size,
+                    write: true,
+                }],
+            ) else {
+                break;
+            };
+            let at = self.rings[q].layout.desc + u64::from(head) * 16;
+            let addr = self.buf_addr(q, head);
+            let _ = self.mem.write_obj(addr.to_le(), GuestAddress(at));
+            added = true;
+        }
+        if added && self.rings[q].needs_kick(&self.mem) {
+            self.kick(q);
+        }
+    }
+
+    /// Frees completed TX chains of queue pair `qp`.
+    fn reclaim_tx(&mut self, qp: usize) {
+        let q = 2 * qp + 1;
+        while self.rings[q].pop_used(&self.mem).is_some() {}
+    }
+
+    /// Queues one frame on TX queue pair `qp` without kicking; `QueueFull` when no descriptor
+    /// is free.
+    fn queue_frame(&mut self, qp: usize, frame: &[u8]) -> Result<()> {
+        if qp >= self.cfg.queue_pairs {
+            return Err(FrontendError::NoSuchQueue(qp));
+        }
+        let q = 2 * qp + 1;
+        let (_, size) = self.bufs[q];
+        if self.hdr_len + frame.len() > size as usize {
+            return Err(FrontendError::FrameTooLong(frame.len()));
+        }
+        if self.rings[q].free_descriptors() < 2 {
+            self.reclaim_tx(qp);
+        }
+        let ring = &mut self.rings[q];
+        let descs_needed = if self.cfg.split_tx_header { 2 } else { 1 };
+        if ring.free_descriptors() < descs_needed {
+            return Err(FrontendError::QueueFull(qp));
+        }
+        // Head index is only known after `add`; buffers are per head, so write the data at the
+        // buffer of the head `add` will pick: the last free descriptor.
+        let head = ring.peek_next_free().ok_or(FrontendError::QueueFull(qp))?;
+        let base = self.buf_addr(q, head);
+        let hdr = [0u8; 12];
+        let _ = self
+            .mem
+            .write_slice(&hdr[..self.hdr_len], GuestAddress(base));
+        let _ = self
+            .mem
+            .write_slice(frame, GuestAddress(base + self.hdr_len as u64));
+        let total = (self.hdr_len + frame.len()) as u32;
+        let ring = &mut self.rings[q];
+        let added = if self.cfg.split_tx_header {
+            ring.add(
+                &self.mem,
+                &[
+                    Desc {
+                        addr: base,
+                        len: self.hdr_len as u32,
+                        write: false,
+                    },
+                    Desc {
+                        addr: base + self.hdr_len as u64,
+                        len: frame.len() as u32,
+                        write: false,
+                    },
+                ],
+            )
+        } else {
+            ring.add(
+                &self.mem,
+                &[Desc {
+                    addr: base,
+                    len: total,
+                    write: false,
+                }],
+            )
+        };
+        debug_assert_eq!(added, Some(head));
+        added.map(|_| ()).ok_or(FrontendError::QueueFull(qp))
+    }
+
+    fn kick_tx(&mut self, qp: usize) {
+        let q = 2 * qp + 1;
+        if self.rings[q].needs_kick(&self.mem) {
+            self.kick(q);
+        }
+    }
+
+    /// Sends one frame on queue pair `qp`.
+    pub fn send(&mut self, qp: usize, frame: &[u8]) -> Result<()> {
+        self.queue_frame(qp, frame)?;
+        self.kick_tx(qp);
+        Ok(())
+    }
+
+    /// Sends as many of `frames` as fit, with one kick; returns how many were queued.
+    pub fn send_batch<'a>(
+        &mut self,
+        qp: usize,
+        frames: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for f in frames {
+            match self.queue_frame(qp, f) {
+                Ok(()) => n += 1,
+                Err(FrontendError::QueueFull(_)) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.kick_tx(qp);
+        Ok(n)
+    }
+
+    /// Sends a frame, waiting up to `timeout` for a free TX descriptor.
+    pub fn send_wait(&mut self, qp: usize, frame: &[u8], timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        loop {
+            match self.send(qp, frame) {
+                Err(FrontendError::QueueFull(_)) if Instant::now() < end => {
+                    self.wait_call(2 * qp + 1, Duration::from_millis(1));
+                    self.reclaim_tx(qp);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// TX chains of `qp` the device has not returned yet.
+    pub fn tx_in_flight(&mut self, qp: usize) -> usize {
+        self.reclaim_tx(qp);
+        self.rings[2 * qp + 1].in_flight()
+    }
+
+    /// Takes one received frame from queue pair `qp`, if any.
+    pub fn recv(&mut self, qp: usize) -> Option<Vec<u8>> {
+        if qp >= self.cfg.queue_pairs {
+            return None;
+        }
+        let q = 2 * qp;
+        let first = self.rings[q].pop_used(&self.mem)?;
+        let mut hdr = [0u8; 12];
+        let base = self.buf_addr(q, first.head);
+        let _ = self
+            .mem
+            .read_slice(&mut hdr[..self.hdr_len], GuestAddress(base));
+        let mergeable = self.features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let num_buffers = if mergeable {
+            u16::from_le_bytes([hdr[10], hdr[11]]).max(1)
+        } else {
+            1
+        };
+        let mut frame = Vec::with_capacity(first.len as usize);
+        let first_len = (first.len as usize).saturating_sub(self.hdr_len);
+        frame.resize(first_len, 0);
+        let _ = self
+            .mem
+            .read_slice(&mut frame, GuestAddress(base + self.hdr_len as u64));
+        for _ in 1..num_buffers {
+            // The device publishes the used elements of one frame one by one: wait for them.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let u = loop {
+                if let Some(u) = self.rings[q].pop_used(&self.mem) {
+                    break Some(u);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::hint::spin_loop();
+            };
+            let Some(u) = u else { break };
+            let at = frame.len();
+            frame.resize(at + u.len as usize, 0);
+            let _ = self
+                .mem
+                .read_slice(&mut frame[at..], GuestAddress(self.buf_addr(q, u.head)));
+        }
+        self.fill_rx(qp);
+        Some(frame)
+    }
+
+    /// Waits up to `timeout` for a frame on queue pair `qp`.
+    pub fn recv_timeout(&mut self, qp: usize, timeout: Duration) -> Option<Vec<u8>> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.recv(qp) {
+                return Some(f);
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            self.wait_call(2 * qp, (end - now).min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Waits up to `timeout` for a frame on any queue pair; returns the pair and the frame.
+    pub fn recv_any(&mut self, timeout: Duration) -> Option<(usize, Vec<u8>)> {
+        let end = Instant::now() + timeout;
+        loop {
+            for qp in 0..self.cfg.queue_pairs {
+                if let Some(f) = self.recv(qp) {
+                    return Some((qp, f));
+                }
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Collects every frame that arrives on any queue until `quiet` passes with none.
+    pub fn drain(&mut self, quiet: Duration) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(x) = self.recv_any(quiet) {
+            out.push(x);
+        }
+        out
+    }
+
+    fn wait_call(&self, q: usize, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.calls[q].as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis())
+            .unwrap_or(i32::MAX)
+            .max(1);
+        // SAFETY: `pfd` is valid for the call and nfds is 1.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        let _ = self.calls[q].read();
+    }
+
+    /// The frontend's memory base address in this process (for tests of raw descriptors).
+    pub fn host_base(&self) -> u64 {
+        self.host_base
+    }
+
+    /// Hangs up: the backend sees the frontend disconnect.
+    pub fn disconnect(self) {
+        drop(self);
+    }
+}

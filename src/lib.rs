@@ -1,0 +1,19 @@
+//! sriov-emu: a software model of an SR-IOV 10G adapter for QEMU guests over vhost-user.
+//!
+//! - `wire`: frame parsing (MACs, headers, flow hash); no guest memory.
+//! - `switch`: the embedded L2 switch (FDB, verdicts); no guest memory.
+//! - `stats`: per-port and per-queue counters with `ethtool -S` names.
+//! - `pf`: PF resources: VF table, channels, MACs, socket paths.
+//! - `vf`: VF and PV ports as vhost-user virtio-net backends.
+//! - `dma_engine`: virtqueue processing and guest-to-guest copies (the data plane).
+//! - `frontend`: a userspace vhost-user virtio-net driver: "a guest in a test".
+//! - `daemon`: wires it all together for `sriov-emu run`.
+
+pub mod daemon;
+pub mod dma_engine;
+pub mod frontend;
+pub mod pf;
+pub mod stats;
+pub mod switch;
+pub mod vf;
+pub mod wire;

@@ -1,0 +1,182 @@
+//! The `sriov-emu` command line: `run`, `qemu-args`.
+
+use clap::{Args, Parser, Subcommand};
+use sriov_emu::daemon::{Daemon, DaemonConfig};
+use sriov_emu::pf::{self, PfConfig};
+use sriov_emu::switch::DEFAULT_AGING_SECS;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
+/// backends joined by an embedded L2 switch.
+#[derive(Parser, Debug)]
+#[command(name = "sriov-emu", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start the emulator: listen on DIR/vfN.sock and DIR/pvN.sock for QEMU (vhost-user).
+    Run(RunArgs),
+    /// Print the QEMU options that attach a VF (chardev, netdev, device with its MAC and queues).
+    QemuArgs(QemuArgsCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+struct PfArgs {
+    /// Directory for the port sockets [default: $XDG_RUNTIME_DIR/sriov-emu or /run/sriov-emu].
+    #[arg(long, value_name = "DIR")]
+    socket_dir: Option<PathBuf>,
+    /// Number of VFs (sriov_numvfs), 0..=254.
+    #[arg(long, value_name = "N", default_value_t = pf::DEFAULT_VFS.into())]
+    vfs: u32,
+    /// Number of PV (software path) ports.
+    #[arg(long, value_name = "N", default_value_t = pf::DEFAULT_PV_PORTS.into())]
+    pv_ports: u32,
+    /// DMA channels (virtio-net queue pairs) per VF, 1..=64.
+    #[arg(long, value_name = "N", default_value_t = pf::DEFAULT_CHANNELS.into())]
+    channels_per_vf: u32,
+    /// MTU of every port, 68..=9000.
+    #[arg(long, value_name = "BYTES", default_value_t = pf::DEFAULT_MTU.into())]
+    mtu: u32,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    pf: PfArgs,
+    /// FDB aging time in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_AGING_SECS)]
+    fdb_aging: u64,
+    /// Log the non-zero counters of every port every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    stats_interval: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct QemuArgsCmd {
+    /// Port kind: `vf` or `pv`.
+    #[arg(value_parser = ["vf", "pv"])]
+    kind: String,
+    /// Port index.
+    index: u32,
+    #[command(flatten)]
+    pf: PfArgs,
+}
+
+fn default_socket_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("sriov-emu"),
+        _ => PathBuf::from("/run/sriov-emu"),
+    }
+}
+
+fn pf_config(a: &PfArgs) -> Result<PfConfig, String> {
+    let dir = a.socket_dir.clone().unwrap_or_else(default_socket_dir);
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("current directory: {e}"))?
+            .join(dir)
+    };
+    PfConfig::new(dir, a.vfs, a.pv_ports, a.channels_per_vf, a.mtu).map_err(|e| e.to_string())
+}
+
+/// Blocks SIGINT/SIGTERM in this thread (and every thread spawned after), so `wait_signal`
+/// can take them synchronously.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; the calls only read and write the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let pf = pf_config(&args.pf)?;
+    let stats_interval = match args.stats_interval {
+        Some(0) => return Err("--stats-interval must be at least 1 second".into()),
+        s => s.map(Duration::from_secs),
+    };
+    if args.fdb_aging == 0 {
+        return Err("--fdb-aging must be at least 1 second".into());
+    }
+    let signals = block_signals();
+    let daemon = Daemon::start(DaemonConfig {
+        pf,
+        fdb_aging_secs: args.fdb_aging,
+        stats_interval,
+    })
+    .map_err(|e| e.to_string())?;
+    let sig = wait_signal(&signals);
+    tracing::info!(signal = sig, "shutting down");
+    daemon.shutdown();
+    Ok(())
+}
+
+fn qemu_args(a: QemuArgsCmd) -> Result<(), String> {
+    let pf = pf_config(&a.pf)?;
+    let ports = pf.ports();
+    let want = format!("{}{}", a.kind, a.index);
+    let p = ports.iter().find(|p| p.name == want).ok_or_else(|| {
+        let n = if a.kind == "vf" {
+            pf.numvfs
+        } else {
+            pf.pv_ports
+        };
+        format!(
+            "{want} does not exist: there are {n} {} ports (indices 0..{n})",
+            a.kind
+        )
+    })?;
+    let qp = p.queue_pairs;
+    // MSI-X vectors: one per queue, plus config and control queue (as libvirt computes it).
+    let vectors = 2 * u32::from(qp) + 2;
+    let mac = p.mac.map(|m| format!(",mac={m}")).unwrap_or_default();
+    let mq = if qp > 1 { ",mq=on" } else { "" };
+    println!(
+        "-chardev socket,id={n},path={s},reconnect-ms=1000 -netdev vhost-user,id={n},chardev={n},queues={qp} \
+         -device virtio-net-pci,netdev={n},id={n}dev{mac}{mq},vectors={vectors},host_mtu={mtu}",
+        n = p.name,
+        s = p.socket.display(),
+        mtu = p.mtu,
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::QemuArgs(a) => qemu_args(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sriov-emu: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

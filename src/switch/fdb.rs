@@ -1,0 +1,190 @@
+//! Forwarding database: MAC -> port, learned from source addresses, aged out.
+
+use super::PortId;
+use crate::wire::MacAddr;
+use std::collections::HashMap;
+
+/// One FDB entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub port: PortId,
+    /// Seconds (data-plane clock) when the MAC was last seen as a source.
+    pub last_seen: u64,
+    /// Set by the host (a VF's MAC): never aged, never moved by learning.
+    pub is_static: bool,
+}
+
+/// What learning a source address did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// Not a learnable address (multicast or zero).
+    Ignored,
+    /// A new entry.
+    New,
+    /// The entry existed on this port; its age was reset.
+    Refreshed,
+    /// The MAC moved from another port.
+    Moved { from: PortId },
+    /// A static entry owns this MAC on another port; nothing was learned.
+    Static,
+}
+
+/// The forwarding database.
+#[derive(Debug)]
+pub struct Fdb {
+    entries: HashMap<MacAddr, FdbEntry>,
+    aging_secs: u64,
+}
+
+impl Fdb {
+    pub fn new(aging_secs: u64) -> Self {
+        Fdb {
+            entries: HashMap::with_capacity(1024),
+            aging_secs,
+        }
+    }
+
+    pub fn aging_secs(&self) -> u64 {
+        self.aging_secs
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Learns `mac` on `port` at time `now`.
+    pub fn learn(&mut self, mac: MacAddr, port: PortId, now: u64) -> Learned {
+        match self.entries.get_mut(&mac) {
+            Some(e) if e.port == port => {
+                e.last_seen = now;
+                Learned::Refreshed
+            }
+            Some(e) if e.is_static => Learned::Static,
+            Some(e) => {
+                let from = e.port;
+                *e = FdbEntry {
+                    port,
+                    last_seen: now,
+                    is_static: false,
+                };
+                Learned::Moved { from }
+            }
+            None => {
+                self.entries.insert(
+                    mac,
+                    FdbEntry {
+                        port,
+                        last_seen: now,
+                        is_static: false,
+                    },
+                );
+                Learned::New
+            }
+        }
+    }
+
+    /// Adds (or replaces) a static entry.
+    pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
+        self.entries.insert(
+            mac,
+            FdbEntry {
+                port,
+                last_seen: 0,
+                is_static: true,
+            },
+        );
+    }
+
+    /// Removes a static entry of `port` for `mac`, if there is one.
+    pub fn remove_static(&mut self, mac: MacAddr, port: PortId) -> bool {
+        match self.entries.get(&mac) {
+            Some(e) if e.is_static && e.port == port => {
+                self.entries.remove(&mac);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The port for `mac`, if known and not aged out at `now`.
+    pub fn lookup(&self, mac: MacAddr, now: u64) -> Option<PortId> {
+        let e = self.entries.get(&mac)?;
+        if e.is_static || now.saturating_sub(e.last_seen) < self.aging_secs {
+            Some(e.port)
+        } else {
+            None
+        }
+    }
+
+    /// Removes the learned (not static) entries of `port`.
+    pub fn flush_port(&mut self, port: PortId) {
+        self.entries.retain(|_, e| e.is_static || e.port != port);
+    }
+
+    /// Removes every learned entry.
+    pub fn flush(&mut self) {
+        self.entries.retain(|_, e| e.is_static);
+    }
+
+    /// Removes learned entries not seen for the aging time; returns how many.
+    pub fn age(&mut self, now: u64) -> usize {
+        let before = self.entries.len();
+        let aging = self.aging_secs;
+        self.entries
+            .retain(|_, e| e.is_static || now.saturating_sub(e.last_seen) < aging);
+        before - self.entries.len()
+    }
+
+    /// All entries, sorted by port then MAC.
+    pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
+        let mut v: Vec<_> = self.entries.iter().map(|(m, e)| (*m, *e)).collect();
+        v.sort_by_key(|(m, e)| (e.port, *m));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(i: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, i, 1])
+    }
+
+    #[test]
+    fn learn_refresh_move() {
+        let mut f = Fdb::new(300);
+        assert_eq!(f.learn(mac(1), PortId(0), 0), Learned::New);
+        assert_eq!(f.learn(mac(1), PortId(0), 5), Learned::Refreshed);
+        assert_eq!(
+            f.learn(mac(1), PortId(2), 6),
+            Learned::Moved { from: PortId(0) }
+        );
+        assert_eq!(f.lookup(mac(1), 6), Some(PortId(2)));
+    }
+
+    #[test]
+    fn entries_age_out() {
+        let mut f = Fdb::new(10);
+        f.learn(mac(1), PortId(0), 0);
+        f.add_static(mac(2), PortId(1));
+        assert_eq!(f.lookup(mac(1), 9), Some(PortId(0)));
+        assert_eq!(f.lookup(mac(1), 10), None);
+        assert_eq!(f.age(10), 1);
+        assert_eq!(f.lookup(mac(2), 1_000_000), Some(PortId(1)));
+    }
+
+    #[test]
+    fn static_entries_do_not_move() {
+        let mut f = Fdb::new(300);
+        f.add_static(mac(1), PortId(0));
+        assert_eq!(f.learn(mac(1), PortId(4), 1), Learned::Static);
+        assert_eq!(f.lookup(mac(1), 1), Some(PortId(0)));
+        assert!(f.remove_static(mac(1), PortId(0)));
+        assert_eq!(f.lookup(mac(1), 1), None);
+    }
+}

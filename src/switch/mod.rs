@@ -1,0 +1,154 @@
+//! The embedded L2 switch (VEB): forwarding decisions on parsed headers.
+//!
+//! - `fdb.rs`: the forwarding database: learning, aging, static entries, moves.
+//!
+//! The switch never touches guest memory: the data plane (dma_engine) gives it a parsed
+//! `FrameHeader` and the ingress port, and gets back a `Verdict`.
+
+mod fdb;
+
+pub use fdb::{Fdb, FdbEntry, Learned};
+
+use crate::wire::FrameHeader;
+use std::fmt;
+
+/// Default FDB aging time, as in Linux bridges and most switches.
+pub const DEFAULT_AGING_SECS: u64 = 300;
+
+/// A switch port: VFs first (0..numvfs), PV ports after them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PortId(pub u16);
+
+impl PortId {
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "port{}", self.0)
+    }
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// To one known port.
+    Unicast(PortId),
+    /// To every attached port except the ingress one (broadcast, multicast, unknown unicast).
+    Flood,
+    /// The destination is on the ingress port: a bridge never sends a frame back.
+    SamePort,
+}
+
+/// The switch state: the FDB plus the aging clock.
+#[derive(Debug)]
+pub struct Switch {
+    fdb: Fdb,
+}
+
+impl Switch {
+    pub fn new(aging_secs: u64) -> Self {
+        Switch {
+            fdb: Fdb::new(aging_secs),
+        }
+    }
+
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    /// Learns the source and decides the destination of one frame at time `now` (seconds).
+    /// Returns the verdict and what learning did (for move events).
+    pub fn forward(&mut self, ingress: PortId, hdr: &FrameHeader, now: u64) -> (Verdict, Learned) {
+        let learned = if hdr.src.is_assignable() {
+            self.fdb.learn(hdr.src, ingress, now)
+        } else {
+            Learned::Ignored
+        };
+        let verdict = if hdr.dst.is_multicast() {
+            Verdict::Flood
+        } else {
+            match self.fdb.lookup(hdr.dst, now) {
+                Some(p) if p == ingress => Verdict::SamePort,
+                Some(p) => Verdict::Unicast(p),
+                None => Verdict::Flood,
+            }
+        };
+        (verdict, learned)
+    }
+
+    /// A port went down (frontend gone): forget what was learned on it.
+    pub fn port_down(&mut self, port: PortId) {
+        self.fdb.flush_port(port);
+    }
+
+    /// Drops entries older than the aging time.
+    pub fn age(&mut self, now: u64) -> usize {
+        self.fdb.age(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::MacAddr;
+
+    fn hdr(dst: &str, src: &str) -> FrameHeader {
+        FrameHeader {
+            dst: dst.parse().unwrap(),
+            src: src.parse().unwrap(),
+            ethertype: 0x0800,
+        }
+    }
+
+    #[test]
+    fn unknown_unicast_floods_until_learned() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        let (a, b) = ("02:00:00:00:00:01", "02:00:00:00:01:01");
+        assert_eq!(sw.forward(PortId(0), &hdr(b, a), 0).0, Verdict::Flood);
+        assert_eq!(
+            sw.forward(PortId(1), &hdr(a, b), 0).0,
+            Verdict::Unicast(PortId(0))
+        );
+        assert_eq!(
+            sw.forward(PortId(0), &hdr(b, a), 0).0,
+            Verdict::Unicast(PortId(1))
+        );
+    }
+
+    #[test]
+    fn broadcast_always_floods_and_same_port_is_filtered() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        let a = "02:00:00:00:00:01";
+        assert_eq!(
+            sw.forward(PortId(0), &hdr("ff:ff:ff:ff:ff:ff", a), 0).0,
+            Verdict::Flood
+        );
+        assert_eq!(sw.forward(PortId(0), &hdr(a, a), 0).0, Verdict::SamePort);
+    }
+
+    #[test]
+    fn multicast_sources_are_not_learned() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        let (_, l) = sw.forward(PortId(0), &hdr("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"), 0);
+        assert_eq!(l, Learned::Ignored);
+        assert!(sw
+            .fdb()
+            .lookup("01:00:5e:00:00:01".parse::<MacAddr>().unwrap(), 0)
+            .is_none());
+    }
+
+    #[test]
+    fn port_down_forgets_its_macs() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        sw.forward(PortId(3), &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:03:01"), 0);
+        sw.port_down(PortId(3));
+        assert_eq!(
+            sw.forward(PortId(0), &hdr("02:00:00:00:03:01", "02:00:00:00:00:01"), 0)
+                .0,
+            Verdict::Flood
+        );
+    }
+}

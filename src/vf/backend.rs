@@ -1,0 +1,142 @@
+//! `NetBackend`: the vhost-user virtio-net device of one port, for one connection.
+//!
+//! The vhost-user handler threads only do control work here: they negotiate features and,
+//! on a kick, tell the data plane which queue has work. All ring processing happens in the
+//! data plane (dma_engine), which owns the rings for the connection's lifetime.
+
+use super::port::{Connection, Port, VRINGS_PER_THREAD};
+use super::{GuestBitmap, GuestMemAtomic, Vring};
+use crate::dma_engine::Waker;
+use std::io;
+use std::sync::Arc;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+/// Largest ring the device accepts (QEMU's rx/tx_queue_size maximum).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// virtio-net device features offered on every port.
+pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | (1 << VIRTIO_RING_F_EVENT_IDX)
+    | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << VIRTIO_NET_F_MTU)
+    | (1 << VIRTIO_NET_F_STATUS);
+
+/// The backend of one connection. Cloned into each handler thread.
+#[derive(Clone)]
+pub struct NetBackend {
+    port: Arc<Port>,
+    conn: Arc<Connection>,
+    waker: Arc<Waker>,
+}
+
+impl NetBackend {
+    pub fn new(port: Arc<Port>, conn: Arc<Connection>, waker: Arc<Waker>) -> Self {
+        NetBackend { port, conn, waker }
+    }
+
+    fn queue_pairs(&self) -> usize {
+        usize::from(self.port.spec.queue_pairs)
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = GuestBitmap;
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * self.queue_pairs()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mq = if self.queue_pairs() > 1 {
+            1 << VIRTIO_NET_F_MQ
+        } else {
+            0
+        };
+        DEVICE_FEATURES | mq | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.conn.set_acked_features(features);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The handler configures each vring; the data plane reads it from the queue.
+    }
+
+    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+        // `conn.mem` is the same GuestMemoryAtomic the handler just updated.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let n = self.num_queues();
+        (0..n.div_ceil(VRINGS_PER_THREAD))
+            .map(|t| {
+                let in_thread = (n - t * VRINGS_PER_THREAD).min(VRINGS_PER_THREAD);
+                if in_thread == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << in_thread) - 1
+                }
+            })
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // A fresh pair per handler thread: dropping the daemon writes it and the thread ends.
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::error!(port = %self.port.spec.name, "cannot create exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        self.conn.set_thread_vrings(thread_id, vrings);
+        let queue = thread_id * VRINGS_PER_THREAD + usize::from(device_event);
+        if queue >= self.num_queues() {
+            return Ok(());
+        }
+        // Odd queues are TX. RX kicks (new buffers) need nothing: frames are never held back
+        // waiting for buffers, so there is nothing to resume.
+        if queue % 2 == 1 && self.conn.mark_tx_pending(queue / 2) {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+//! VF and PV ports: per-port runtime state and the vhost-user glue.
+//!
+//! - `port.rs`: `Port`, shared between the vhost-user threads and the data plane; its current
+//!   frontend `Connection` (guest memory, vrings, negotiated features, pending TX kicks).
+//! - `backend.rs`: `NetBackend`, the `VhostUserBackend` for one connection: features, queues,
+//!   and kick handling (which only wakes the data plane).
+//! - `server.rs`: the accept loop of one port's socket: a new daemon per frontend, so a port
+//!   accepts the next frontend after the old one left.
+
+mod backend;
+mod port;
+mod server;
+
+pub use backend::{NetBackend, DEVICE_FEATURES, MAX_QUEUE_SIZE};
+pub use port::{Connection, Port};
+pub use server::{PortServer, ServerError};
+
+/// Dirty-page bitmap type for guest memory (migration logging).
+pub type GuestBitmap = vhost_user_backend::bitmap::BitmapMmapRegion;
+/// Guest memory as the backend maps it.
+pub type GuestMem = vm_memory::GuestMemoryMmap<GuestBitmap>;
+/// Guest memory that SET_MEM_TABLE can replace under the data plane.
+pub type GuestMemAtomic = vm_memory::GuestMemoryAtomic<GuestMem>;
+/// One virtqueue as the vhost-user handler shares it.
+pub type Vring = vhost_user_backend::VringRwLock<GuestMemAtomic>;

@@ -1,0 +1,118 @@
+//! A port's runtime state, shared by its vhost-user threads and the data plane.
+
+use super::{GuestMemAtomic, Vring};
+use crate::pf::PortSpec;
+use crate::stats::PortCounters;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Vrings per vhost-user worker thread (the handler's per-thread mask is a u64).
+pub const VRINGS_PER_THREAD: usize = 64;
+
+/// One frontend's session on a port: from connect to hang-up.
+pub struct Connection {
+    /// Guest memory; SET_MEM_TABLE replaces its contents.
+    pub mem: GuestMemAtomic,
+    /// The vrings of each handler thread, learnt from the first `handle_event` of that thread.
+    vrings: Box<[OnceLock<Box<[Vring]>>]>,
+    /// Features the frontend acknowledged.
+    acked_features: AtomicU64,
+    /// Bit q: TX queue of queue pair q was kicked and not yet processed.
+    pending_tx: AtomicU64,
+    num_queues: usize,
+}
+
+impl Connection {
+    pub fn new(mem: GuestMemAtomic, num_queues: usize) -> Self {
+        let threads = num_queues.div_ceil(VRINGS_PER_THREAD);
+        Connection {
+            mem,
+            vrings: (0..threads).map(|_| OnceLock::new()).collect(),
+            acked_features: AtomicU64::new(0),
+            pending_tx: AtomicU64::new(0),
+            num_queues,
+        }
+    }
+
+    pub fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    /// Records a handler thread's vrings (first call wins; later calls see the same rings).
+    pub fn set_thread_vrings(&self, thread: usize, vrings: &[Vring]) {
+        if let Some(slot) = self.vrings.get(thread) {
+            let _ = slot.get_or_init(|| vrings.to_vec().into_boxed_slice());
+        }
+    }
+
+    /// Virtqueue `index` (RX of pair q = 2q, TX = 2q+1), once its thread has reported it.
+    #[inline]
+    pub fn vring(&self, index: usize) -> Option<&Vring> {
+        self.vrings
+            .get(index / VRINGS_PER_THREAD)?
+            .get()?
+            .get(index % VRINGS_PER_THREAD)
+    }
+
+    pub fn set_acked_features(&self, f: u64) {
+        self.acked_features.store(f, Ordering::Release);
+    }
+
+    #[inline]
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features.load(Ordering::Acquire)
+    }
+
+    /// Marks TX queue pair `qp` as kicked. Returns true if it was not pending before.
+    pub fn mark_tx_pending(&self, qp: usize) -> bool {
+        let bit = 1u64 << (qp % 64);
+        self.pending_tx.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Takes the set of kicked TX queue pairs.
+    #[inline]
+    pub fn take_tx_pending(&self) -> u64 {
+        self.pending_tx.swap(0, Ordering::AcqRel)
+    }
+}
+
+/// A switch port: static spec, counters, and the current connection if a frontend is there.
+pub struct Port {
+    pub spec: PortSpec,
+    pub counters: PortCounters,
+    conn: Mutex<Option<Arc<Connection>>>,
+    /// Bumped on every attach and detach, so the data plane notices without locking.
+    generation: AtomicU64,
+}
+
+impl Port {
+    pub fn new(spec: PortSpec) -> Self {
+        let counters = PortCounters::new(usize::from(spec.queue_pairs));
+        Port {
+            spec,
+            counters,
+            conn: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current connection.
+    pub fn connection(&self) -> Option<Arc<Connection>> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.connection().is_some()
+    }
+
+    /// Installs (or clears) the connection and bumps the generation.
+    pub fn set_connection(&self, conn: Option<Arc<Connection>>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,115 @@
+//! The accept loop of one port: serve a frontend, wait for it to leave, serve the next.
+
+use super::backend::NetBackend;
+use super::port::{Connection, Port};
+use super::{GuestMem, GuestMemAtomic};
+use crate::dma_engine::Waker;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+
+/// Why a port cannot serve its socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket {0} is in use by a running process (another sriov-emu?)")]
+    SocketInUse(PathBuf),
+    #[error("cannot remove stale socket {path}: {source}")]
+    RemoveStale {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: vhost::vhost_user::Error,
+    },
+    #[error("cannot start the vhost-user thread for {port}: {source}")]
+    Spawn {
+        port: String,
+        source: std::io::Error,
+    },
+}
+
+/// A bound socket for one port.
+pub struct PortServer {
+    port: Arc<Port>,
+    listener: Listener,
+    waker: Arc<Waker>,
+}
+
+/// Refuses a socket path that a live process still serves; removes a stale one.
+fn claim_socket_path(path: &Path) -> Result<(), ServerError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(ServerError::SocketInUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl PortServer {
+    /// Binds the port's socket.
+    pub fn bind(port: Arc<Port>, waker: Arc<Waker>) -> Result<Self, ServerError> {
+        let path = port.spec.socket.clone();
+        claim_socket_path(&path)?;
+        let listener =
+            Listener::new(&path, true).map_err(|source| ServerError::Listen { path, source })?;
+        Ok(PortServer {
+            port,
+            listener,
+            waker,
+        })
+    }
+
+    /// Runs the accept loop on its own thread.
+    pub fn spawn(self) -> Result<std::thread::JoinHandle<()>, ServerError> {
+        let name = format!("vhu-{}", self.port.spec.name);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || self.run())
+            .map_err(|source| ServerError::Spawn {
+                port: String::new(),
+                source,
+            })
+    }
+
+    /// Serves one frontend after another, forever.
+    fn run(mut self) {
+        let name = self.port.spec.name.clone();
+        let num_queues = 2 * usize::from(self.port.spec.queue_pairs);
+        loop {
+            let mem = GuestMemAtomic::new(GuestMem::default());
+            let conn = Arc::new(Connection::new(mem.clone(), num_queues));
+            let backend = NetBackend::new(self.port.clone(), conn.clone(), self.waker.clone());
+            let mut daemon = match VhostUserDaemon::new(name.clone(), backend, mem) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(port = %name, "cannot create vhost-user daemon: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if let Err(e) = daemon.start(&mut self.listener) {
+                tracing::warn!(port = %name, "accepting a frontend failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            tracing::info!(port = %name, "frontend connected");
+            self.port.set_connection(Some(conn));
+            self.waker.wake();
+            match daemon.wait() {
+                Ok(()) => tracing::info!(port = %name, "frontend disconnected"),
+                Err(e) => tracing::info!(port = %name, "frontend session ended: {e}"),
+            }
+            self.port.set_connection(None);
+            self.waker.wake();
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The data path end to end in-process: frontends on VF sockets exchanging frames through the
+//! switch, with exact counters.
+
+mod common;
+
+use common::*;
+use sriov_emu::frontend::FrontendConfig;
+use std::collections::HashMap;
+
+#[test]
+fn ten_thousand_mixed_frames_both_ways_byte_exact_with_learning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 3, 0, 2, 1500);
+    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
+    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    let mut c = connect(dir.path(), "vf2", pairs(1, 1));
+    let (ma, mb) = (vf_mac(0), vf_mac(1));
+
+    // Unknown unicast floods: the third port sees it. Then b answers and both are learned.
+    let first = udp_frame(mb, ma, 1, 2, 0, 60);
+    a.send(0, &first).unwrap();
+    assert_eq!(b.recv_timeout(0, WAIT).as_deref(), Some(&first[..]));
+    assert_eq!(
+        c.recv_timeout(0, WAIT).as_deref(),
+        Some(&first[..]),
+        "unknown unicast floods"
+    );
+    let reply = udp_frame(ma, mb, 2, 1, 0, 60);
+    b.send(0, &reply).unwrap();
+    assert_eq!(a.recv_timeout(0, WAIT).as_deref(), Some(&reply[..]));
+    // b's MAC was unknown to nobody: a's was learned from `first`, so the reply is unicast.
+    assert!(
+        c.recv_timeout(0, QUIET).is_none(),
+        "learned unicast must not reach the third port"
+    );
+
+    // 10,000 frames, sizes 60..=1514, alternating direction in bursts that fit the rings.
+    let mut sent = [0u64; 2];
+    let mut bytes = [0u64; 2];
+    let mut seq = 0u32;
+    for burst in 0..100 {
+        let (tx, rx, dst, src, side) = if burst % 2 == 0 {
+            (&mut a, &mut b, mb, ma, 0)
+        } else {
+            (&mut b, &mut a, ma, mb, 1)
+        };
+        let frames: Vec<Vec<u8>> = (0..100)
+            .map(|i| {
+                seq += 1;
+                let len = 60 + ((seq as usize * 7919 + i) % (1514 - 60 + 1));
+                udp_frame(dst, src, 1000 + (seq % 50) as u16, 2000, seq, len)
+            })
+            .collect();
+        for f in &frames {
+            tx.send_wait(0, f, WAIT).unwrap();
+            sent[side] += 1;
+            bytes[side] += f.len() as u64;
+        }
+        for f in &frames {
+            let got = rx.recv_timeout(0, WAIT).expect("frame delivered");
+            assert_eq!(got.len(), f.len());
+            assert!(
+                got == *f,
+                "payload differs for a frame of {} bytes",
+                f.len()
+            );
+        }
+    }
+    assert_eq!(sent, [5000, 5000]);
+    assert!(
+        c.recv_timeout(0, QUIET).is_none(),
+        "the third port saw unicast traffic"
+    );
+
+    // Broadcast reaches every other port, never the sender.
+    let bc = broadcast(mb);
+    b.send(0, &bc).unwrap();
+    assert_eq!(a.recv_timeout(0, WAIT).as_deref(), Some(&bc[..]));
+    assert_eq!(c.recv_timeout(0, WAIT).as_deref(), Some(&bc[..]));
+    assert!(
+        b.recv_timeout(0, QUIET).is_none(),
+        "a frame came back out of its ingress port"
+    );
+
+    // Counters match exactly.
+    assert_eq!(counter(&d, "vf0", "tx_packets"), 1 + 5000);
+    assert_eq!(counter(&d, "vf0", "tx_bytes"), 60 + bytes[0]);
+    assert_eq!(counter(&d, "vf1", "rx_packets"), 1 + 5000);
+    assert_eq!(counter(&d, "vf1", "rx_bytes"), 60 + bytes[0]);
+    assert_eq!(counter(&d, "vf1", "tx_packets"), 1 + 5000 + 1);
+    assert_eq!(counter(&d, "vf0", "rx_packets"), 1 + 5000 + 1);
+    assert_eq!(counter(&d, "vf0", "rx_bytes"), 60 + bytes[1] + 60);
+    assert_eq!(counter(&d, "vf2", "rx_packets"), 2);
+    assert_eq!(counter(&d, "vf2", "tx_packets"), 0);
+    assert_eq!(counter(&d, "vf0", "rx_queue_0_packets"), 1 + 5000 + 1);
+    assert_eq!(counter(&d, "vf0", "tx_queue_0_packets"), 1 + 5000);
+    for p in ["vf0", "vf1", "vf2"] {
+        for drop in [
+            "drop_malformed",
+            "drop_no_destination",
+            "drop_same_port",
+            "drop_no_rx_buffer",
+            "drop_oversize_rx",
+        ] {
+            assert_eq!(counter(&d, p, drop), 0, "{p} {drop}");
+        }
+    }
+    let fdb = d.fdb();
+    assert!(fdb.iter().any(|(m, p, _)| *m == ma && p == "vf0"));
+    assert!(fdb.iter().any(|(m, p, _)| *m == mb && p == "vf1"));
+}
+
+#[test]
+fn full_rx_ring_counts_drop_no_rx_buffer_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 2, 0, 1, 1500);
+    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
+    let mut b = connect(
+        dir.path(),
+        "vf1",
+        FrontendConfig {
+            queue_size: 64,
+            ..pairs(1, 1)
+        },
+    );
+    for i in 0..100u32 {
+        a.send_wait(0, &udp_frame(vf_mac(1), vf_mac(0), 5, 6, i, 128), WAIT)
+            .unwrap();
+    }
+    // Wait until the emulator has taken all 100 frames from a's TX ring.
+    let t = std::time::Instant::now();
+    while a.tx_in_flight(0) > 0 && t.elapsed() < WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let got = b.drain(QUIET);
+    assert_eq!(got.len(), 64, "the RX ring holds 64 buffers");
+    assert_eq!(counter(&d, "vf1", "rx_packets"), 64);
+    assert_eq!(counter(&d, "vf1", "drop_no_rx_buffer"), 36);
+    assert_eq!(counter(&d, "vf0", "tx_packets"), 100);
+    assert_eq!(counter(&d, "vf0", "tx_forwarded"), 100);
+    // Once b posts buffers again, traffic flows.
+    a.send(0, &udp_frame(vf_mac(1), vf_mac(0), 5, 6, 1000, 128))
+        .unwrap();
+    assert!(b.recv_timeout(0, WAIT).is_some());
+}
+
+#[test]
+fn jumbo_frames_span_mergeable_buffers_and_split_headers_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 2, 0, 1, 9000);
+    let mut a = connect(
+        dir.path(),
+        "vf0",
+        FrontendConfig {
+            split_tx_header: true,
+            ..pairs(1, 1)
+        },
+    );
+    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    for (i, len) in [9014usize, 4000, 2049, 60, 2036, 2037]
+        .into_iter()
+        .enumerate()
+    {
+        let f = udp_frame(vf_mac(1), vf_mac(0), 9, 9, i as u32, len);
+        a.send(0, &f).unwrap();
+        let got = b.recv_timeout(0, WAIT).expect("jumbo delivered");
+        assert!(got == f, "frame of {len} bytes differs");
+    }
+    // One byte over MTU + Ethernet + VLAN room is refused as malformed.
+    let too_big = udp_frame(vf_mac(1), vf_mac(0), 9, 9, 99, 9000 + 14 + 8 + 1);
+    a.send(0, &too_big).unwrap();
+    assert!(b.recv_timeout(0, QUIET).is_none());
+    assert_eq!(counter(&d, "vf0", "drop_malformed"), 1);
+    assert_eq!(counter(&d, "vf1", "rx_packets"), 6);
+}
+
+#[test]
+fn legacy_ten_byte_header_without_mergeable_buffers() {
+    use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 2, 0, 1, 1500);
+    let legacy = FrontendConfig {
+        driver_features: !((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF)),
+        ..pairs(1, 1)
+    };
+    let mut a = connect(dir.path(), "vf0", legacy.clone());
+    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    assert_eq!(a.hdr_len(), 10);
+    assert_eq!(b.hdr_len(), 12);
+    let f = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 7, 1514);
+    a.send(0, &f).unwrap();
+    assert!(
+        b.recv_timeout(0, WAIT).unwrap() == f,
+        "10-byte header sender"
+    );
+    let g = udp_frame(vf_mac(0), vf_mac(1), 2, 1, 8, 1000);
+    b.send(0, &g).unwrap();
+    assert!(
+        a.recv_timeout(0, WAIT).unwrap() == g,
+        "10-byte header receiver"
+    );
+    // Without mergeable buffers, a frame larger than one RX buffer cannot be delivered.
+    drop(a);
+    let mut small = connect(
+        dir.path(),
+        "vf0",
+        FrontendConfig {
+            rx_buf_size: 512,
+            ..legacy
+        },
+    );
+    b.send(0, &udp_frame(vf_mac(0), vf_mac(1), 2, 1, 9, 1000))
+        .unwrap();
+    assert!(small.recv_timeout(0, QUIET).is_none());
+    assert_eq!(counter(&d, "vf0", "drop_oversize_rx"), 1);
+    b.send(0, &udp_frame(vf_mac(0), vf_mac(1), 2, 1, 10, 400))
+        .unwrap();
+    assert_eq!(small.recv_timeout(0, WAIT).map(|f| f.len()), Some(400));
+}
+
+#[test]
+fn multiqueue_delivers_only_to_enabled_queues_then_spreads_over_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 2, 0, 4, 1500);
+    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
+    let mut b = connect(dir.path(), "vf1", pairs(4, 2));
+    // Let the switch learn b.
+    b.send(0, &broadcast(vf_mac(1))).unwrap();
+    a.recv_timeout(0, WAIT).unwrap();
+
+    let send_flows = |a: &mut sriov_emu::frontend::VirtioNetFrontend, base: u16| {
+        for i in 0..200u16 {
+            a.send_wait(
+                0,
+                &udp_frame(vf_mac(1), vf_mac(0), base + i, 4789, u32::from(i), 100),
+                WAIT,
+            )
+            .unwrap();
+        }
+    };
+    send_flows(&mut a, 10_000);
+    let got = b.drain(QUIET);
+    assert_eq!(got.len(), 200);
+    let mut per_q: HashMap<usize, usize> = HashMap::new();
+    for (q, _) in &got {
+        *per_q.entry(*q).or_default() += 1;
+    }
+    assert!(
+        per_q.keys().all(|q| *q < 2),
+        "frames on a disabled queue: {per_q:?}"
+    );
+    assert!(per_q.len() == 2, "both enabled queues used: {per_q:?}");
+
+    b.set_queue_pair_enabled(2, true).unwrap();
+    b.set_queue_pair_enabled(3, true).unwrap();
+    send_flows(&mut a, 20_000);
+    let got = b.drain(QUIET);
+    assert_eq!(got.len(), 200);
+    let mut per_q = [0usize; 4];
+    for (q, _) in &got {
+        per_q[*q] += 1;
+    }
+    assert!(per_q.iter().all(|n| *n > 0), "all 4 queues used: {per_q:?}");
+    // One flow always lands on one queue.
+    let f = udp_frame(vf_mac(1), vf_mac(0), 777, 4789, 0, 100);
+    for _ in 0..20 {
+        a.send_wait(0, &f, WAIT).unwrap();
+    }
+    let got = b.drain(QUIET);
+    assert_eq!(got.len(), 20);
+    assert!(
+        got.iter().all(|(q, _)| *q == got[0].0),
+        "one flow spread over queues"
+    );
+    let total: u64 = (0..4)
+        .map(|q| counter(&d, "vf1", &format!("rx_queue_{q}_packets")))
+        .sum();
+    assert_eq!(total, counter(&d, "vf1", "rx_packets"));
+}
+
+#[test]
+fn reconnect_in_the_middle_of_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 4, 0, 1, 1500);
+    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
+    let mut b = Some(connect(dir.path(), "vf1", pairs(1, 1)));
+    let mut c = connect(dir.path(), "vf2", pairs(1, 1));
+    let mut e = connect(dir.path(), "vf3", pairs(1, 1));
+    for (fe, i) in [(b.as_mut().unwrap(), 1u16), (&mut c, 2), (&mut e, 3)] {
+        fe.send(0, &broadcast(vf_mac(i))).unwrap();
+    }
+    std::thread::sleep(QUIET);
+    for fe in [&mut a, b.as_mut().unwrap(), &mut c, &mut e] {
+        fe.drain(QUIET);
+    }
+
+    // Traffic a -> b while c <-> e keep talking; b hangs up halfway.
+    let mut delivered_before = 0;
+    for i in 0..200u32 {
+        a.send_wait(0, &udp_frame(vf_mac(1), vf_mac(0), 1, 1, i, 200), WAIT)
+            .unwrap();
+        if let Some(fe) = b.as_mut() {
+            if fe.recv_timeout(0, WAIT).is_some() {
+                delivered_before += 1;
+            }
+        }
+        if i == 99 {
+            b.take().unwrap().disconnect();
+            let t = std::time::Instant::now();
+            while d.port("vf1").unwrap().is_attached() && t.elapsed() < WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        c.send_wait(0, &udp_frame(vf_mac(3), vf_mac(2), 2, 2, i, 300), WAIT)
+            .unwrap();
+        assert!(
+            e.recv_timeout(0, WAIT).is_some(),
+            "other ports keep working (frame {i})"
+        );
+    }
+    assert_eq!(delivered_before, 100);
+    // After the hang-up b's MAC is forgotten: the 100 frames for it flood to c and e.
+    std::thread::sleep(QUIET);
+    let flooded_c = c.drain(QUIET).len();
+    assert_eq!(flooded_c, 100, "frames for the departed MAC flood");
+    e.drain(QUIET);
+    assert!(!d.port("vf1").unwrap().is_attached());
+
+    // b comes back: announce, then unicast reaches it again.
+    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    b.send(0, &broadcast(vf_mac(1))).unwrap();
+    a.recv_timeout(0, WAIT)
+        .expect("broadcast from the reconnected port");
+    c.recv_timeout(0, WAIT).expect("broadcast reaches c");
+    e.recv_timeout(0, WAIT).expect("broadcast reaches e");
+    for i in 0..50u32 {
+        let f = udp_frame(vf_mac(1), vf_mac(0), 1, 1, 1000 + i, 500);
+        a.send_wait(0, &f, WAIT).unwrap();
+        assert!(b.recv_timeout(0, WAIT).expect("traffic resumes") == f);
+    }
+    assert!(
+        c.recv_timeout(0, QUIET).is_none(),
+        "unicast to b no longer floods"
+    );
+    assert!(d.port("vf1").unwrap().is_attached());
+}
