@@ -1,0 +1,203 @@
+//! The `sriov-emu` binary: errors, signals, sockets, `qemu-args`.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sriov-emu");
+
+fn run_args(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("run").arg("--socket-dir").arg(dir).args(extra);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn wait_for(path: &Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < WAIT, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops a child by its PID with a signal and returns its exit status code.
+fn signal_and_wait(child: &mut Child, sig: i32) -> Option<i32> {
+    // SAFETY: plain kill(2) on our own child's PID.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if t.elapsed() > WAIT {
+            let _ = child.kill();
+            panic!("sriov-emu did not exit on signal {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stderr_of(c: Child) -> String {
+    String::from_utf8_lossy(&c.wait_with_output().unwrap().stderr).into_owned()
+}
+
+#[test]
+fn bad_numbers_are_clear_errors_with_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (vec!["--vfs", "255"], "numvfs 255 is out of range"),
+        (
+            vec!["--channels-per-vf", "0"],
+            "channels per VF is out of range",
+        ),
+        (
+            vec!["--vfs", "254", "--channels-per-vf", "9"],
+            "the pool has 2048",
+        ),
+        (vec!["--mtu", "10000"], "MTU 10000 is out of range"),
+        (vec!["--vfs", "many"], "invalid value 'many'"),
+        (
+            vec!["--stats-interval", "0"],
+            "--stats-interval must be at least 1",
+        ),
+    ] {
+        let out = run_args(dir.path(), &args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
+
+#[test]
+fn unwritable_socket_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let out = run_args(&file.join("sub"), &[]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create socket directory"), "{err}");
+}
+
+#[test]
+fn sigterm_and_sigint_remove_the_sockets() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = run_args(dir.path(), &["--vfs", "3", "--pv-ports", "2"])
+            .spawn()
+            .unwrap();
+        for s in ["vf0", "vf1", "vf2", "pv0", "pv1"] {
+            wait_for(&dir.path().join(format!("{s}.sock")));
+        }
+        assert!(!dir.path().join("vf3.sock").exists());
+        assert_eq!(signal_and_wait(&mut child, sig), Some(0));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "sockets left after signal {sig}: {left:?}");
+    }
+}
+
+#[test]
+fn a_socket_in_use_by_a_live_emulator_is_refused_and_a_stale_one_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = run_args(dir.path(), &["--vfs", "1", "--pv-ports", "0"])
+        .spawn()
+        .unwrap();
+    wait_for(&dir.path().join("vf0.sock"));
+    let second = run_args(dir.path(), &["--vfs", "1", "--pv-ports", "0"])
+        .spawn()
+        .unwrap();
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by a running process"), "{err}");
+    // The refused start did not remove the live emulator's socket.
+    assert!(dir.path().join("vf0.sock").exists());
+    // SIGKILL leaves a stale socket: the next start replaces it.
+    signal_and_wait(&mut first, libc::SIGKILL);
+    assert!(dir.path().join("vf0.sock").exists());
+    let mut third = run_args(dir.path(), &["--vfs", "1", "--pv-ports", "0"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        third.try_wait().unwrap().is_none(),
+        "restart over a stale socket failed: {}",
+        {
+            let _ = third.kill();
+            stderr_of(third)
+        }
+    );
+    let mut fe = connect(dir.path(), "vf0", pairs(1, 1));
+    fe.send(0, &broadcast(vf_mac(0))).unwrap();
+    assert_eq!(signal_and_wait(&mut third, libc::SIGTERM), Some(0));
+}
+
+#[test]
+fn real_binary_switches_between_frontends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = run_args(
+        dir.path(),
+        &["--vfs", "2", "--pv-ports", "1", "--stats-interval", "1"],
+    )
+    .spawn()
+    .unwrap();
+    wait_for(&dir.path().join("pv0.sock"));
+    let mut a = connect(dir.path(), "vf0", pairs(2, 2));
+    let mut p = connect(dir.path(), "pv0", pairs(1, 1));
+    // The PV port has no assigned MAC: the guest uses its own (here the VF's, as a plug-in
+    // guest's backup NIC does).
+    p.send(0, &broadcast(vf_mac(1))).unwrap();
+    assert!(a.recv_any(WAIT).is_some());
+    let f = udp_frame(vf_mac(1), vf_mac(0), 3, 4, 1, 1000);
+    a.send(1, &f).unwrap();
+    assert!(p.recv_timeout(0, WAIT).unwrap() == f);
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut child_err = {
+        signal_and_wait(&mut child, libc::SIGTERM);
+        child.stderr.take().unwrap()
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child_err, &mut log).unwrap();
+    assert!(log.contains("frontend connected"), "{log}");
+    assert!(
+        log.contains("tx_queue_1_packets=1"),
+        "stats log shows per-queue counters: {log}"
+    );
+}
+
+#[test]
+fn qemu_args_prints_options_that_attach_the_vf() {
+    let out = Command::new(BIN)
+        .args([
+            "qemu-args",
+            "vf",
+            "3",
+            "--socket-dir",
+            "/tmp/sriov-x",
+            "--channels-per-vf",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.lines().count(), 1);
+    for want in [
+        "-chardev socket,id=vf3,path=/tmp/sriov-x/vf3.sock,reconnect-ms=1000",
+        "-netdev vhost-user,id=vf3,chardev=vf3,queues=4",
+        "-device virtio-net-pci,netdev=vf3,id=vf3dev,mac=02:00:00:00:03:01,mq=on,vectors=10",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in {s}");
+    }
+    let out = Command::new(BIN)
+        .args(["qemu-args", "vf", "4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vf4 does not exist"));
+}
