@@ -345,3 +345,87 @@ fn reconnect_in_the_middle_of_traffic() {
     );
     assert!(d.port("vf1").unwrap().is_attached());
 }
+
+#[test]
+fn malformed_tx_chains_are_counted_and_traffic_continues() {
+    use sriov_emu::frontend::Desc;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), 2, 0, 1, 1500);
+    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
+    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    let frame = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 3, 100);
+    let mut with_hdr = vec![0u8; a.hdr_len()];
+    with_hdr.extend_from_slice(&frame);
+    let (buf, _) = a.tx_buffer(0, &with_hdr);
+    let end = a.mem_size();
+    let bad: Vec<(&str, Vec<Desc>)> = vec![
+        (
+            "write-only descriptor on TX",
+            vec![Desc {
+                addr: buf,
+                len: with_hdr.len() as u32,
+                write: true,
+            }],
+        ),
+        (
+            "past the end of guest memory",
+            vec![Desc {
+                addr: end - 16,
+                len: 200,
+                write: false,
+            }],
+        ),
+        (
+            "header only, empty frame",
+            vec![Desc {
+                addr: buf,
+                len: a.hdr_len() as u32,
+                write: false,
+            }],
+        ),
+        (
+            "shorter than an Ethernet header",
+            vec![Desc {
+                addr: buf,
+                len: a.hdr_len() as u32 + 13,
+                write: false,
+            }],
+        ),
+        (
+            "longer than the MTU",
+            vec![
+                Desc {
+                    addr: buf,
+                    len: 1600,
+                    write: false
+                };
+                2
+            ],
+        ),
+    ];
+    for (i, (what, descs)) in bad.iter().enumerate() {
+        a.send_raw(0, descs).unwrap();
+        // Each bad chain is completed, counted, and the next good frame still goes through.
+        a.send(0, &frame).unwrap();
+        let got = b
+            .recv_timeout(0, WAIT)
+            .unwrap_or_else(|| panic!("traffic stopped after: {what}"));
+        assert!(got == frame, "after {what}");
+        assert_eq!(counter(&d, "vf0", "drop_malformed"), i as u64 + 1, "{what}");
+    }
+    assert!(
+        b.recv_timeout(0, QUIET).is_none(),
+        "a malformed chain was delivered"
+    );
+    let t = std::time::Instant::now();
+    while a.tx_in_flight(0) > 0 && t.elapsed() < WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        a.tx_in_flight(0),
+        0,
+        "every chain, good or bad, is returned to the guest"
+    );
+    assert_eq!(counter(&d, "vf0", "tx_packets"), 10);
+    assert_eq!(counter(&d, "vf0", "tx_forwarded"), 5);
+}

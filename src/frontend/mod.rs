@@ -190,7 +190,6 @@ impl VirtioNetFrontend {
             .map_err(|e| FrontendError::Memory(e.to_string()))?;
         let host_base = info.userspace_addr;
         fe.set_mem_table(&[info]).map_err(proto("SET_MEM_TABLE"))?;
-        let _ = region.len();
 
         let mut rings = Vec::with_capacity(nq);
         let mut kicks = Vec::with_capacity(nq);
@@ -424,6 +423,39 @@ impl VirtioNetFrontend {
                 r => return r,
             }
         }
+    }
+
+    /// Posts a hand-made chain on TX queue pair `qp` and kicks: for tests of how the device
+    /// treats chains a buggy or hostile guest writes. Addresses are guest-physical; use
+    /// `tx_buffer` for memory that belongs to the frontend.
+    pub fn send_raw(&mut self, qp: usize, descs: &[Desc]) -> Result<u16> {
+        if qp >= self.cfg.queue_pairs {
+            return Err(FrontendError::NoSuchQueue(qp));
+        }
+        self.reclaim_tx(qp);
+        let q = 2 * qp + 1;
+        let head = self.rings[q]
+            .add(&self.mem, descs)
+            .ok_or(FrontendError::QueueFull(qp))?;
+        self.kick(q);
+        Ok(head)
+    }
+
+    /// Guest-physical address and size of a scratch TX buffer (the last descriptor's), and
+    /// writes `data` at its start.
+    pub fn tx_buffer(&mut self, qp: usize, data: &[u8]) -> (u64, u32) {
+        let q = 2 * qp + 1;
+        let (_, size) = self.bufs[q];
+        let addr = self.buf_addr(q, self.cfg.queue_size - 1);
+        let _ = self
+            .mem
+            .write_slice(&data[..data.len().min(size as usize)], GuestAddress(addr));
+        (addr, size)
+    }
+
+    /// Size of the frontend's guest memory.
+    pub fn mem_size(&self) -> u64 {
+        self.mem.iter().map(|r| r.len()).sum()
     }
 
     /// TX chains of `qp` the device has not returned yet.
