@@ -119,7 +119,7 @@ mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{Queue, QueueOwnedT, QueueT};
+    use virtio_queue::{Queue, QueueOwnedT};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     const MEM: u64 = 0x10_0000;
