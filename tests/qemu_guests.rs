@@ -195,3 +195,47 @@ echo sender-done
     assert!(log.contains("rx_queue_1_packets"), "{log}");
     drop(sender);
 }
+
+#[test]
+fn a_vf_serves_the_next_qemu_after_the_previous_one_exits() {
+    if !have_qemu("vf_serves_next_qemu") {
+        return;
+    }
+    qemu::guest_image().expect("guest image");
+    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let logs = emu.path().to_path_buf();
+    let server = Guest::spawn(
+        GuestConfig::new("server")
+            .qemu_args(emu.nic_args(1, &[]))
+            .ip("198.18.2.2/24")
+            .script("serve")
+            .log(logs.join("server.log")),
+    )
+    .expect("spawn server");
+    // Two guests one after the other on vf0: the second one's QEMU connects to the same socket
+    // after the first powered off and hung up, without restarting the emulator.
+    for round in 0..2 {
+        let client = Guest::spawn(
+            GuestConfig::new(&format!("client{round}"))
+                .qemu_args(emu.nic_args(0, &[]))
+                .ip("198.18.2.1/24")
+                .peer("198.18.2.2")
+                .sriov("count", "5")
+                .script("ping-peer")
+                .log(logs.join(format!("client{round}.log"))),
+        )
+        .expect("spawn client");
+        let log = finish(&client, &emu);
+        assert!(log.contains("OK (5/5)"), "round {round}:\n{log}");
+        client
+            .wait_exit(Duration::from_secs(30))
+            .expect("QEMU exits after poweroff");
+    }
+    drop(server);
+    let connects = emu.log().matches("frontend connected port=vf0").count();
+    assert!(
+        connects >= 2,
+        "vf0 served {connects} frontends:\n{}",
+        emu.log()
+    );
+}
