@@ -4,6 +4,7 @@
 //! - `switch`: the embedded L2 switch (FDB, verdicts); no guest memory.
 //! - `stats`: per-port and per-queue counters with `ethtool -S` names.
 //! - `pf`: PF resources: VF table, channels, MACs, socket paths.
+//! - `rss`: Toeplitz RSS, indirection tables and flow steering per VF; no guest memory.
 //! - `vf`: VF and PV ports as vhost-user virtio-net backends.
 //! - `dma_engine`: virtqueue processing and guest-to-guest copies (the data plane).
 //! - `frontend`: a userspace vhost-user virtio-net driver: "a guest in a test".
@@ -13,6 +14,7 @@ pub mod daemon;
 pub mod dma_engine;
 pub mod frontend;
 pub mod pf;
+pub mod rss;
 pub mod stats;
 pub mod switch;
 pub mod vf;

@@ -1,0 +1,435 @@
+//! RSS and flow steering per VF. No guest memory here: decisions on a parsed `FlowTuple`.
+//!
+//! - `toeplitz.rs`: the Microsoft RSS Toeplitz hash (40-byte key), table-driven.
+//! - `tuple.rs`: the hash input of a frame (IPv4/IPv6, TCP/UDP ports, VLAN-aware).
+//! - `flow_table.rs`: exact-match flow steering: explicit rules and learned entries (LRU).
+//! - this file: `VfRss`, one VF's key, 128-entry indirection table and flow table, and the
+//!   queue decision ("where would this packet go") shared by the data path and `explain`.
+
+mod flow_table;
+mod toeplitz;
+mod tuple;
+
+pub use flow_table::{FlowError, FlowSource, FlowTable, DEFAULT_LEARNED_CAPACITY, MAX_RULES};
+pub use toeplitz::{
+    toeplitz_reference, KeyParseError, RssKey, ToeplitzTable, DEFAULT_KEY, KEY_LEN, MAX_INPUT,
+};
+pub use tuple::{FlowTuple, IPPROTO_TCP, IPPROTO_UDP};
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Entries in the indirection table.
+pub const TABLE_SIZE: usize = 128;
+/// Most queues a port has (the enabled set is a u64 mask).
+pub const MAX_QUEUES: usize = 64;
+
+/// The RX queues a guest has enabled, in queue order.
+#[derive(Debug, Clone, Copy)]
+pub struct EnabledQueues {
+    list: [u8; MAX_QUEUES],
+    n: usize,
+    mask: u64,
+}
+
+impl EnabledQueues {
+    pub const NONE: EnabledQueues = EnabledQueues {
+        list: [0; MAX_QUEUES],
+        n: 0,
+        mask: 0,
+    };
+
+    pub fn from_mask(mask: u64) -> Self {
+        let mut e = EnabledQueues { mask, ..Self::NONE };
+        for q in 0..MAX_QUEUES {
+            if mask & (1 << q) != 0 {
+                e.list[e.n] = q as u8;
+                e.n += 1;
+            }
+        }
+        e
+    }
+
+    /// The first `n` queues (a Linux guest enables min(pairs, vCPUs) from 0).
+    pub fn first(n: usize) -> Self {
+        Self::from_mask(if n >= 64 { u64::MAX } else { (1u64 << n) - 1 })
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn contains(&self, q: u16) -> bool {
+        q < 64 && self.mask & (1 << q) != 0
+    }
+
+    pub fn mask(&self) -> u64 {
+        self.mask
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.list[..self.n]
+    }
+
+    /// `q` if enabled, else a deterministic enabled stand-in.
+    #[inline]
+    fn or_fallback(&self, q: u16) -> (u16, bool) {
+        if self.contains(q) || self.n == 0 {
+            (q, false)
+        } else {
+            (u16::from(self.list[usize::from(q) % self.n]), true)
+        }
+    }
+}
+
+/// What chose the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// An explicit flow steering rule.
+    FlowRule,
+    /// A flow learned from the VF's own transmit queue.
+    FlowLearned,
+    /// The RSS hash and the indirection table.
+    Rss,
+    /// Not IP: queue 0.
+    NonIp,
+}
+
+impl fmt::Display for Steering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Steering::FlowRule => "flow-rule",
+            Steering::FlowLearned => "flow-learned",
+            Steering::Rss => "rss",
+            Steering::NonIp => "non-ip",
+        })
+    }
+}
+
+/// The answer to "where would this packet go".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub tuple: FlowTuple,
+    /// The Toeplitz hash (IP frames).
+    pub hash: Option<u32>,
+    /// Indirection table index (`hash % 128`).
+    pub index: Option<usize>,
+    /// The queue the rule or table named, before falling back from a disabled queue.
+    pub wanted: u16,
+    /// The RX queue the frame is delivered to.
+    pub queue: u16,
+    pub by: Steering,
+    /// The wanted queue is disabled: a deterministic enabled queue stands in.
+    pub fell_back: bool,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: queue {} by {}", self.tuple, self.queue, self.by)?;
+        if let (Some(h), Some(i)) = (self.hash, self.index) {
+            write!(f, " (hash {h:#010x}, table index {i})")?;
+        }
+        if self.fell_back {
+            write!(f, " (queue {} is disabled)", self.wanted)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an RSS or flow setting is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RssError {
+    #[error("queue {queue} does not exist: the VF has {queue_pairs} queues (0..{queue_pairs})")]
+    QueueOutOfRange { queue: u16, queue_pairs: u16 },
+    #[error("an indirection table has 1..={TABLE_SIZE} entries (repeated to fill {TABLE_SIZE}), got {0}")]
+    TableLen(usize),
+    #[error("a flow rule needs an IP flow, got {0}")]
+    NotIp(String),
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+}
+
+/// One VF's RSS configuration and flow table.
+#[derive(Debug)]
+pub struct VfRss {
+    toeplitz: Arc<ToeplitzTable>,
+    /// A table set by the user (queue numbers); `None` = the default spread.
+    user_table: Option<Box<[u16; TABLE_SIZE]>>,
+    queue_pairs: u16,
+    learning: bool,
+    flows: FlowTable,
+}
+
+impl VfRss {
+    pub fn new(queue_pairs: u16) -> Self {
+        VfRss {
+            toeplitz: ToeplitzTable::default_shared(),
+            user_table: None,
+            queue_pairs,
+            learning: true,
+            flows: FlowTable::new(DEFAULT_LEARNED_CAPACITY),
+        }
+    }
+
+    pub fn key(&self) -> RssKey {
+        *self.toeplitz.key()
+    }
+
+    pub fn set_key(&mut self, key: RssKey) {
+        self.toeplitz = if key == DEFAULT_KEY {
+            ToeplitzTable::default_shared()
+        } else {
+            Arc::new(ToeplitzTable::new(key))
+        };
+    }
+
+    /// Sets the indirection table from 1..=128 queue numbers (repeated to fill 128), or back
+    /// to the default spread with `None`. Nothing changes on error.
+    pub fn set_table(&mut self, entries: Option<&[u16]>) -> Result<(), RssError> {
+        let Some(entries) = entries else {
+            self.user_table = None;
+            return Ok(());
+        };
+        if entries.is_empty() || entries.len() > TABLE_SIZE {
+            return Err(RssError::TableLen(entries.len()));
+        }
+        if let Some(&queue) = entries.iter().find(|q| **q >= self.queue_pairs) {
+            return Err(RssError::QueueOutOfRange {
+                queue,
+                queue_pairs: self.queue_pairs,
+            });
+        }
+        self.user_table = Some(Box::new(std::array::from_fn(|i| {
+            entries[i % entries.len()]
+        })));
+        Ok(())
+    }
+
+    pub fn has_user_table(&self) -> bool {
+        self.user_table.is_some()
+    }
+
+    /// The table in effect for the enabled queues: entry i is the queue it delivers to.
+    pub fn effective_table(&self, enabled: &EnabledQueues) -> Vec<u16> {
+        (0..TABLE_SIZE)
+            .map(|i| self.table_entry(i, enabled).0)
+            .collect()
+    }
+
+    /// (queue delivered to, queue named before fallback, fell back).
+    #[inline]
+    fn table_entry(&self, i: usize, enabled: &EnabledQueues) -> (u16, u16, bool) {
+        match &self.user_table {
+            Some(t) => {
+                let (q, fb) = enabled.or_fallback(t[i]);
+                (q, t[i], fb)
+            }
+            None if enabled.is_empty() => (0, 0, false),
+            // Default: entry i -> i mod (enabled queues), over the enabled queues.
+            None => {
+                let q = u16::from(enabled.as_slice()[i % enabled.len()]);
+                (q, q, false)
+            }
+        }
+    }
+
+    pub fn learning(&self) -> bool {
+        self.learning
+    }
+
+    pub fn set_learning(&mut self, on: bool) {
+        self.learning = on;
+        if !on {
+            self.flows.clear_learned();
+        }
+    }
+
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// Adds an explicit flow steering rule: frames of `flow` go to RX queue `queue`.
+    pub fn add_flow_rule(&mut self, flow: FlowTuple, queue: u16) -> Result<(), RssError> {
+        if queue >= self.queue_pairs {
+            return Err(RssError::QueueOutOfRange {
+                queue,
+                queue_pairs: self.queue_pairs,
+            });
+        }
+        if !flow.is_ip() {
+            return Err(RssError::NotIp(flow.to_string()));
+        }
+        Ok(self.flows.add_rule(flow, queue)?)
+    }
+
+    pub fn del_flow_rule(&mut self, flow: &FlowTuple) -> Result<(), RssError> {
+        Ok(self.flows.del_rule(flow)?)
+    }
+
+    /// The VF sent `flow` on TX queue `txq`: steer the reverse direction to RX queue `txq`.
+    #[inline]
+    pub fn learn_tx(&mut self, flow: &FlowTuple, txq: u16) {
+        if self.learning && flow.is_ip() {
+            self.flows.learn(flow.reversed(), txq);
+        }
+    }
+
+    /// Chooses the RX queue for a frame of `tuple` (refreshing a learned flow's recency).
+    #[inline]
+    pub fn decide(&mut self, tuple: &FlowTuple, enabled: &EnabledQueues) -> Decision {
+        let hit = if tuple.is_ip() {
+            self.flows.lookup(tuple)
+        } else {
+            None
+        };
+        self.choose(tuple, enabled, hit)
+    }
+
+    /// Like `decide`, without side effects: the debugging answer.
+    pub fn explain(&self, tuple: &FlowTuple, enabled: &EnabledQueues) -> Decision {
+        let hit = if tuple.is_ip() {
+            self.flows.peek(tuple)
+        } else {
+            None
+        };
+        self.choose(tuple, enabled, hit)
+    }
+
+    fn choose(
+        &self,
+        tuple: &FlowTuple,
+        enabled: &EnabledQueues,
+        hit: Option<(u16, FlowSource)>,
+    ) -> Decision {
+        let hash = tuple.is_ip().then(|| {
+            let mut buf = [0u8; MAX_INPUT];
+            let n = tuple.hash_input(&mut buf);
+            self.toeplitz.hash(&buf[..n])
+        });
+        let index = hash.map(|h| h as usize % TABLE_SIZE);
+        let (queue, wanted, fell_back, by) = match (hit, index) {
+            (Some((q, src)), _) => {
+                let (queue, fb) = enabled.or_fallback(q);
+                let by = if src == FlowSource::Rule {
+                    Steering::FlowRule
+                } else {
+                    Steering::FlowLearned
+                };
+                (queue, q, fb, by)
+            }
+            (None, Some(i)) => {
+                let (q, w, fb) = self.table_entry(i, enabled);
+                (q, w, fb, Steering::Rss)
+            }
+            (None, None) => {
+                let (q, fb) = enabled.or_fallback(0);
+                (q, 0, fb, Steering::NonIp)
+            }
+        };
+        Decision {
+            tuple: *tuple,
+            hash,
+            index,
+            wanted,
+            queue,
+            by,
+            fell_back,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(sport: u16) -> FlowTuple {
+        FlowTuple::v4(
+            IPPROTO_TCP,
+            [66, 9, 149, 187],
+            [161, 142, 100, 80],
+            sport,
+            1766,
+        )
+    }
+
+    #[test]
+    fn explain_shows_hash_index_and_queue() {
+        let rss = VfRss::new(8);
+        let d = rss.explain(&tcp(2794), &EnabledQueues::first(8));
+        assert_eq!(d.hash, Some(0x51ccc178));
+        assert_eq!(d.index, Some(0x51ccc178 % 128));
+        assert_eq!(d.queue, (0x51ccc178 % 128 % 8) as u16);
+        assert_eq!(d.by, Steering::Rss);
+        assert!(d.to_string().contains("0x51ccc178"), "{d}");
+    }
+
+    #[test]
+    fn default_table_follows_the_enabled_queues() {
+        let rss = VfRss::new(8);
+        let t8 = rss.effective_table(&EnabledQueues::first(8));
+        assert!((0..TABLE_SIZE).all(|i| t8[i] == (i % 8) as u16));
+        let t2 = rss.effective_table(&EnabledQueues::first(2));
+        assert!((0..TABLE_SIZE).all(|i| t2[i] == (i % 2) as u16));
+        let odd = rss.effective_table(&EnabledQueues::from_mask(0b1010));
+        assert!(odd.iter().all(|q| *q == 1 || *q == 3));
+    }
+
+    #[test]
+    fn user_table_is_kept_and_disabled_entries_fall_back_deterministically() {
+        let mut rss = VfRss::new(8);
+        rss.set_table(Some(&[7, 6])).unwrap();
+        let all = EnabledQueues::first(8);
+        assert_eq!(&rss.effective_table(&all)[..4], &[7, 6, 7, 6]);
+        let two = EnabledQueues::first(2);
+        let t = rss.effective_table(&two);
+        assert!(t.iter().all(|q| *q < 2), "{t:?}");
+        assert_eq!(t, rss.effective_table(&two), "deterministic");
+        // Enabling all queues again brings the user's table back unchanged.
+        assert_eq!(&rss.effective_table(&all)[..2], &[7, 6]);
+        assert_eq!(
+            rss.set_table(Some(&[8])),
+            Err(RssError::QueueOutOfRange {
+                queue: 8,
+                queue_pairs: 8
+            })
+        );
+        assert_eq!(rss.set_table(Some(&[])), Err(RssError::TableLen(0)));
+        assert_eq!(
+            &rss.effective_table(&all)[..2],
+            &[7, 6],
+            "a refused table changes nothing"
+        );
+    }
+
+    #[test]
+    fn flow_rules_and_learning_override_rss() {
+        let mut rss = VfRss::new(4);
+        let all = EnabledQueues::first(4);
+        let f = tcp(1);
+        rss.learn_tx(&f.reversed(), 3);
+        assert_eq!(rss.decide(&f, &all).by, Steering::FlowLearned);
+        assert_eq!(rss.decide(&f, &all).queue, 3);
+        rss.add_flow_rule(f, 2).unwrap();
+        let d = rss.decide(&f, &all);
+        assert_eq!((d.queue, d.by), (2, Steering::FlowRule));
+        // A rule to a disabled queue falls back to an enabled one.
+        let d = rss.decide(&f, &EnabledQueues::first(2));
+        assert!(d.fell_back && d.queue < 2);
+        assert!(rss.add_flow_rule(f, 4).is_err());
+        assert!(rss.add_flow_rule(FlowTuple::NON_IP, 0).is_err());
+        rss.set_learning(false);
+        rss.learn_tx(&tcp(9).reversed(), 1);
+        assert_eq!(rss.decide(&tcp(9), &all).by, Steering::Rss);
+    }
+
+    #[test]
+    fn non_ip_goes_to_queue_zero() {
+        let mut rss = VfRss::new(4);
+        let d = rss.decide(&FlowTuple::NON_IP, &EnabledQueues::first(4));
+        assert_eq!((d.queue, d.by, d.hash), (0, Steering::NonIp, None));
+    }
+}
