@@ -10,10 +10,11 @@
 use super::copy::{copy_segments, read_segments, write_segments};
 use super::net_hdr::{rx_header, vnet_hdr_len};
 use super::segments::{Direction, Segments};
+use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering};
 use crate::stats::PortCounters;
 use crate::switch::{Learned, Switch, Verdict};
 use crate::vf::{Connection, GuestMem, Port, Vring};
-use crate::wire::{flow_hash, FrameHeader, ETH_HEADER_LEN, HEADER_COPY_LEN};
+use crate::wire::{FrameHeader, ETH_HEADER_LEN, HEADER_COPY_LEN};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +78,8 @@ struct TxFrame {
     /// destination receives these bytes, so a guest rewriting its buffer cannot bypass policy.
     head: [u8; HEADER_COPY_LEN],
     head_len: usize,
-    hash: u32,
+    /// The RSS / flow steering view of the frame, parsed once from `head`.
+    tuple: FlowTuple,
     ok: bool,
 }
 
@@ -88,7 +90,7 @@ impl Default for TxFrame {
             len: 0,
             head: [0; HEADER_COPY_LEN],
             head_len: 0,
-            hash: 0,
+            tuple: FlowTuple::NON_IP,
             ok: false,
         }
     }
@@ -120,7 +122,7 @@ impl TxFrame {
             Ok(n) if n == want => self.head_len = n,
             _ => return,
         }
-        self.hash = flow_hash(&self.head[..self.head_len]);
+        self.tuple = FlowTuple::parse(&self.head[..self.head_len]);
         self.ok = true;
     }
 }
@@ -131,8 +133,7 @@ struct PortView {
     generation: u64,
     conn: Option<Arc<Connection>>,
     /// RX queues the guest has enabled, refreshed once per pass when first needed.
-    rx_enabled: [u8; 64],
-    n_rx: usize,
+    enabled: EnabledQueues,
     rx_pass: u64,
     /// Bit q: RX queue q got used buffers this pass and may need a notification.
     rx_signal: u64,
@@ -144,16 +145,19 @@ impl PortView {
             return;
         }
         self.rx_pass = pass;
-        self.n_rx = 0;
-        let Some(conn) = &self.conn else { return };
-        for q in 0..usize::from(self.port.spec.queue_pairs).min(64) {
-            if let Some(v) = conn.vring(2 * q) {
-                let st = v.get_ref();
-                if st.is_enabled() && st.get_queue().ready() {
-                    self.rx_enabled[self.n_rx] = q as u8;
-                    self.n_rx += 1;
+        let mut mask = 0u64;
+        if let Some(conn) = &self.conn {
+            for q in 0..usize::from(self.port.spec.queue_pairs).min(64) {
+                if let Some(v) = conn.vring(2 * q) {
+                    let st = v.get_ref();
+                    if st.is_enabled() && st.get_queue().ready() {
+                        mask |= 1 << q;
+                    }
                 }
             }
+        }
+        if mask != self.enabled.mask() {
+            self.enabled = EnabledQueues::from_mask(mask);
         }
     }
 }
@@ -197,8 +201,7 @@ impl DataPlane {
                 port,
                 generation: u64::MAX,
                 conn: None,
-                rx_enabled: [0; 64],
-                n_rx: 0,
+                enabled: EnabledQueues::NONE,
                 rx_pass: 0,
                 rx_signal: 0,
             })
@@ -389,6 +392,16 @@ impl DataPlane {
                 return;
             }
         };
+        if f.tuple.is_ip() {
+            match port.rss().learn_tx(&f.tuple, qp as u16) {
+                Some(Learn::Inserted) => c.totals.flow_learned.inc(),
+                Some(Learn::InsertedEvicting) => {
+                    c.totals.flow_learned.inc();
+                    c.totals.flow_evictions.inc();
+                }
+                _ => {}
+            }
+        }
         let (verdict, learned) = sw.forward(port.spec.id, &hdr, now);
         if let Learned::Moved { from } = learned {
             tracing::info!(mac = %hdr.src, from = %from, to = %port.spec.id, "FDB move");
@@ -526,10 +539,21 @@ fn deliver(
     pass: u64,
 ) -> Result<usize, RxDrop> {
     view.refresh_rx(pass);
-    if view.n_rx == 0 {
+    if view.enabled.is_empty() {
         return Err(RxDrop::NoBuffer);
     }
-    let qi = usize::from(view.rx_enabled[f.hash as usize % view.n_rx]);
+    let decision = view.port.rss().decide(&f.tuple, &view.enabled);
+    let c = &view.port.counters.totals;
+    match decision.by {
+        Steering::Rss => c.rx_steer_rss.inc(),
+        Steering::FlowRule => c.rx_steer_flow_rule.inc(),
+        Steering::FlowLearned => c.rx_steer_flow_learned.inc(),
+        Steering::NonIp => c.rx_steer_non_ip.inc(),
+    }
+    if decision.fell_back {
+        c.rx_steer_fallback.inc();
+    }
+    let qi = usize::from(decision.queue);
     let conn = view.conn.as_ref().ok_or(RxDrop::NoBuffer)?;
     let vring = conn.vring(2 * qi).ok_or(RxDrop::NoBuffer)?;
     let features = conn.acked_features();

@@ -25,6 +25,15 @@ pub enum FlowSource {
     Learned,
 }
 
+/// What `learn` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    Updated,
+    Inserted,
+    /// Inserted, and the least recently used entry was evicted to make room.
+    InsertedEvicting,
+}
+
 /// The table of one VF.
 #[derive(Debug)]
 pub struct FlowTable {
@@ -70,15 +79,17 @@ impl FlowTable {
 
     /// Learns that `flow` belongs on `queue` (the reverse of a flow the VF sent on TX queue
     /// `queue`). The least recently used entry is evicted when the table is full.
-    pub fn learn(&mut self, flow: FlowTuple, queue: u16) {
+    pub fn learn(&mut self, flow: FlowTuple, queue: u16) -> Learn {
         if let Some(q) = self.learned.get_mut(&flow) {
             *q = queue;
-            return;
+            return Learn::Updated;
         }
         self.learned_inserts += 1;
         if self.learned.push(flow, queue).is_some() {
             self.evictions += 1;
+            return Learn::InsertedEvicting;
         }
+        Learn::Inserted
     }
 
     /// Looks a flow up (rules first), refreshing a learned entry's recency.

@@ -10,7 +10,9 @@ mod flow_table;
 mod toeplitz;
 mod tuple;
 
-pub use flow_table::{FlowError, FlowSource, FlowTable, DEFAULT_LEARNED_CAPACITY, MAX_RULES};
+pub use flow_table::{
+    FlowError, FlowSource, FlowTable, Learn, DEFAULT_LEARNED_CAPACITY, MAX_RULES,
+};
 pub use toeplitz::{
     toeplitz_reference, KeyParseError, RssKey, ToeplitzTable, DEFAULT_KEY, KEY_LEN, MAX_INPUT,
 };
@@ -271,11 +273,10 @@ impl VfRss {
     }
 
     /// The VF sent `flow` on TX queue `txq`: steer the reverse direction to RX queue `txq`.
+    /// Returns what learning did, `None` when learning is off or the frame is not IP.
     #[inline]
-    pub fn learn_tx(&mut self, flow: &FlowTuple, txq: u16) {
-        if self.learning && flow.is_ip() {
-            self.flows.learn(flow.reversed(), txq);
-        }
+    pub fn learn_tx(&mut self, flow: &FlowTuple, txq: u16) -> Option<Learn> {
+        (self.learning && flow.is_ip()).then(|| self.flows.learn(flow.reversed(), txq))
     }
 
     /// Chooses the RX queue for a frame of `tuple` (refreshing a learned flow's recency).

@@ -74,6 +74,20 @@ counters! {
         drop_no_rx_buffer,
         /// RX: the frame does not fit the guest's RX buffers (no mergeable buffers).
         drop_oversize_rx,
+        /// RX queue decisions made by the RSS hash and indirection table.
+        rx_steer_rss,
+        /// RX queue decisions made by an explicit flow steering rule.
+        rx_steer_flow_rule,
+        /// RX queue decisions made by a flow learned from the VF's transmit queue.
+        rx_steer_flow_learned,
+        /// Non-IP frames, steered to queue 0.
+        rx_steer_non_ip,
+        /// Decisions whose queue was disabled, replaced by an enabled one.
+        rx_steer_fallback,
+        /// Flows learned from transmitted frames (new entries).
+        flow_learned,
+        /// Learned flows evicted (least recently used) to make room.
+        flow_evictions,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::{GuestMemAtomic, Vring};
 use crate::pf::PortSpec;
+use crate::rss::VfRss;
 use crate::stats::PortCounters;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -80,6 +81,9 @@ impl Connection {
 pub struct Port {
     pub spec: PortSpec,
     pub counters: PortCounters,
+    /// RSS key and table, flow steering. Locked by the data plane per frame (uncontended but
+    /// for configuration changes).
+    pub rss: Mutex<VfRss>,
     conn: Mutex<Option<Arc<Connection>>>,
     /// Bumped on every attach and detach, so the data plane notices without locking.
     generation: AtomicU64,
@@ -88,9 +92,11 @@ pub struct Port {
 impl Port {
     pub fn new(spec: PortSpec) -> Self {
         let counters = PortCounters::new(usize::from(spec.queue_pairs));
+        let rss = Mutex::new(VfRss::new(spec.queue_pairs));
         Port {
             spec,
             counters,
+            rss,
             conn: Mutex::new(None),
             generation: AtomicU64::new(0),
         }
@@ -104,6 +110,12 @@ impl Port {
     /// The current connection.
     pub fn connection(&self) -> Option<Arc<Connection>> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The RSS state, even if a panic poisoned the lock (the state stays consistent: every
+    /// method leaves it valid).
+    pub fn rss(&self) -> std::sync::MutexGuard<'_, VfRss> {
+        self.rss.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn is_attached(&self) -> bool {

@@ -1,8 +1,7 @@
 //! Frame parsing for the switch, independent of any transport.
 //!
 //! - `mac.rs`: `MacAddr`, parsing and display.
-//! - `ethernet.rs`: the L2 header view (`FrameHeader`) the switch decides on, and the
-//!   flow hash used to spread flows over RX queues.
+//! - `ethernet.rs`: the L2 header view (`FrameHeader`) the switch decides on.
 //!
 //! Parsing works on a copy of the first bytes of a frame taken once from guest memory, so a
 //! guest rewriting its buffer cannot change a decision after it was made.
@@ -10,5 +9,5 @@
 mod ethernet;
 mod mac;
 
-pub use ethernet::{flow_hash, FrameHeader, ParseError, ETH_HEADER_LEN, HEADER_COPY_LEN};
+pub use ethernet::{FrameHeader, ParseError, ETH_HEADER_LEN, HEADER_COPY_LEN};
 pub use mac::{MacAddr, MacParseError};
