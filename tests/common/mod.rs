@@ -4,6 +4,7 @@
 use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use sriov_emu::pf::{default_vf_mac, PfConfig};
+use sriov_emu::rss::FlowTuple;
 use sriov_emu::wire::MacAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -88,4 +89,44 @@ pub fn counter(d: &Daemon, port: &str, name: &str) -> u64 {
         .counters
         .get(name)
         .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// Receives exactly `n` frames from any queue pair (or fails after `timeout`).
+pub fn recv_n(fe: &mut VirtioNetFrontend, n: usize, timeout: Duration) -> Vec<(usize, Vec<u8>)> {
+    let end = std::time::Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "received {} of {n} frames", out.len());
+        if let Some(x) = fe.recv_any(left.min(Duration::from_millis(100))) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*), so tests are repeatable without a crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A TCP or UDP IPv4 frame of `flow` (`FlowTuple::v4`), with `seq` in the payload.
+pub fn l4_frame(dst: MacAddr, src: MacAddr, flow: &FlowTuple, seq: u32) -> Vec<u8> {
+    let mut f = udp_frame(dst, src, flow.sport, flow.dport, seq, 80);
+    f[23] = flow.proto;
+    f[26..30].copy_from_slice(&flow.src[..4]);
+    f[30..34].copy_from_slice(&flow.dst[..4]);
+    f
+}
+
+/// The `seq` written by `udp_frame` / `l4_frame`.
+pub fn seq_of(frame: &[u8]) -> u32 {
+    u32::from_be_bytes([frame[42], frame[43], frame[44], frame[45]])
 }
