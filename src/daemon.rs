@@ -1,16 +1,18 @@
-//! `sriov-emu run`: builds the ports, binds their sockets, starts the data plane.
+//! `sriov-emu run`: the PF's ports, their sockets, the data plane; numvfs and channel changes
+//! at run time.
 
 use crate::dma_engine::{DataPlane, Waker};
-use crate::pf::PfConfig;
-use crate::switch::Switch;
-use crate::vf::{Port, PortServer, ServerError};
+use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
+use crate::switch::{PortId, Switch};
+use crate::vf::{Port, PortServer, PortTable, ServerError, ServerHandle};
 use crate::wire::MacAddr;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Why the emulator cannot start.
+/// Why the emulator cannot start or a change is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot create socket directory {path}: {source}")]
@@ -23,6 +25,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pf(#[from] PfError),
     #[error(transparent)]
     Port(#[from] ServerError),
     #[error("cannot start a thread: {0}")]
@@ -40,7 +44,9 @@ pub struct DaemonConfig {
 
 /// A running emulator.
 pub struct Daemon {
-    ports: Vec<Arc<Port>>,
+    pf: Mutex<Pf>,
+    table: Arc<PortTable>,
+    servers: Mutex<HashMap<PortId, ServerHandle>>,
     switch: Arc<Mutex<Switch>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
@@ -61,67 +67,173 @@ fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Raises the open-file limit to its hard maximum: every attached port holds a socket, its
+/// guest memory and two eventfds per queue.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 impl Daemon {
     /// Binds every port's socket and starts serving. Nothing is left bound on error.
     pub fn start(cfg: DaemonConfig) -> Result<Daemon, DaemonError> {
         check_socket_dir(&cfg.pf.socket_dir)?;
+        raise_fd_limit();
+        let pf = Pf::new(cfg.pf.clone())?;
         let waker = Arc::new(Waker::new().map_err(DaemonError::Thread)?);
-        let ports: Vec<Arc<Port>> = cfg
-            .pf
-            .ports()
-            .into_iter()
-            .map(|s| Arc::new(Port::new(s)))
-            .collect();
-        let mut servers = Vec::with_capacity(ports.len());
-        for p in &ports {
-            match PortServer::bind(p.clone(), waker.clone()) {
-                Ok(s) => servers.push(s),
+        let table = Arc::new(PortTable::new(pf::PORT_SLOTS));
+        let switch = Arc::new(Mutex::new(Switch::new(cfg.fdb_aging_secs)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let daemon = Daemon {
+            table: table.clone(),
+            servers: Mutex::new(HashMap::new()),
+            switch: switch.clone(),
+            waker: waker.clone(),
+            stop: stop.clone(),
+            socket_dir: cfg.pf.socket_dir.clone(),
+            pf: Mutex::new(pf.clone()),
+        };
+        daemon.add_ports(pf.port_specs())?;
+        DataPlane::new(table.clone(), switch, waker, stop.clone())
+            .spawn()
+            .map_err(DaemonError::Thread)?;
+        if let Some(every) = cfg.stats_interval {
+            std::thread::Builder::new()
+                .name("stats".into())
+                .spawn(move || log_stats(&table, every, &stop))
+                .map_err(DaemonError::Thread)?;
+        }
+        tracing::info!(
+            dir = %cfg.pf.socket_dir.display(),
+            vfs = pf.numvfs(),
+            pv_ports = cfg.pf.pv_ports,
+            channels_used = pf.pool().used(),
+            channels_free = pf.pool().free(),
+            "serving"
+        );
+        Ok(daemon)
+    }
+
+    /// Creates, binds and starts `specs`; on error stops the ones already started.
+    fn add_ports(&self, specs: Vec<PortSpec>) -> Result<(), DaemonError> {
+        let mut bound = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let port = Arc::new(Port::new(spec));
+            match PortServer::bind(port, self.waker.clone()) {
+                Ok(s) => bound.push(s),
                 Err(e) => {
-                    for done in &ports[..servers.len()] {
-                        let _ = std::fs::remove_file(&done.spec.socket);
+                    // Dropping an unstarted server closes its listener; remove its socket.
+                    for s in bound {
+                        let path = s.port().spec.socket.clone();
+                        drop(s);
+                        let _ = std::fs::remove_file(path);
                     }
                     return Err(e.into());
                 }
             }
         }
-        let switch = Arc::new(Mutex::new(Switch::new(cfg.fdb_aging_secs)));
-        let stop = Arc::new(AtomicBool::new(false));
-        DataPlane::new(ports.clone(), switch.clone(), waker.clone(), stop.clone())
-            .spawn()
-            .map_err(DaemonError::Thread)?;
-        for s in servers {
-            s.spawn()?;
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        for s in bound {
+            let port = s.port().clone();
+            let handle = s.spawn()?;
+            self.table.set(port.spec.id, Some(port.clone()));
+            servers.insert(port.spec.id, handle);
         }
-        if let Some(every) = cfg.stats_interval {
-            let ports = ports.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("stats".into())
-                .spawn(move || log_stats(&ports, every, &stop))
-                .map_err(DaemonError::Thread)?;
-        }
-        tracing::info!(
-            dir = %cfg.pf.socket_dir.display(),
-            vfs = cfg.pf.numvfs,
-            pv_ports = cfg.pf.pv_ports,
-            "serving"
-        );
-        Ok(Daemon {
-            ports,
-            switch,
-            waker,
-            stop,
-            socket_dir: cfg.pf.socket_dir,
-        })
+        self.waker.wake();
+        Ok(())
     }
 
-    pub fn ports(&self) -> &[Arc<Port>] {
-        &self.ports
+    /// Stops the servers of `ids` (disconnecting their frontends) and empties their slots.
+    fn remove_ports(&self, ids: impl IntoIterator<Item = PortId>) {
+        let handles: Vec<ServerHandle> = {
+            let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+            ids.into_iter()
+                .filter_map(|id| servers.remove(&id))
+                .collect()
+        };
+        for h in &handles {
+            self.table.set(h.port().spec.id, None);
+        }
+        self.waker.wake();
+        for h in handles {
+            h.stop();
+        }
+    }
+
+    /// Sets numvfs (through 0 for a non-zero change, as with sysfs). VFs that go away are
+    /// disconnected and their sockets removed; new VFs listen at once.
+    pub fn set_numvfs(&self, n: u32) -> Result<(), DaemonError> {
+        let mut pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());
+        let change = pf.set_numvfs(n)?;
+        self.remove_ports(change.removed.clone().map(pf::vf_port_id));
+        let specs: Vec<PortSpec> = change
+            .added
+            .clone()
+            .filter_map(|vf| pf.vf_spec(vf))
+            .collect();
+        if let Err(e) = self.add_ports(specs) {
+            // Could not bind every new socket: back to 0 VFs, nothing half-done.
+            let _ = pf.set_numvfs(0);
+            return Err(e);
+        }
+        tracing::info!(
+            numvfs = pf.numvfs(),
+            channels_free = pf.pool().free(),
+            "numvfs changed"
+        );
+        Ok(())
+    }
+
+    /// Changes VF `vf`'s channels (queue pairs). The VF must be detached; the channels come
+    /// from the pool, and the error says how many are free.
+    pub fn set_vf_channels(&self, vf: u32, channels: u32) -> Result<(), DaemonError> {
+        let mut pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());
+        let numvfs = pf.numvfs();
+        let id = u16::try_from(vf)
+            .ok()
+            .filter(|v| *v < numvfs)
+            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        if self
+            .table
+            .get(pf::vf_port_id(id))
+            .is_some_and(|p| p.is_attached())
+        {
+            return Err(PfError::VfAttached(id).into());
+        }
+        let old = pf.vf_channels(id).unwrap_or(0);
+        pf.set_vf_channels(vf, channels)?;
+        self.remove_ports([pf::vf_port_id(id)]);
+        let spec = pf.vf_spec(id).into_iter().collect();
+        if let Err(e) = self.add_ports(spec) {
+            let _ = pf.set_vf_channels(vf, u32::from(old));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// (numvfs, channels used, channels free) of the VF pool.
+    pub fn pf_summary(&self) -> (u16, u32, u32) {
+        let pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());
+        (pf.numvfs(), pf.pool().used(), pf.pool().free())
+    }
+
+    /// Every existing port, in id order.
+    pub fn ports(&self) -> Vec<Arc<Port>> {
+        self.table.ports()
     }
 
     /// The port named `vf3` / `pv0`.
-    pub fn port(&self, name: &str) -> Option<&Arc<Port>> {
-        self.ports.iter().find(|p| p.spec.name == name)
+    pub fn port(&self, name: &str) -> Option<Arc<Port>> {
+        self.table.by_name(name)
     }
 
     pub fn socket_dir(&self) -> &Path {
@@ -136,8 +248,8 @@ impl Daemon {
             .into_iter()
             .map(|(m, e)| {
                 let name = self
-                    .ports
-                    .get(e.port.index())
+                    .table
+                    .get(e.port)
                     .map(|p| p.spec.name.clone())
                     .unwrap_or_default();
                 (m, name, e.is_static)
@@ -145,13 +257,20 @@ impl Daemon {
             .collect()
     }
 
-    /// Stops the data plane and removes the sockets.
+    /// Stops the data plane, disconnects every frontend and removes the sockets.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.waker.wake();
-        for p in &self.ports {
-            let _ = std::fs::remove_file(&p.spec.socket);
+        if self.stop.swap(true, Ordering::AcqRel) {
+            return;
         }
+        self.waker.wake();
+        let ids: Vec<PortId> = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        self.remove_ports(ids);
     }
 }
 
@@ -161,10 +280,10 @@ impl Drop for Daemon {
     }
 }
 
-fn log_stats(ports: &[Arc<Port>], every: Duration, stop: &AtomicBool) {
+fn log_stats(table: &PortTable, every: Duration, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(every);
-        for p in ports {
+        for p in table.ports() {
             let nonzero: Vec<String> = p
                 .counters
                 .snapshot()

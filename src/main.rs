@@ -131,17 +131,22 @@ fn run(args: RunArgs) -> Result<(), String> {
 
 fn qemu_args(a: QemuArgsCmd) -> Result<(), String> {
     let pf = pf_config(&a.pf)?;
-    let ports = pf.ports();
-    let want = format!("{}{}", a.kind, a.index);
-    let p = ports.iter().find(|p| p.name == want).ok_or_else(|| {
-        let n = if a.kind == "vf" {
-            pf.numvfs
-        } else {
-            pf.pv_ports
-        };
+    let (count, spec) = match a.kind.as_str() {
+        "vf" => (
+            pf.numvfs,
+            u16::try_from(a.index)
+                .ok()
+                .map(|i| pf.vf_spec(i, pf.channels_per_vf)),
+        ),
+        _ => (
+            pf.pv_ports,
+            u16::try_from(a.index).ok().map(|i| pf.pv_spec(i)),
+        ),
+    };
+    let p = spec.filter(|_| a.index < u32::from(count)).ok_or_else(|| {
         format!(
-            "{want} does not exist: there are {n} {} ports (indices 0..{n})",
-            a.kind
+            "{}{} does not exist: there are {count} {} ports (indices 0..{count})",
+            a.kind, a.index, a.kind
         )
     })?;
     let qp = p.queue_pairs;

@@ -56,7 +56,7 @@ fn bad_numbers_are_clear_errors_with_nonzero_exit() {
         ),
         (
             vec!["--vfs", "254", "--channels-per-vf", "9"],
-            "the pool has 2048",
+            "not enough DMA channels: 2286 requested, 2048 of 2048 free",
         ),
         (vec!["--mtu", "10000"], "MTU 10000 is out of range"),
         (vec!["--vfs", "many"], "invalid value 'many'"),

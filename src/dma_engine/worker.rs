@@ -13,7 +13,7 @@ use super::segments::{Direction, Segments};
 use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering};
 use crate::stats::PortCounters;
 use crate::switch::{Learned, Switch, Verdict};
-use crate::vf::{Connection, GuestMem, Port, Vring};
+use crate::vf::{Connection, GuestMem, Port, PortTable, Vring};
 use crate::wire::{FrameHeader, ETH_HEADER_LEN, HEADER_COPY_LEN};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -140,6 +140,17 @@ struct PortView {
 }
 
 impl PortView {
+    fn new(port: Arc<Port>) -> Self {
+        PortView {
+            port,
+            generation: u64::MAX,
+            conn: None,
+            enabled: EnabledQueues::NONE,
+            rx_pass: 0,
+            rx_signal: 0,
+        }
+    }
+
     fn refresh_rx(&mut self, pass: u64) {
         if self.rx_pass == pass {
             return;
@@ -177,7 +188,10 @@ struct RxScratch {
 
 /// The data-plane thread's state.
 pub struct DataPlane {
-    views: Vec<PortView>,
+    table: Arc<PortTable>,
+    table_generation: u64,
+    /// One slot per port id, following `table`.
+    views: Vec<Option<PortView>>,
     switch: Arc<Mutex<Switch>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
@@ -190,24 +204,15 @@ pub struct DataPlane {
 
 impl DataPlane {
     pub fn new(
-        ports: Vec<Arc<Port>>,
+        table: Arc<PortTable>,
         switch: Arc<Mutex<Switch>>,
         waker: Arc<Waker>,
         stop: Arc<AtomicBool>,
     ) -> Self {
-        let views = ports
-            .into_iter()
-            .map(|port| PortView {
-                port,
-                generation: u64::MAX,
-                conn: None,
-                enabled: EnabledQueues::NONE,
-                rx_pass: 0,
-                rx_signal: 0,
-            })
-            .collect();
         DataPlane {
-            views,
+            table,
+            table_generation: u64::MAX,
+            views: Vec::new(),
             switch,
             waker,
             stop,
@@ -234,12 +239,13 @@ impl DataPlane {
         while !self.stop.load(Ordering::Acquire) {
             self.waker.wait(IDLE_WAIT);
             self.pass += 1;
+            self.sync_table();
             self.refresh_views();
             self.age_fdb();
             loop {
                 let mut worked = false;
                 for i in 0..self.views.len() {
-                    let Some(conn) = self.views[i].conn.clone() else {
+                    let Some(conn) = self.views[i].as_ref().and_then(|v| v.conn.clone()) else {
                         continue;
                     };
                     let mut mask = conn.take_tx_pending();
@@ -259,9 +265,37 @@ impl DataPlane {
         }
     }
 
+    /// Follows ports added, removed or replaced (numvfs and channel changes).
+    fn sync_table(&mut self) {
+        let g = self.table.generation();
+        if g == self.table_generation {
+            return;
+        }
+        self.table_generation = g;
+        let slots = self.table.snapshot();
+        self.views.resize_with(slots.len(), || None);
+        for (view, port) in self.views.iter_mut().zip(slots) {
+            let same = match (&*view, &port) {
+                (Some(v), Some(p)) => Arc::ptr_eq(&v.port, p),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            if let Some(old) = view.take() {
+                self.switch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .port_down(old.port.spec.id);
+            }
+            *view = port.map(PortView::new);
+        }
+    }
+
     /// Picks up attach/detach of frontends.
     fn refresh_views(&mut self) {
-        for v in &mut self.views {
+        for v in self.views.iter_mut().flatten() {
             let g = v.port.generation();
             if g == v.generation {
                 continue;
@@ -301,7 +335,9 @@ impl DataPlane {
         let Some(vring) = conn.vring(2 * qp + 1) else {
             return;
         };
-        let port = self.views[src].port.clone();
+        let Some(port) = self.views[src].as_ref().map(|v| v.port.clone()) else {
+            return;
+        };
         let mem_guard = conn.mem.memory();
         let mem: &GuestMem = &mem_guard;
         let hdr_len = vnet_hdr_len(conn.acked_features());
@@ -408,7 +444,7 @@ impl DataPlane {
         }
         match verdict {
             Verdict::SamePort => c.totals.drop_same_port.inc(),
-            Verdict::Unicast(dst) => match self.views.get(dst.index()) {
+            Verdict::Unicast(dst) => match self.views.get(dst.index()).and_then(Option::as_ref) {
                 Some(v) if v.conn.is_some() => {
                     c.totals.tx_forwarded.inc();
                     self.deliver_counted(dst.index(), k, src_mem, src_hdr);
@@ -418,7 +454,7 @@ impl DataPlane {
             Verdict::Flood => {
                 let mut any = false;
                 for j in 0..self.views.len() {
-                    if j == src || self.views[j].conn.is_none() {
+                    if j == src || !self.views[j].as_ref().is_some_and(|v| v.conn.is_some()) {
                         continue;
                     }
                     if !any {
@@ -437,7 +473,9 @@ impl DataPlane {
     fn deliver_counted(&mut self, dst: usize, k: usize, src_mem: &GuestMem, src_hdr: usize) {
         let pass = self.pass;
         let f = &self.frames[k];
-        let view = &mut self.views[dst];
+        let Some(view) = self.views[dst].as_mut() else {
+            return;
+        };
         let port = view.port.clone();
         let c: &PortCounters = &port.counters;
         match deliver(view, f, src_mem, src_hdr, &mut self.rx, pass) {
@@ -456,7 +494,7 @@ impl DataPlane {
 
     /// Notifies the guests whose RX queues got frames this pass.
     fn flush_rx_signals(&mut self) {
-        for v in &mut self.views {
+        for v in self.views.iter_mut().flatten() {
             let mut mask = std::mem::take(&mut v.rx_signal);
             let Some(conn) = &v.conn else { continue };
             if mask == 0 {

@@ -1,7 +1,17 @@
 //! PF resources: the VF table, numvfs, per-port queue pairs, MACs and socket paths.
 //!
-//! This model is static: the ports are fixed at start. The channel pool and run-time
-//! numvfs changes build on `PfConfig` and `PortSpec`.
+//! - `pool.rs`: a pool of DMA channels (2048 for VFs; a separate software budget for PV ports).
+//! - `resources.rs`: `Pf`, the run-time state: numvfs (changed through 0, like sysfs), each
+//!   VF's channel count, and the pools they come from.
+//! - this file: limits, errors, the static start configuration and port descriptions.
+//!
+//! Port ids are fixed: VF i is port i, PV port j is port `TOTAL_VFS + j`, whatever numvfs is.
+
+mod pool;
+mod resources;
+
+pub use pool::ChannelPool;
+pub use resources::{NumVfsChange, Pf};
 
 use crate::switch::PortId;
 use crate::wire::MacAddr;
@@ -22,9 +32,11 @@ pub const DEFAULT_MTU: u16 = 1500;
 pub const DEFAULT_CHANNELS: u16 = 2;
 pub const DEFAULT_VFS: u16 = 4;
 pub const DEFAULT_PV_PORTS: u16 = 1;
+/// Queue pairs PV ports may take in all: the software path's budget, apart from the pool.
+pub const PV_CHANNEL_BUDGET: u32 = 512;
 
-/// Why a PF configuration is refused.
-#[derive(Debug, thiserror::Error)]
+/// Why a PF configuration or change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PfError {
     #[error("numvfs {0} is out of range: the adapter has 0..={TOTAL_VFS} VFs")]
     NumVfs(u32),
@@ -32,14 +44,22 @@ pub enum PfError {
     PvPorts(u32),
     #[error("{0} channels per VF is out of range 1..={MAX_CHANNELS_PER_VF}")]
     Channels(u32),
-    #[error("{requested} channels requested ({numvfs} VFs x {per_vf}) but the pool has {TOTAL_CHANNELS}")]
-    ChannelPool {
+    #[error("not enough DMA channels: {requested} requested, {free} of {total} free")]
+    ChannelsExhausted {
         requested: u32,
-        numvfs: u16,
-        per_vf: u16,
+        free: u32,
+        total: u32,
     },
     #[error("MTU {0} is out of range {MIN_MTU}..={MAX_MTU}")]
     Mtu(u32),
+    #[error(
+        "numvfs is {current}: set it to 0 before setting {requested} (as with sysfs sriov_numvfs)"
+    )]
+    NumVfsBusy { current: u16, requested: u16 },
+    #[error("vf {vf} does not exist: numvfs is {numvfs}")]
+    NoSuchVf { vf: u32, numvfs: u16 },
+    #[error("vf {0} is attached to a frontend: detach it before changing its channels")]
+    VfAttached(u16),
 }
 
 /// What kind of port, and its index among its kind.
@@ -106,14 +126,6 @@ impl PfConfig {
             .ok()
             .filter(|n| (1..=MAX_CHANNELS_PER_VF).contains(n))
             .ok_or(PfError::Channels(channels_per_vf))?;
-        let requested = u32::from(numvfs) * u32::from(per_vf);
-        if requested > TOTAL_CHANNELS {
-            return Err(PfError::ChannelPool {
-                requested,
-                numvfs,
-                per_vf,
-            });
-        }
         let mtu = u16::try_from(mtu)
             .ok()
             .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
@@ -128,35 +140,47 @@ impl PfConfig {
         })
     }
 
-    /// Every port: VFs first, then PV ports.
-    pub fn ports(&self) -> Vec<PortSpec> {
-        let vfs = (0..self.numvfs).map(|i| {
-            let name = format!("vf{i}");
-            PortSpec {
-                id: PortId(i),
-                kind: PortKind::Vf(i),
-                socket: socket_path(&self.socket_dir, &name),
-                name,
-                mac: Some(default_vf_mac(i)),
-                queue_pairs: self.channels_per_vf,
-                mtu: self.mtu,
-            }
-        });
-        let pvs = (0..self.pv_ports).map(|i| {
-            let name = format!("pv{i}");
-            PortSpec {
-                id: PortId(self.numvfs + i),
-                kind: PortKind::Pv(i),
-                socket: socket_path(&self.socket_dir, &name),
-                name,
-                mac: None,
-                queue_pairs: self.pv_channels,
-                mtu: self.mtu,
-            }
-        });
-        vfs.chain(pvs).collect()
+    /// The description of VF `vf` with `channels` queue pairs.
+    pub fn vf_spec(&self, vf: u16, channels: u16) -> PortSpec {
+        let name = format!("vf{vf}");
+        PortSpec {
+            id: vf_port_id(vf),
+            kind: PortKind::Vf(vf),
+            socket: socket_path(&self.socket_dir, &name),
+            name,
+            mac: Some(default_vf_mac(vf)),
+            queue_pairs: channels,
+            mtu: self.mtu,
+        }
+    }
+
+    /// The description of PV port `pv`.
+    pub fn pv_spec(&self, pv: u16) -> PortSpec {
+        let name = format!("pv{pv}");
+        PortSpec {
+            id: pv_port_id(pv),
+            kind: PortKind::Pv(pv),
+            socket: socket_path(&self.socket_dir, &name),
+            name,
+            mac: None,
+            queue_pairs: self.pv_channels,
+            mtu: self.mtu,
+        }
     }
 }
+
+/// Port id of VF `vf`.
+pub fn vf_port_id(vf: u16) -> PortId {
+    PortId(vf)
+}
+
+/// Port id of PV port `pv` (after every possible VF).
+pub fn pv_port_id(pv: u16) -> PortId {
+    PortId(TOTAL_VFS + pv)
+}
+
+/// Number of port ids: every possible VF and PV port.
+pub const PORT_SLOTS: usize = (TOTAL_VFS + MAX_PV_PORTS) as usize;
 
 #[cfg(test)]
 mod tests {
@@ -173,38 +197,38 @@ mod tests {
     #[test]
     fn limits_are_errors_not_clamps() {
         let d = PathBuf::from("/tmp/x");
-        assert!(matches!(
-            PfConfig::new(d.clone(), 255, 1, 2, 1500),
-            Err(PfError::NumVfs(255))
-        ));
-        assert!(matches!(
-            PfConfig::new(d.clone(), 4, 1, 0, 1500),
-            Err(PfError::Channels(0))
-        ));
-        assert!(matches!(
-            PfConfig::new(d.clone(), 4, 1, 65, 1500),
-            Err(PfError::Channels(65))
-        ));
-        assert!(matches!(
-            PfConfig::new(d.clone(), 254, 1, 9, 1500),
-            Err(PfError::ChannelPool { .. })
-        ));
-        assert!(matches!(
-            PfConfig::new(d.clone(), 4, 1, 2, 9001),
-            Err(PfError::Mtu(9001))
-        ));
+        assert_eq!(
+            PfConfig::new(d.clone(), 255, 1, 2, 1500).unwrap_err(),
+            PfError::NumVfs(255)
+        );
+        assert_eq!(
+            PfConfig::new(d.clone(), 4, 1, 0, 1500).unwrap_err(),
+            PfError::Channels(0)
+        );
+        assert_eq!(
+            PfConfig::new(d.clone(), 4, 1, 65, 1500).unwrap_err(),
+            PfError::Channels(65)
+        );
+        assert_eq!(
+            PfConfig::new(d.clone(), 4, 1, 2, 9001).unwrap_err(),
+            PfError::Mtu(9001)
+        );
         assert!(PfConfig::new(d, 254, 1, 8, 9000).is_ok());
     }
 
     #[test]
-    fn ports_are_vfs_then_pv() {
+    fn port_ids_are_fixed_vfs_then_pv() {
         let c = PfConfig::new(PathBuf::from("/s"), 2, 1, 2, 1500).unwrap();
-        let p = c.ports();
-        assert_eq!(p.len(), 3);
-        assert_eq!(p[1].name, "vf1");
-        assert_eq!(p[1].socket, PathBuf::from("/s/vf1.sock"));
-        assert_eq!(p[2].kind, PortKind::Pv(0));
-        assert_eq!(p[2].id, PortId(2));
-        assert_eq!(p[2].mac, None);
+        let vf = c.vf_spec(1, 4);
+        assert_eq!(
+            (vf.name.as_str(), vf.id, vf.queue_pairs),
+            ("vf1", PortId(1), 4)
+        );
+        assert_eq!(vf.socket, PathBuf::from("/s/vf1.sock"));
+        let pv = c.pv_spec(0);
+        assert_eq!(
+            (pv.kind, pv.id, pv.mac),
+            (PortKind::Pv(0), PortId(254), None)
+        );
     }
 }

@@ -5,15 +5,18 @@
 //! - `backend.rs`: `NetBackend`, the `VhostUserBackend` for one connection: features, queues,
 //!   and kick handling (which only wakes the data plane).
 //! - `server.rs`: the accept loop of one port's socket: a new daemon per frontend, so a port
-//!   accepts the next frontend after the old one left.
+//!   accepts the next frontend after the old one left; stoppable when the port goes away.
+//! - `table.rs`: the port table the data plane follows.
 
 mod backend;
 mod port;
 mod server;
+mod table;
 
 pub use backend::{NetBackend, DEVICE_FEATURES, MAX_QUEUE_SIZE};
 pub use port::{Connection, Port};
-pub use server::{PortServer, ServerError};
+pub use server::{PortServer, ServerError, ServerHandle};
+pub use table::PortTable;
 
 /// Dirty-page bitmap type for guest memory (migration logging).
 pub type GuestBitmap = vhost_user_backend::bitmap::BitmapMmapRegion;

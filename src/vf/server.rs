@@ -6,10 +6,11 @@ use super::{GuestMem, GuestMemAtomic};
 use crate::dma_engine::Waker;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 
 /// Why a port cannot serve its socket.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,42 @@ pub struct PortServer {
     port: Arc<Port>,
     listener: Listener,
     waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    /// Ends the current frontend's session, if one is being served.
+    session: Arc<Mutex<Option<ShutdownHandle>>>,
+}
+
+/// A running port server: stop it to disconnect its frontend and remove its socket.
+pub struct ServerHandle {
+    port: Arc<Port>,
+    stop: Arc<AtomicBool>,
+    session: Arc<Mutex<Option<ShutdownHandle>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn port(&self) -> &Arc<Port> {
+        &self.port
+    }
+
+    /// Disconnects the frontend (if any), ends the accept loop, removes the socket.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(s) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            s.shutdown();
+        }
+        // Wake an accept() in progress; the loop sees `stop` and leaves.
+        let _ = UnixStream::connect(&self.port.spec.socket);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.port.spec.socket);
+    }
 }
 
 /// Refuses a socket path that a live process still serves; removes a stale one.
@@ -65,26 +102,44 @@ impl PortServer {
             port,
             listener,
             waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            session: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// Runs the accept loop on its own thread.
-    pub fn spawn(self) -> Result<std::thread::JoinHandle<()>, ServerError> {
-        let name = format!("vhu-{}", self.port.spec.name);
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || self.run())
-            .map_err(|source| ServerError::Spawn {
-                port: String::new(),
-                source,
-            })
+    pub fn port(&self) -> &Arc<Port> {
+        &self.port
     }
 
-    /// Serves one frontend after another, forever.
+    /// Runs the accept loop on its own thread.
+    pub fn spawn(self) -> Result<ServerHandle, ServerError> {
+        let name = format!("vhu-{}", self.port.spec.name);
+        let (port, stop, session) = (self.port.clone(), self.stop.clone(), self.session.clone());
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .stack_size(256 * 1024)
+            .spawn(move || self.run())
+            .map_err(|source| ServerError::Spawn {
+                port: port.spec.name.clone(),
+                source,
+            })?;
+        Ok(ServerHandle {
+            port,
+            stop,
+            session,
+            thread: Some(thread),
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Serves one frontend after another, until stopped.
     fn run(mut self) {
         let name = self.port.spec.name.clone();
         let num_queues = 2 * usize::from(self.port.spec.queue_pairs);
-        loop {
+        while !self.stopping() {
             let mem = GuestMemAtomic::new(GuestMem::default());
             let conn = Arc::new(Connection::new(mem.clone(), num_queues));
             let backend = NetBackend::new(self.port.clone(), conn.clone(), self.waker.clone());
@@ -97,9 +152,18 @@ impl PortServer {
                 }
             };
             if let Err(e) = daemon.start(&mut self.listener) {
+                if self.stopping() {
+                    break;
+                }
                 tracing::warn!(port = %name, "accepting a frontend failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
+            }
+            *self.session.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+            if self.stopping() {
+                daemon.request_shutdown();
+                let _ = daemon.wait();
+                break;
             }
             tracing::info!(port = %name, "frontend connected");
             self.port.set_connection(Some(conn));
@@ -108,6 +172,10 @@ impl PortServer {
                 Ok(()) => tracing::info!(port = %name, "frontend disconnected"),
                 Err(e) => tracing::info!(port = %name, "frontend session ended: {e}"),
             }
+            self.session
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             self.port.set_connection(None);
             self.waker.wake();
         }
