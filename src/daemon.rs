@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub fdb_aging_secs: u64,
     /// Log the counters this often (until the control plane exists).
     pub stats_interval: Option<Duration>,
+    /// Learn flow steering entries from each VF's transmit queues (off by default).
+    pub flow_learning: bool,
 }
 
 /// A running emulator.
@@ -51,6 +53,7 @@ pub struct Daemon {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     socket_dir: PathBuf,
+    flow_learning: bool,
 }
 
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -100,6 +103,7 @@ impl Daemon {
             waker: waker.clone(),
             stop: stop.clone(),
             socket_dir: cfg.pf.socket_dir.clone(),
+            flow_learning: cfg.flow_learning,
             pf: Mutex::new(pf.clone()),
         };
         daemon.add_ports(pf.port_specs())?;
@@ -128,6 +132,7 @@ impl Daemon {
         let mut bound = Vec::with_capacity(specs.len());
         for spec in specs {
             let port = Arc::new(Port::new(spec));
+            port.rss().set_learning(self.flow_learning);
             match PortServer::bind(port, self.waker.clone()) {
                 Ok(s) => bound.push(s),
                 Err(e) => {

@@ -54,6 +54,10 @@ struct RunArgs {
     /// Log the non-zero counters of every port every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
+    /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
+    #[arg(long)]
+    flow_learning: bool,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +125,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         pf,
         fdb_aging_secs: args.fdb_aging,
         stats_interval,
+        flow_learning: args.flow_learning,
     })
     .map_err(|e| e.to_string())?;
     let sig = wait_signal(&signals);

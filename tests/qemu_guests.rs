@@ -138,62 +138,89 @@ fn two_guests_on_two_vfs_ping_each_other_v4_and_v6_without_loss() {
     }
 }
 
-#[test]
-fn guest_with_two_vcpus_receives_on_both_rx_queues() {
-    if !have_qemu("guest_two_queues") {
+/// A guest with `n` vCPUs on a VF with `n` queue pairs (Linux enables all `n`) receives a
+/// 32-flow stream from a peer guest on every one of its RX queues (its own `ethtool -S`).
+fn guest_receives_on_every_rx_queue(test: &str, n: u32) {
+    if !have_qemu(test) {
         return;
     }
     qemu::guest_image().expect("guest image");
-    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0", "--channels-per-vf", "2"]);
+    let channels = n.to_string();
+    let emu = Emulator::start(&[
+        "--vfs",
+        "2",
+        "--pv-ports",
+        "0",
+        "--channels-per-vf",
+        &channels,
+    ]);
     let logs = emu.path().to_path_buf();
-    // The receiver (2 vCPUs, so Linux enables both queue pairs) waits until both RX queues
-    // have counted frames, then prints its per-queue counters.
-    let receiver_cmd = r#"
+    // The receiver waits until every RX queue has counted frames, then prints its counters.
+    let receiver_cmd = format!(
+        r#"
 ethtool -l eth0 | sed -n '/Current/,$p'
-end=$(( $(date +%s) + 120 ))
+end=$(( $(date +%s) + 150 ))
+ok=0
 while [ $(date +%s) -lt $end ]; do
-    q0=$(ethtool -S eth0 | sed -n 's/^ *rx_queue_0_packets: //p')
-    q1=$(ethtool -S eth0 | sed -n 's/^ *rx_queue_1_packets: //p')
-    if [ "${q0:-0}" -gt 10 ] && [ "${q1:-0}" -gt 10 ]; then break; fi
+    ok=1
+    for q in $(seq 0 {last}); do
+        c=$(ethtool -S eth0 | sed -n "s/^ *rx_queue_${{q}}_packets: //p")
+        [ "${{c:-0}}" -gt 5 ] || ok=0
+    done
+    [ $ok = 1 ] && break
     sleep 1
 done
 ethtool -S eth0 | grep -E 'rx_queue_[0-9]+_packets'
-[ "${q0:-0}" -gt 10 ] && [ "${q1:-0}" -gt 10 ]
-"#;
-    // The sender pings the receiver from 32 source addresses: 32 flows for the flow hash.
+[ $ok = 1 ]
+"#,
+        last = n - 1
+    );
+    // The sender pings the receiver from 32 source addresses: 32 flows for RSS.
     let sender_cmd = r#"
 for i in $(seq 10 41); do ip addr add 198.18.1.$i/24 dev eth0; done
-end=$(( $(date +%s) + 120 ))
+end=$(( $(date +%s) + 150 ))
 until ping -c 1 -W 1 198.18.1.2 >/dev/null 2>&1; do
     [ $(date +%s) -lt $end ] || exit 1
     sleep 0.5
 done
-for round in 1 2 3 4 5 6; do
+for round in 1 2 3 4 5 6 7 8; do
     for i in $(seq 10 41); do ping -c 1 -W 1 -I 198.18.1.$i 198.18.1.2 >/dev/null 2>&1 & done
     wait
 done
 echo sender-done
 "#;
     let receiver = Guest::spawn(
-        GuestConfig::new("mq-rx")
-            .vcpus(2)
-            .qemu_args(emu.nic_args(0, &["--channels-per-vf", "2"]))
+        GuestConfig::new(&format!("mq{n}-rx"))
+            .vcpus(n)
+            .qemu_args(emu.nic_args(0, &["--channels-per-vf", &channels]))
             .ip("198.18.1.2/24")
-            .cmd(receiver_cmd)
+            .cmd(&receiver_cmd)
             .log(logs.join("rx.log")),
     )
     .expect("spawn receiver");
     let sender = Guest::spawn(
-        GuestConfig::new("mq-tx")
-            .qemu_args(emu.nic_args(1, &["--channels-per-vf", "2"]))
+        GuestConfig::new(&format!("mq{n}-tx"))
+            .qemu_args(emu.nic_args(1, &["--channels-per-vf", &channels]))
             .ip("198.18.1.1/24")
             .cmd(sender_cmd)
             .log(logs.join("tx.log")),
     )
     .expect("spawn sender");
     let log = finish(&receiver, &emu);
-    assert!(log.contains("rx_queue_1_packets"), "{log}");
+    for q in 0..n {
+        assert!(log.contains(&format!("rx_queue_{q}_packets")), "{log}");
+    }
     drop(sender);
+}
+
+#[test]
+fn guest_with_two_vcpus_receives_on_both_rx_queues() {
+    guest_receives_on_every_rx_queue("guest_two_queues", 2);
+}
+
+#[test]
+fn guest_with_four_vcpus_receives_on_all_four_rx_queues() {
+    guest_receives_on_every_rx_queue("guest_four_queues", 4);
 }
 
 #[test]

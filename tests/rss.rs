@@ -104,6 +104,7 @@ fn flow_learning_steers_replies_to_the_transmit_queue_for_every_flow() {
     let d = start_daemon(dir.path(), 2, 0, 8, 1500);
     let mut a = connect(dir.path(), "vf0", pairs(1, 1));
     let mut b = connect(dir.path(), "vf1", pairs(8, 8));
+    d.port("vf1").unwrap().rss().set_learning(true);
     let flows = &random_flows()[..1000];
     // B transmits each flow on TX queue k = i % 8 ...
     for (chunk_no, chunk) in flows.chunks(BURST).enumerate() {

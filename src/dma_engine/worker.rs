@@ -454,7 +454,7 @@ impl DataPlane {
             Verdict::Flood => {
                 let mut any = false;
                 for j in 0..self.views.len() {
-                    if j == src || !self.views[j].as_ref().is_some_and(|v| v.conn.is_some()) {
+                    if j == src || self.views[j].as_ref().is_none_or(|v| v.conn.is_none()) {
                         continue;
                     }
                     if !any {

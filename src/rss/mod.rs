@@ -162,6 +162,9 @@ pub struct VfRss {
     /// A table set by the user (queue numbers); `None` = the default spread.
     user_table: Option<Box<[u16; TABLE_SIZE]>>,
     queue_pairs: u16,
+    /// Learn flows from the TX queue (accelerated RFS / Flow Director ATR). Off by default,
+    /// like ntuple/aRFS: a guest whose interrupts all land on one CPU transmits every reply on
+    /// one queue, and learning would then pull every flow onto that queue.
     learning: bool,
     flows: FlowTable,
 }
@@ -172,7 +175,7 @@ impl VfRss {
             toeplitz: ToeplitzTable::default_shared(),
             user_table: None,
             queue_pairs,
-            learning: true,
+            learning: false,
             flows: FlowTable::new(DEFAULT_LEARNED_CAPACITY),
         }
     }
@@ -411,6 +414,13 @@ mod tests {
         let mut rss = VfRss::new(4);
         let all = EnabledQueues::first(4);
         let f = tcp(1);
+        rss.learn_tx(&f.reversed(), 3);
+        assert_eq!(
+            rss.decide(&f, &all).by,
+            Steering::Rss,
+            "learning is off by default"
+        );
+        rss.set_learning(true);
         rss.learn_tx(&f.reversed(), 3);
         assert_eq!(rss.decide(&f, &all).by, Steering::FlowLearned);
         assert_eq!(rss.decide(&f, &all).queue, 3);

@@ -16,6 +16,7 @@ pub fn start_daemon(dir: &Path, vfs: u32, pv: u32, channels: u32, mtu: u32) -> D
         pf,
         fdb_aging_secs: 300,
         stats_interval: None,
+        flow_learning: false,
     })
     .expect("daemon starts")
 }
