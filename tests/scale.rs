@@ -22,7 +22,7 @@ fn small(queue_pairs: usize) -> FrontendConfig {
 #[test]
 fn all_254_vfs_attached_with_2032_channels_each_reaches_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let mut emu = Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+    let emu = Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
         .args([
             "run",
             "--vfs",
