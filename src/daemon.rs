@@ -2,9 +2,13 @@
 //! at run time.
 
 use crate::dma_engine::{DataPlane, Waker};
+use crate::events::EventBus;
 use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
 use crate::switch::{PortId, Switch};
-use crate::vf::{Port, PortServer, PortTable, ServerError, ServerHandle};
+use crate::vf::{
+    port_event_data, Port, PortServer, PortTable, ServerError, ServerHandle, SettingsError,
+    SettingsUpdate, VfSettings,
+};
 use crate::wire::MacAddr;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,8 @@ pub enum DaemonError {
     Pf(#[from] PfError),
     #[error(transparent)]
     Port(#[from] ServerError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -54,6 +60,7 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     socket_dir: PathBuf,
     flow_learning: bool,
+    events: Arc<EventBus>,
 }
 
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -104,12 +111,19 @@ impl Daemon {
             stop: stop.clone(),
             socket_dir: cfg.pf.socket_dir.clone(),
             flow_learning: cfg.flow_learning,
+            events: EventBus::new(),
             pf: Mutex::new(pf.clone()),
         };
         daemon.add_ports(pf.port_specs())?;
-        DataPlane::new(table.clone(), switch, waker, stop.clone())
-            .spawn()
-            .map_err(DaemonError::Thread)?;
+        DataPlane::new(
+            table.clone(),
+            switch,
+            waker,
+            stop.clone(),
+            daemon.events.clone(),
+        )
+        .spawn()
+        .map_err(DaemonError::Thread)?;
         if let Some(every) = cfg.stats_interval {
             std::thread::Builder::new()
                 .name("stats".into())
@@ -133,7 +147,7 @@ impl Daemon {
         for spec in specs {
             let port = Arc::new(Port::new(spec));
             port.rss().set_learning(self.flow_learning);
-            match PortServer::bind(port, self.waker.clone()) {
+            match PortServer::bind(port, self.waker.clone(), self.events.clone()) {
                 Ok(s) => bound.push(s),
                 Err(e) => {
                     // Dropping an unstarted server closes its listener; remove its socket.
@@ -195,6 +209,17 @@ impl Daemon {
             channels_free = pf.pool().free(),
             "numvfs changed"
         );
+        if !change.removed.is_empty() || !change.added.is_empty() {
+            let old = if change.removed.is_empty() {
+                0
+            } else {
+                change.removed.end
+            };
+            self.events.emit(
+                "NUMVFS_CHANGED",
+                serde_json::json!({"numvfs": pf.numvfs(), "old": old}),
+            );
+        }
         Ok(())
     }
 
@@ -223,6 +248,51 @@ impl Daemon {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Applies `update` to VF `vf` as a whole (nothing changes on error). Disabling the link
+    /// closes the frontend's connection, which is how QEMU shows a guest NO-CARRIER.
+    pub fn vf_set(&self, vf: u32, update: &SettingsUpdate) -> Result<VfSettings, DaemonError> {
+        let port = self.vf_port(vf)?;
+        let (old, new) = port.update_settings(update)?;
+        self.waker.wake();
+        let (was_up, is_up) = (old.link_up(true), new.link_up(true));
+        if was_up != is_up {
+            let mut data = port_event_data(&port, if is_up { "up" } else { "down" });
+            data["link-state"] = serde_json::json!(new.link_state.to_string());
+            self.events.emit("VF_LINK_CHANGE", data);
+            if !is_up {
+                let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(h) = servers.get(&port.spec.id) {
+                    h.disconnect_frontend();
+                }
+            }
+        }
+        tracing::info!(port = %port.spec.name, ?new, "VF settings changed");
+        Ok(new)
+    }
+
+    /// The port of VF `vf`, or the error a user should see.
+    pub fn vf_port(&self, vf: u32) -> Result<Arc<Port>, DaemonError> {
+        let numvfs = self.pf.lock().unwrap_or_else(|e| e.into_inner()).numvfs();
+        u16::try_from(vf)
+            .ok()
+            .filter(|v| *v < numvfs)
+            .and_then(|v| self.table.get(pf::vf_port_id(v)))
+            .ok_or(PfError::NoSuchVf { vf, numvfs }.into())
+    }
+
+    /// The event bus (control clients subscribe to it).
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// Forgets every learned FDB entry (static VF MACs stay).
+    pub fn fdb_flush(&self) {
+        self.switch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
     }
 
     /// (numvfs, channels used, channels free) of the VF pool.

@@ -8,10 +8,12 @@
 //! - `vf`: VF and PV ports as vhost-user virtio-net backends.
 //! - `dma_engine`: virtqueue processing and guest-to-guest copies (the data plane).
 //! - `frontend`: a userspace vhost-user virtio-net driver: "a guest in a test".
+//! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
 
 pub mod daemon;
 pub mod dma_engine;
+pub mod events;
 pub mod frontend;
 pub mod pf;
 pub mod rss;

@@ -10,11 +10,13 @@
 use super::copy::{copy_segments, read_segments, write_segments};
 use super::net_hdr::{rx_header, vnet_hdr_len};
 use super::segments::{Direction, Segments};
+use crate::events::EventBus;
+use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering};
-use crate::stats::PortCounters;
-use crate::switch::{Learned, Switch, Verdict};
-use crate::vf::{Connection, GuestMem, Port, PortTable, Vring};
-use crate::wire::{FrameHeader, ETH_HEADER_LEN, HEADER_COPY_LEN};
+use crate::stats::{PortCounters, PortTotals};
+use crate::switch::{policy, Egress, Ingress, Learned, PolicyDrop, Switch, TokenBucket, Verdict};
+use crate::vf::{Connection, GuestMem, Port, PortTable, VfSettings, Vring};
+use crate::wire::{FrameHeader, MacAddr, ETH_HEADER_LEN, HEADER_COPY_LEN};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,15 +71,21 @@ impl Waker {
     }
 }
 
+/// Bytes of an 802.1Q/802.1ad tag.
+const VLAN_TAG_LEN: usize = 4;
+
 /// One popped TX chain and what was read from it.
 struct TxFrame {
     segs: Segments,
-    /// Frame length (without the virtio-net header).
+    /// Frame length as switched (without the virtio-net header; with an inserted tag).
     len: usize,
     /// The first bytes of the frame, copied once: every decision is made on this copy and the
     /// destination receives these bytes, so a guest rewriting its buffer cannot bypass policy.
-    head: [u8; HEADER_COPY_LEN],
+    /// A port VLAN tag is inserted here.
+    head: [u8; HEADER_COPY_LEN + VLAN_TAG_LEN],
     head_len: usize,
+    /// Offset in the guest's frame where the part not in `head` starts.
+    tail_off: usize,
     /// The RSS / flow steering view of the frame, parsed once from `head`.
     tuple: FlowTuple,
     ok: bool,
@@ -88,8 +96,9 @@ impl Default for TxFrame {
         TxFrame {
             segs: Segments::default(),
             len: 0,
-            head: [0; HEADER_COPY_LEN],
+            head: [0; HEADER_COPY_LEN + VLAN_TAG_LEN],
             head_len: 0,
+            tail_off: 0,
             tuple: FlowTuple::NON_IP,
             ok: false,
         }
@@ -119,12 +128,44 @@ impl TxFrame {
         self.len = total - hdr_len;
         let want = self.len.min(HEADER_COPY_LEN);
         match read_segments(mem, self.segs.as_slice(), hdr_len, &mut self.head[..want]) {
-            Ok(n) if n == want => self.head_len = n,
+            Ok(n) if n == want => {
+                self.head_len = n;
+                self.tail_off = n;
+            }
             _ => return,
         }
         self.tuple = FlowTuple::parse(&self.head[..self.head_len]);
         self.ok = true;
     }
+}
+
+impl TxFrame {
+    /// Inserts a VLAN tag after the MAC addresses (the frame's port VLAN).
+    fn insert_tag(&mut self, tpid: u16, tci: u16) {
+        self.head.copy_within(12..self.head_len, 12 + VLAN_TAG_LEN);
+        self.head[12..14].copy_from_slice(&tpid.to_be_bytes());
+        self.head[14..16].copy_from_slice(&tci.to_be_bytes());
+        self.head_len += VLAN_TAG_LEN;
+        self.len += VLAN_TAG_LEN;
+    }
+
+    fn view(&self) -> FrameView<'_> {
+        FrameView {
+            head: &self.head[..self.head_len],
+            tail_off: self.tail_off,
+            len: self.len,
+            segs: &self.segs,
+        }
+    }
+}
+
+/// A frame as one destination receives it: `head` from the stack copy (maybe with the outer
+/// tag stripped), the rest from the sender's memory at `tail_off`.
+struct FrameView<'a> {
+    head: &'a [u8],
+    tail_off: usize,
+    len: usize,
+    segs: &'a Segments,
 }
 
 /// The data plane's view of one port.
@@ -137,18 +178,37 @@ struct PortView {
     rx_pass: u64,
     /// Bit q: RX queue q got used buffers this pass and may need a notification.
     rx_signal: u64,
+    /// A copy of the port's settings, re-read when their generation changes.
+    settings: VfSettings,
+    settings_gen: u64,
+    /// max_tx_rate state.
+    bucket: TokenBucket,
+    is_vf: bool,
+    /// The VF MAC pinned in the FDB while the VF is attached.
+    static_mac: Option<MacAddr>,
 }
 
 impl PortView {
     fn new(port: Arc<Port>) -> Self {
+        let settings = port.settings();
         PortView {
-            port,
             generation: u64::MAX,
             conn: None,
             enabled: EnabledQueues::NONE,
             rx_pass: 0,
             rx_signal: 0,
+            settings_gen: port.settings_generation(),
+            bucket: TokenBucket::new(settings.max_tx_rate),
+            is_vf: matches!(port.spec.kind, PortKind::Vf(_)),
+            static_mac: None,
+            settings,
+            port,
         }
+    }
+
+    /// The VF's link (no PF uplink yet: `auto` is up).
+    fn link_up(&self) -> bool {
+        self.settings.link_up(true)
     }
 
     fn refresh_rx(&mut self, pass: u64) {
@@ -189,6 +249,7 @@ struct RxScratch {
 /// The data-plane thread's state.
 pub struct DataPlane {
     table: Arc<PortTable>,
+    events: Arc<EventBus>,
     table_generation: u64,
     /// One slot per port id, following `table`.
     views: Vec<Option<PortView>>,
@@ -208,9 +269,11 @@ impl DataPlane {
         switch: Arc<Mutex<Switch>>,
         waker: Arc<Waker>,
         stop: Arc<AtomicBool>,
+        events: Arc<EventBus>,
     ) -> Self {
         DataPlane {
             table,
+            events,
             table_generation: u64::MAX,
             views: Vec::new(),
             switch,
@@ -284,37 +347,59 @@ impl DataPlane {
                 continue;
             }
             if let Some(old) = view.take() {
-                self.switch
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .port_down(old.port.spec.id);
+                let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(m) = old.static_mac {
+                    sw.remove_static(m, old.port.spec.id);
+                }
+                sw.port_down(old.port.spec.id);
             }
             *view = port.map(PortView::new);
         }
     }
 
     /// Picks up attach/detach of frontends.
+    /// Also re-reads changed settings and keeps each attached VF's MAC pinned in the FDB.
     fn refresh_views(&mut self) {
+        let switch = self.switch.clone();
         for v in self.views.iter_mut().flatten() {
-            let g = v.port.generation();
-            if g == v.generation {
-                continue;
-            }
-            v.generation = g;
-            if v.conn.is_some() {
-                self.switch
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .port_down(v.port.spec.id);
-            }
-            v.conn = v.port.connection();
-            v.rx_pass = 0;
-            v.rx_signal = 0;
-            if let Some(c) = &v.conn {
-                // Frames may have been queued before this view saw the connection.
-                for qp in 0..usize::from(v.port.spec.queue_pairs).min(64) {
-                    c.mark_tx_pending(qp);
+            let sg = v.port.settings_generation();
+            if sg != v.settings_gen {
+                v.settings_gen = sg;
+                let new = v.port.settings();
+                if new.max_tx_rate != v.settings.max_tx_rate {
+                    v.bucket = TokenBucket::new(new.max_tx_rate);
                 }
+                v.settings = new;
+            }
+            let g = v.port.generation();
+            if g != v.generation {
+                v.generation = g;
+                if v.conn.is_some() {
+                    switch
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .port_down(v.port.spec.id);
+                }
+                v.conn = v.port.connection();
+                v.rx_pass = 0;
+                v.rx_signal = 0;
+                if let Some(c) = &v.conn {
+                    // Frames may have been queued before this view saw the connection.
+                    for qp in 0..usize::from(v.port.spec.queue_pairs).min(64) {
+                        c.mark_tx_pending(qp);
+                    }
+                }
+            }
+            let want = (v.is_vf && v.conn.is_some()).then_some(v.settings.mac);
+            if want != v.static_mac {
+                let mut sw = switch.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(m) = v.static_mac {
+                    sw.remove_static(m, v.port.spec.id);
+                }
+                if let Some(m) = want {
+                    sw.add_static(m, v.port.spec.id);
+                }
+                v.static_mac = want;
             }
         }
     }
@@ -362,7 +447,11 @@ impl DataPlane {
             {
                 let switch = self.switch.clone();
                 let mut sw = switch.lock().unwrap_or_else(|e| e.into_inner());
-                let now = self.start.elapsed().as_secs();
+                let elapsed = self.start.elapsed();
+                let now = (
+                    elapsed.as_secs(),
+                    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+                );
                 for k in 0..n {
                     self.switch_frame(&mut sw, src, &port, qp, k, mem, hdr_len, now);
                 }
@@ -411,10 +500,10 @@ impl DataPlane {
         k: usize,
         src_mem: &GuestMem,
         src_hdr: usize,
-        now: u64,
+        (now, now_ns): (u64, u64),
     ) {
         let c = &port.counters;
-        let f = &self.frames[k];
+        let f = &mut self.frames[k];
         c.totals.tx_packets.inc();
         c.totals.tx_bytes.add(f.len as u64);
         if let Some(qc) = c.queue(qp) {
@@ -428,6 +517,27 @@ impl DataPlane {
                 return;
             }
         };
+        let Some(view) = self.views[src].as_mut() else {
+            return;
+        };
+        let bits = f.len as u64 * 8;
+        let link_up = view.link_up();
+        match policy::ingress(
+            &view.settings,
+            view.is_vf,
+            link_up,
+            &hdr,
+            &mut view.bucket,
+            bits,
+            now_ns,
+        ) {
+            Err(d) => {
+                count_policy_drop(&c.totals, d);
+                return;
+            }
+            Ok(Ingress::InsertTag(tpid, tci)) => f.insert_tag(tpid, tci),
+            Ok(Ingress::Pass) => {}
+        }
         if f.tuple.is_ip() {
             match port.rss().learn_tx(&f.tuple, qp as u16) {
                 Some(Learn::Inserted) => c.totals.flow_learned.inc(),
@@ -440,7 +550,20 @@ impl DataPlane {
         }
         let (verdict, learned) = sw.forward(port.spec.id, &hdr, now);
         if let Learned::Moved { from } = learned {
-            tracing::info!(mac = %hdr.src, from = %from, to = %port.spec.id, "FDB move");
+            let from_name = self
+                .views
+                .get(from.index())
+                .and_then(Option::as_ref)
+                .map(|v| v.port.spec.name.clone());
+            tracing::info!(mac = %hdr.src, from = %from, to = %port.spec.name, "FDB move");
+            self.events.emit(
+                "FDB_MOVE",
+                serde_json::json!({
+                    "mac": hdr.src.to_string(),
+                    "from": from_name.unwrap_or_else(|| from.to_string()),
+                    "to": port.spec.name,
+                }),
+            );
         }
         match verdict {
             Verdict::SamePort => c.totals.drop_same_port.inc(),
@@ -470,6 +593,7 @@ impl DataPlane {
         }
     }
 
+    /// Applies the destination's egress policy (link, port VLAN) and delivers one copy.
     fn deliver_counted(&mut self, dst: usize, k: usize, src_mem: &GuestMem, src_hdr: usize) {
         let pass = self.pass;
         let f = &self.frames[k];
@@ -478,13 +602,32 @@ impl DataPlane {
         };
         let port = view.port.clone();
         let c: &PortCounters = &port.counters;
-        match deliver(view, f, src_mem, src_hdr, &mut self.rx, pass) {
+        let full = f.view();
+        let mut stripped_head = [0u8; HEADER_COPY_LEN + VLAN_TAG_LEN];
+        let fv = match policy::egress(&view.settings, view.is_vf, view.link_up(), full.head) {
+            Err(d) => {
+                count_policy_drop(&c.totals, d);
+                return;
+            }
+            Ok(Egress::Pass) => full,
+            Ok(Egress::StripTag) => {
+                let n = full.head.len() - VLAN_TAG_LEN;
+                stripped_head[..12].copy_from_slice(&full.head[..12]);
+                stripped_head[12..n].copy_from_slice(&full.head[12 + VLAN_TAG_LEN..]);
+                FrameView {
+                    head: &stripped_head[..n],
+                    len: full.len - VLAN_TAG_LEN,
+                    ..full
+                }
+            }
+        };
+        match deliver(view, &fv, &f.tuple, src_mem, src_hdr, &mut self.rx, pass) {
             Ok(q) => {
                 c.totals.rx_packets.inc();
-                c.totals.rx_bytes.add(f.len as u64);
+                c.totals.rx_bytes.add(fv.len as u64);
                 if let Some(qc) = c.queue(q) {
                     qc.rx_packets.inc();
-                    qc.rx_bytes.add(f.len as u64);
+                    qc.rx_bytes.add(fv.len as u64);
                 }
             }
             Err(RxDrop::NoBuffer) => c.totals.drop_no_rx_buffer.inc(),
@@ -509,6 +652,15 @@ impl DataPlane {
                 }
             }
         }
+    }
+}
+
+fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
+    match d {
+        PolicyDrop::LinkDown => c.drop_link_down.inc(),
+        PolicyDrop::SpoofChk => c.drop_spoofchk.inc(),
+        PolicyDrop::VlanFilter => c.drop_vlan_filter.inc(),
+        PolicyDrop::RateLimit => c.drop_rate_limit.inc(),
     }
 }
 
@@ -537,7 +689,7 @@ fn signal_if_needed(vring: &Vring, mem: &GuestMem) {
 /// copy from that copy, the rest guest to guest.
 #[allow(clippy::too_many_arguments)]
 fn copy_frame_range(
-    f: &TxFrame,
+    f: &FrameView<'_>,
     src_mem: &GuestMem,
     src_hdr: usize,
     from: usize,
@@ -546,7 +698,7 @@ fn copy_frame_range(
     dst: &Segments,
     dst_off: usize,
 ) -> bool {
-    let split = f.head_len.clamp(from, to);
+    let split = f.head.len().clamp(from, to);
     if from < split
         && write_segments(dst_mem, dst.as_slice(), dst_off, &f.head[from..split]).is_err()
     {
@@ -556,7 +708,7 @@ fn copy_frame_range(
         let r = copy_segments(
             src_mem,
             f.segs.as_slice(),
-            src_hdr + split,
+            src_hdr + f.tail_off + (split - f.head.len()),
             dst_mem,
             dst.as_slice(),
             dst_off + (split - from),
@@ -570,7 +722,8 @@ fn copy_frame_range(
 /// Writes one frame into the RX queue of `view` chosen by its flow hash. Returns the queue.
 fn deliver(
     view: &mut PortView,
-    f: &TxFrame,
+    f: &FrameView<'_>,
+    tuple: &FlowTuple,
     src_mem: &GuestMem,
     src_hdr: usize,
     rx: &mut RxScratch,
@@ -580,7 +733,7 @@ fn deliver(
     if view.enabled.is_empty() {
         return Err(RxDrop::NoBuffer);
     }
-    let decision = view.port.rss().decide(&f.tuple, &view.enabled);
+    let decision = view.port.rss().decide(tuple, &view.enabled);
     let c = &view.port.counters.totals;
     match decision.by {
         Steering::Rss => c.rx_steer_rss.inc(),

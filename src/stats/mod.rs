@@ -6,9 +6,10 @@
 //!
 //! Accounting rule: every frame the guest sends is counted in `tx_packets` and then exactly one
 //! of `tx_forwarded` (handed to the switch for at least one destination) or an ingress drop
-//! (`drop_malformed`, `drop_no_destination`, `drop_same_port`). Every copy the switch tries to
-//! deliver to a port is counted at that port in exactly one of `rx_packets` or an egress drop
-//! (`drop_no_rx_buffer`, `drop_oversize_rx`).
+//! (`drop_malformed`, `drop_link_down`, `drop_spoofchk`, `drop_vlan_filter`, `drop_rate_limit`,
+//! `drop_no_destination`, `drop_same_port`). Every copy the switch tries to deliver to a port is
+//! counted at that port in exactly one of `rx_packets` or an egress drop (`drop_link_down`,
+//! `drop_vlan_filter`, `drop_no_rx_buffer`, `drop_oversize_rx`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,6 +71,14 @@ counters! {
         drop_no_destination,
         /// TX: the destination MAC lives on the port the frame came from.
         drop_same_port,
+        /// TX: spoof checking: a source MAC (or a VLAN tag) the VF may not use.
+        drop_spoofchk,
+        /// TX: over the VF's max_tx_rate.
+        drop_rate_limit,
+        /// TX or RX: the VF's link is down (link-state disable).
+        drop_link_down,
+        /// TX: a tag under a port VLAN with spoofchk off; RX: not the VF's port VLAN.
+        drop_vlan_filter,
         /// RX: the guest had no (enabled, ready) RX buffer for the frame.
         drop_no_rx_buffer,
         /// RX: the frame does not fit the guest's RX buffers (no mergeable buffers).

@@ -34,13 +34,20 @@ pub enum Learned {
 pub struct Fdb {
     entries: HashMap<MacAddr, FdbEntry>,
     aging_secs: u64,
+    /// Where MACs were before their port went down or their static entry was withdrawn, so
+    /// that learning them elsewhere next is reported as a move.
+    departed: HashMap<MacAddr, PortId>,
 }
+
+/// Most remembered departures.
+const MAX_DEPARTED: usize = 4096;
 
 impl Fdb {
     pub fn new(aging_secs: u64) -> Self {
         Fdb {
             entries: HashMap::with_capacity(1024),
             aging_secs,
+            departed: HashMap::new(),
         }
     }
 
@@ -74,6 +81,7 @@ impl Fdb {
                 Learned::Moved { from }
             }
             None => {
+                let from = self.departed.remove(&mac).filter(|p| *p != port);
                 self.entries.insert(
                     mac,
                     FdbEntry {
@@ -82,9 +90,19 @@ impl Fdb {
                         is_static: false,
                     },
                 );
-                Learned::New
+                match from {
+                    Some(from) => Learned::Moved { from },
+                    None => Learned::New,
+                }
             }
         }
+    }
+
+    fn remember_departure(&mut self, mac: MacAddr, port: PortId) {
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.clear();
+        }
+        self.departed.insert(mac, port);
     }
 
     /// Adds (or replaces) a static entry.
@@ -104,6 +122,7 @@ impl Fdb {
         match self.entries.get(&mac) {
             Some(e) if e.is_static && e.port == port => {
                 self.entries.remove(&mac);
+                self.remember_departure(mac, port);
                 true
             }
             _ => false,
@@ -122,7 +141,16 @@ impl Fdb {
 
     /// Removes the learned (not static) entries of `port`.
     pub fn flush_port(&mut self, port: PortId) {
-        self.entries.retain(|_, e| e.is_static || e.port != port);
+        let gone: Vec<MacAddr> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.is_static && e.port == port)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in gone {
+            self.entries.remove(&m);
+            self.remember_departure(m, port);
+        }
     }
 
     /// Removes every learned entry.
@@ -176,6 +204,24 @@ mod tests {
         assert_eq!(f.lookup(mac(1), 10), None);
         assert_eq!(f.age(10), 1);
         assert_eq!(f.lookup(mac(2), 1_000_000), Some(PortId(1)));
+    }
+
+    #[test]
+    fn a_withdrawn_mac_learned_elsewhere_is_a_move() {
+        let mut f = Fdb::new(300);
+        f.add_static(mac(1), PortId(0));
+        assert!(f.remove_static(mac(1), PortId(0)));
+        assert_eq!(
+            f.learn(mac(1), PortId(254), 1),
+            Learned::Moved { from: PortId(0) }
+        );
+        f.learn(mac(2), PortId(3), 1);
+        f.flush_port(PortId(3));
+        assert_eq!(
+            f.learn(mac(2), PortId(3), 2),
+            Learned::New,
+            "back on the same port"
+        );
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! The embedded L2 switch (VEB): forwarding decisions on parsed headers.
 //!
 //! - `fdb.rs`: the forwarding database: learning, aging, static entries, moves.
+//! - `policy.rs`: per-VF edge policy: link state, spoofchk, trust, port VLANs, rate limits.
+//! - `rate.rs`: the token bucket behind `max_tx_rate`.
 //!
 //! The switch never touches guest memory: the data plane (dma_engine) gives it a parsed
 //! `FrameHeader` and the ingress port, and gets back a `Verdict`.
 
 mod fdb;
+pub mod policy;
+mod rate;
 
 pub use fdb::{Fdb, FdbEntry, Learned};
+pub use policy::{Egress, Ingress, PolicyDrop};
+pub use rate::TokenBucket;
 
-use crate::wire::FrameHeader;
+use crate::wire::{FrameHeader, MacAddr};
 use std::fmt;
 
 /// Default FDB aging time, as in Linux bridges and most switches.
@@ -79,6 +85,21 @@ impl Switch {
         (verdict, learned)
     }
 
+    /// Pins `mac` to `port` (a VF's MAC while the VF is attached).
+    pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
+        self.fdb.add_static(mac, port);
+    }
+
+    /// Withdraws a static entry; the MAC can then be learned elsewhere (reported as a move).
+    pub fn remove_static(&mut self, mac: MacAddr, port: PortId) -> bool {
+        self.fdb.remove_static(mac, port)
+    }
+
+    /// Forgets every learned entry (static ones stay).
+    pub fn flush(&mut self) {
+        self.fdb.flush();
+    }
+
     /// A port went down (frontend gone): forget what was learned on it.
     pub fn port_down(&mut self, port: PortId) {
         self.fdb.flush_port(port);
@@ -93,7 +114,6 @@ impl Switch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::MacAddr;
 
     fn hdr(dst: &str, src: &str) -> FrameHeader {
         FrameHeader {

@@ -7,6 +7,7 @@
 use super::port::{Connection, Port, VRINGS_PER_THREAD};
 use super::{GuestBitmap, GuestMemAtomic, Vring};
 use crate::dma_engine::Waker;
+use crate::events::EventBus;
 use std::io;
 use std::sync::Arc;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -40,11 +41,22 @@ pub struct NetBackend {
     port: Arc<Port>,
     conn: Arc<Connection>,
     waker: Arc<Waker>,
+    events: Arc<EventBus>,
 }
 
 impl NetBackend {
-    pub fn new(port: Arc<Port>, conn: Arc<Connection>, waker: Arc<Waker>) -> Self {
-        NetBackend { port, conn, waker }
+    pub fn new(
+        port: Arc<Port>,
+        conn: Arc<Connection>,
+        waker: Arc<Waker>,
+        events: Arc<EventBus>,
+    ) -> Self {
+        NetBackend {
+            port,
+            conn,
+            waker,
+            events,
+        }
     }
 
     fn queue_pairs(&self) -> usize {
@@ -127,7 +139,11 @@ impl VhostUserBackend for NetBackend {
         if evset != EventSet::IN {
             return Ok(());
         }
-        self.conn.set_thread_vrings(thread_id, vrings);
+        if self.conn.set_thread_vrings(thread_id, vrings) && thread_id == 0 {
+            // The first ring enabled: the guest driver is up.
+            let data = super::server::port_event_data(&self.port, "driver-ready");
+            self.events.emit("VF_ATTACHED", data);
+        }
         let queue = thread_id * VRINGS_PER_THREAD + usize::from(device_event);
         if queue >= self.num_queues() {
             return Ok(());

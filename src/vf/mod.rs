@@ -7,15 +7,21 @@
 //! - `server.rs`: the accept loop of one port's socket: a new daemon per frontend, so a port
 //!   accepts the next frontend after the old one left; stoppable when the port goes away.
 //! - `table.rs`: the port table the data plane follows.
+//! - `settings.rs`: the host's knobs of a VF (MAC, VLAN, spoofchk, trust, link, rates).
 
 mod backend;
 mod port;
 mod server;
+mod settings;
 mod table;
 
 pub use backend::{NetBackend, DEVICE_FEATURES, MAX_QUEUE_SIZE};
 pub use port::{Connection, Port};
-pub use server::{PortServer, ServerError, ServerHandle};
+pub use server::{port_event_data, PortServer, ServerError, ServerHandle};
+pub use settings::{
+    LinkState, SettingsError, SettingsUpdate, VfSettings, VlanProto, MAX_QOS, MAX_RATE_MBPS,
+    MAX_VLAN,
+};
 pub use table::PortTable;
 
 /// Dirty-page bitmap type for guest memory (migration logging).

@@ -1,9 +1,11 @@
 //! A port's runtime state, shared by its vhost-user threads and the data plane.
 
+use super::settings::{SettingsError, SettingsUpdate, VfSettings};
 use super::{GuestMemAtomic, Vring};
-use crate::pf::PortSpec;
+use crate::pf::{PortKind, PortSpec};
 use crate::rss::VfRss;
 use crate::stats::PortCounters;
+use crate::wire::MacAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -40,10 +42,15 @@ impl Connection {
     }
 
     /// Records a handler thread's vrings (first call wins; later calls see the same rings).
-    pub fn set_thread_vrings(&self, thread: usize, vrings: &[Vring]) {
-        if let Some(slot) = self.vrings.get(thread) {
-            let _ = slot.get_or_init(|| vrings.to_vec().into_boxed_slice());
+    /// Returns true on the first call for that thread.
+    pub fn set_thread_vrings(&self, thread: usize, vrings: &[Vring]) -> bool {
+        let Some(slot) = self.vrings.get(thread) else {
+            return false;
+        };
+        if slot.get().is_some() {
+            return false;
         }
+        slot.set(vrings.to_vec().into_boxed_slice()).is_ok()
     }
 
     /// Virtqueue `index` (RX of pair q = 2q, TX = 2q+1), once its thread has reported it.
@@ -84,6 +91,9 @@ pub struct Port {
     /// RSS key and table, flow steering. Locked by the data plane per frame (uncontended but
     /// for configuration changes).
     pub rss: Mutex<VfRss>,
+    settings: Mutex<VfSettings>,
+    /// Bumped on every settings change; the data plane keeps a copy and re-reads on change.
+    settings_generation: AtomicU64,
     conn: Mutex<Option<Arc<Connection>>>,
     /// Bumped on every attach and detach, so the data plane notices without locking.
     generation: AtomicU64,
@@ -93,10 +103,20 @@ impl Port {
     pub fn new(spec: PortSpec) -> Self {
         let counters = PortCounters::new(usize::from(spec.queue_pairs));
         let rss = Mutex::new(VfRss::new(spec.queue_pairs));
+        let settings = match spec.kind {
+            PortKind::Vf(_) => VfSettings::new(spec.mac.unwrap_or(MacAddr::ZERO)),
+            // A PV port is the guest's software path: no VF knobs, any source MAC.
+            PortKind::Pv(_) => VfSettings {
+                spoofchk: false,
+                ..VfSettings::new(MacAddr::ZERO)
+            },
+        };
         Port {
             spec,
             counters,
             rss,
+            settings: Mutex::new(settings),
+            settings_generation: AtomicU64::new(0),
             conn: Mutex::new(None),
             generation: AtomicU64::new(0),
         }
@@ -116,6 +136,28 @@ impl Port {
     /// method leaves it valid).
     pub fn rss(&self) -> std::sync::MutexGuard<'_, VfRss> {
         self.rss.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> VfSettings {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[inline]
+    pub fn settings_generation(&self) -> u64 {
+        self.settings_generation.load(Ordering::Acquire)
+    }
+
+    /// Applies `update` as a whole; returns (old, new) settings. Nothing changes on error.
+    pub fn update_settings(
+        &self,
+        update: &SettingsUpdate,
+    ) -> Result<(VfSettings, VfSettings), SettingsError> {
+        let mut cur = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let new = update.apply(&cur)?;
+        let old = std::mem::replace(&mut *cur, new);
+        self.settings_generation.fetch_add(1, Ordering::AcqRel);
+        Ok((old, new))
     }
 
     pub fn is_attached(&self) -> bool {

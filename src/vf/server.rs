@@ -4,6 +4,8 @@ use super::backend::NetBackend;
 use super::port::{Connection, Port};
 use super::{GuestMem, GuestMemAtomic};
 use crate::dma_engine::Waker;
+use crate::events::EventBus;
+use crate::pf::PortKind;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +41,7 @@ pub struct PortServer {
     port: Arc<Port>,
     listener: Listener,
     waker: Arc<Waker>,
+    events: Arc<EventBus>,
     stop: Arc<AtomicBool>,
     /// Ends the current frontend's session, if one is being served.
     session: Arc<Mutex<Option<ShutdownHandle>>>,
@@ -55,6 +58,18 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn port(&self) -> &Arc<Port> {
         &self.port
+    }
+
+    /// Ends the current frontend's session (link disabled); the loop accepts the next one.
+    pub fn disconnect_frontend(&self) {
+        if let Some(s) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            s.shutdown();
+        }
     }
 
     /// Disconnects the frontend (if any), ends the accept loop, removes the socket.
@@ -93,7 +108,11 @@ fn claim_socket_path(path: &Path) -> Result<(), ServerError> {
 
 impl PortServer {
     /// Binds the port's socket.
-    pub fn bind(port: Arc<Port>, waker: Arc<Waker>) -> Result<Self, ServerError> {
+    pub fn bind(
+        port: Arc<Port>,
+        waker: Arc<Waker>,
+        events: Arc<EventBus>,
+    ) -> Result<Self, ServerError> {
         let path = port.spec.socket.clone();
         claim_socket_path(&path)?;
         let listener =
@@ -102,6 +121,7 @@ impl PortServer {
             port,
             listener,
             waker,
+            events,
             stop: Arc::new(AtomicBool::new(false)),
             session: Arc::new(Mutex::new(None)),
         })
@@ -131,6 +151,10 @@ impl PortServer {
         })
     }
 
+    fn emit(&self, event: &'static str, state: &str) {
+        self.events.emit(event, port_event_data(&self.port, state));
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
@@ -142,7 +166,12 @@ impl PortServer {
         while !self.stopping() {
             let mem = GuestMemAtomic::new(GuestMem::default());
             let conn = Arc::new(Connection::new(mem.clone(), num_queues));
-            let backend = NetBackend::new(self.port.clone(), conn.clone(), self.waker.clone());
+            let backend = NetBackend::new(
+                self.port.clone(),
+                conn.clone(),
+                self.waker.clone(),
+                self.events.clone(),
+            );
             let mut daemon = match VhostUserDaemon::new(name.clone(), backend, mem) {
                 Ok(d) => d,
                 Err(e) => {
@@ -165,9 +194,23 @@ impl PortServer {
                 let _ = daemon.wait();
                 break;
             }
+            if !self.port.settings().link_up(true) {
+                // Link disabled: QEMU sets the guest's link down while its vhost-user
+                // connection is closed, so refuse frontends until the link is enabled again.
+                tracing::info!(port = %name, "link disabled: closing the frontend's connection");
+                daemon.request_shutdown();
+                let _ = daemon.wait();
+                self.session
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             tracing::info!(port = %name, "frontend connected");
             self.port.set_connection(Some(conn));
             self.waker.wake();
+            self.emit("VF_ATTACHED", "connected");
             match daemon.wait() {
                 Ok(()) => tracing::info!(port = %name, "frontend disconnected"),
                 Err(e) => tracing::info!(port = %name, "frontend session ended: {e}"),
@@ -178,6 +221,15 @@ impl PortServer {
                 .take();
             self.port.set_connection(None);
             self.waker.wake();
+            self.emit("VF_DETACHED", "gone");
         }
+    }
+}
+
+/// The data of a port event: `{"port": "vf0", "vf": 0, "state": ...}` (`"pv": j` for PV ports).
+pub fn port_event_data(port: &Port, state: &str) -> serde_json::Value {
+    match port.spec.kind {
+        PortKind::Vf(i) => serde_json::json!({"port": port.spec.name, "vf": i, "state": state}),
+        PortKind::Pv(j) => serde_json::json!({"port": port.spec.name, "pv": j, "state": state}),
     }
 }

@@ -63,6 +63,12 @@ impl fmt::Debug for MacAddr {
     }
 }
 
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl FromStr for MacAddr {
     type Err = MacParseError;
 

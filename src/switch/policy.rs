@@ -1,0 +1,225 @@
+//! Per-VF policy at the switch's edge: link state, spoof checking, port VLANs and rate limits.
+//! Pure decisions on a frame's header; the data plane applies them.
+
+use super::rate::TokenBucket;
+use crate::vf::{VfSettings, VlanProto};
+use crate::wire::FrameHeader;
+
+const TPID_8021Q: u16 = 0x8100;
+const TPID_8021AD: u16 = 0x88a8;
+
+/// Why the edge policy dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDrop {
+    LinkDown,
+    SpoofChk,
+    VlanFilter,
+    RateLimit,
+}
+
+/// What to do with a frame entering the switch from a VF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    Pass,
+    /// Insert this tag (TPID, TCI) after the MAC addresses.
+    InsertTag(u16, u16),
+}
+
+/// What to do with a frame leaving the switch towards a VF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    Pass,
+    /// Remove the outer tag (the VF's port VLAN).
+    StripTag,
+}
+
+fn is_tagged(ethertype: u16) -> bool {
+    ethertype == TPID_8021Q || ethertype == TPID_8021AD
+}
+
+/// The outer tag of a frame's header bytes: (TPID, VLAN id).
+pub fn outer_tag(head: &[u8]) -> Option<(u16, u16)> {
+    let tpid = u16::from_be_bytes([*head.get(12)?, *head.get(13)?]);
+    if !is_tagged(tpid) {
+        return None;
+    }
+    let tci = u16::from_be_bytes([*head.get(14)?, *head.get(15)?]);
+    Some((tpid, tci & 0x0fff))
+}
+
+fn tpid(p: VlanProto) -> u16 {
+    p.tpid()
+}
+
+/// Checks a frame from a port with settings `s` (`is_vf`: VF knobs apply). `bits` and `now_ns`
+/// feed the rate limiter.
+pub fn ingress(
+    s: &VfSettings,
+    is_vf: bool,
+    link_up: bool,
+    hdr: &FrameHeader,
+    bucket: &mut TokenBucket,
+    bits: u64,
+    now_ns: u64,
+) -> Result<Ingress, PolicyDrop> {
+    if !link_up {
+        return Err(PolicyDrop::LinkDown);
+    }
+    if !is_vf {
+        return Ok(Ingress::Pass);
+    }
+    // With trust the VF may use another MAC (a guest changing its address).
+    if s.spoofchk && !s.trust && hdr.src != s.mac {
+        return Err(PolicyDrop::SpoofChk);
+    }
+    if s.vlan != 0 && is_tagged(hdr.ethertype) {
+        // Port VLAN (VST): the guest must not tag.
+        return Err(if s.spoofchk {
+            PolicyDrop::SpoofChk
+        } else {
+            PolicyDrop::VlanFilter
+        });
+    }
+    if s.max_tx_rate != 0 && !bucket.take(bits, now_ns) {
+        return Err(PolicyDrop::RateLimit);
+    }
+    if s.vlan != 0 {
+        let tci = (u16::from(s.qos) << 13) | s.vlan;
+        return Ok(Ingress::InsertTag(tpid(s.proto), tci));
+    }
+    Ok(Ingress::Pass)
+}
+
+/// Checks a frame (its header bytes, after any ingress tag) going to a port with settings `s`.
+pub fn egress(
+    s: &VfSettings,
+    is_vf: bool,
+    link_up: bool,
+    head: &[u8],
+) -> Result<Egress, PolicyDrop> {
+    if !link_up {
+        return Err(PolicyDrop::LinkDown);
+    }
+    if !is_vf || s.vlan == 0 {
+        return Ok(Egress::Pass);
+    }
+    match outer_tag(head) {
+        Some((t, vid)) if t == tpid(s.proto) && vid == s.vlan => Ok(Egress::StripTag),
+        _ => Err(PolicyDrop::VlanFilter),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vf::LinkState;
+    use crate::wire::MacAddr;
+
+    fn vf() -> VfSettings {
+        VfSettings::new("02:00:00:00:00:01".parse().unwrap())
+    }
+
+    fn hdr(src: &str, ethertype: u16) -> FrameHeader {
+        FrameHeader {
+            dst: MacAddr::BROADCAST,
+            src: src.parse().unwrap(),
+            ethertype,
+        }
+    }
+
+    fn unlimited() -> TokenBucket {
+        TokenBucket::new(0)
+    }
+
+    #[test]
+    fn spoof_checking_and_trust() {
+        let mut s = vf();
+        let b = &mut unlimited();
+        let own = hdr("02:00:00:00:00:01", 0x0800);
+        let other = hdr("02:00:00:00:99:01", 0x0800);
+        assert_eq!(ingress(&s, true, true, &own, b, 0, 0), Ok(Ingress::Pass));
+        assert_eq!(
+            ingress(&s, true, true, &other, b, 0, 0),
+            Err(PolicyDrop::SpoofChk)
+        );
+        assert_eq!(
+            ingress(&s, false, true, &other, b, 0, 0),
+            Ok(Ingress::Pass),
+            "PV ports have no knobs"
+        );
+        s.trust = true;
+        assert_eq!(ingress(&s, true, true, &other, b, 0, 0), Ok(Ingress::Pass));
+        s.trust = false;
+        s.spoofchk = false;
+        assert_eq!(ingress(&s, true, true, &other, b, 0, 0), Ok(Ingress::Pass));
+    }
+
+    #[test]
+    fn port_vlan_tags_on_ingress_and_strips_on_egress() {
+        let mut s = vf();
+        s.vlan = 100;
+        s.qos = 5;
+        s.proto = VlanProto::Dot1Ad;
+        let b = &mut unlimited();
+        let own = hdr("02:00:00:00:00:01", 0x0800);
+        assert_eq!(
+            ingress(&s, true, true, &own, b, 0, 0),
+            Ok(Ingress::InsertTag(0x88a8, (5 << 13) | 100))
+        );
+        let tagged = hdr("02:00:00:00:00:01", 0x8100);
+        assert_eq!(
+            ingress(&s, true, true, &tagged, b, 0, 0),
+            Err(PolicyDrop::SpoofChk)
+        );
+        let mut head = [0u8; 18];
+        head[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+        head[14..16].copy_from_slice(&((5u16 << 13) | 100).to_be_bytes());
+        assert_eq!(egress(&s, true, true, &head), Ok(Egress::StripTag));
+        head[15] = 101;
+        assert_eq!(egress(&s, true, true, &head), Err(PolicyDrop::VlanFilter));
+        head[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(
+            egress(&s, true, true, &head),
+            Err(PolicyDrop::VlanFilter),
+            "untagged to a VLAN VF"
+        );
+        assert_eq!(egress(&vf(), true, true, &head), Ok(Egress::Pass));
+    }
+
+    #[test]
+    fn link_down_drops_both_ways() {
+        let mut s = vf();
+        s.link_state = LinkState::Disable;
+        let up = s.link_up(true);
+        assert_eq!(
+            ingress(
+                &s,
+                true,
+                up,
+                &hdr("02:00:00:00:00:01", 0x0800),
+                &mut unlimited(),
+                0,
+                0
+            ),
+            Err(PolicyDrop::LinkDown)
+        );
+        assert_eq!(egress(&s, true, up, &[0u8; 14]), Err(PolicyDrop::LinkDown));
+    }
+
+    #[test]
+    fn rate_limit_drops_over_budget() {
+        let mut s = vf();
+        s.max_tx_rate = 100;
+        let mut b = TokenBucket::new(100);
+        let own = hdr("02:00:00:00:00:01", 0x0800);
+        let mut passed = 0u64;
+        // 1 s of 1500-byte frames offered at 1 Gbit/s.
+        for i in 0..83_333u64 {
+            if ingress(&s, true, true, &own, &mut b, 12_000, i * 12_000).is_ok() {
+                passed += 12_000;
+            }
+        }
+        let mbps = passed as f64 / 1e6;
+        assert!((95.0..=106.0).contains(&mbps), "{mbps} Mbit/s");
+    }
+}
