@@ -295,6 +295,11 @@ impl Daemon {
             .flush();
     }
 
+    /// A copy of the PF's resource state.
+    pub fn pf_snapshot(&self) -> Pf {
+        self.pf.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// (numvfs, channels used, channels free) of the VF pool.
     pub fn pf_summary(&self) -> (u16, u32, u32) {
         let pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());

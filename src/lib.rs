@@ -11,6 +11,7 @@
 //! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
 
+pub mod control;
 pub mod daemon;
 pub mod dma_engine;
 pub mod events;

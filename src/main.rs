@@ -1,11 +1,14 @@
 //! The `sriov-emu` command line: `run`, `qemu-args`.
 
 use clap::{Args, Parser, Subcommand};
+use sriov_emu::control::client::{self, Client, ClientError};
+use sriov_emu::control::ControlServer;
 use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::pf::{self, PfConfig};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -23,6 +26,66 @@ enum Cmd {
     Run(RunArgs),
     /// Print the QEMU options that attach a VF (chardev, netdev, device with its MAC and queues).
     QemuArgs(QemuArgsCmd),
+    /// Manage a running emulator through its control socket (`ip link ... vf N ...` words).
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+struct CtlArgs {
+    /// The control socket [default: <socket dir>/control.sock].
+    #[arg(long, value_name = "PATH", global = true)]
+    control: Option<PathBuf>,
+    /// The emulator's socket directory (to find control.sock).
+    #[arg(long, value_name = "DIR", global = true)]
+    socket_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCmd {
+    /// The PF and one line per VF, like `ip link show`.
+    Show {
+        /// JSON (query-pf and query-vfs).
+        #[arg(short = 'j', long)]
+        json: bool,
+    },
+    /// Set sriov_numvfs (a non-zero count changes only through 0).
+    Numvfs { n: u32 },
+    /// VF settings: `vf N set mac M | vlan V [qos Q] [proto 802.1Q|802.1ad] | spoofchk on|off |
+    /// trust on|off | state auto|enable|disable | max_tx_rate MBPS | min_tx_rate MBPS |
+    /// channels N`; `vf N rss [key HEX] [table Q...|default] [learning on|off]`;
+    /// `vf N rss test PROTO SRC[:PORT] DST[:PORT]`; `vf N flow add|del|list ...`.
+    Vf {
+        vf: u32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        words: Vec<String>,
+    },
+    /// Counters of every port (or one), like `ethtool -S`.
+    Stats {
+        /// Only this port (vf0, pv1, ...).
+        port: Option<String>,
+        #[arg(short = 'j', long)]
+        json: bool,
+        /// text, json or openmetrics.
+        #[arg(long, value_parser = ["text", "json", "openmetrics"], default_value = "text")]
+        format: String,
+    },
+    /// The forwarding database; `fdb flush` forgets learned entries.
+    Fdb {
+        #[arg(value_parser = ["show", "flush"], default_value = "show")]
+        action: String,
+        #[arg(short = 'j', long)]
+        json: bool,
+    },
+    /// Print events (VF_ATTACHED, VF_LINK_CHANGE, FDB_MOVE, ...) as they happen, one JSON per line.
+    Events,
+    /// Run any control command: `ctl qmp query-vfs '{"...": ...}'`.
+    Qmp {
+        command: String,
+        /// Arguments as a JSON object.
+        arguments: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -54,6 +117,9 @@ struct RunArgs {
     /// Log the non-zero counters of every port every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// The control socket (QMP) [default: <socket dir>/control.sock].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
@@ -120,6 +186,10 @@ fn run(args: RunArgs) -> Result<(), String> {
     if args.fdb_aging == 0 {
         return Err("--fdb-aging must be at least 1 second".into());
     }
+    let control_path = args
+        .control
+        .clone()
+        .unwrap_or_else(|| pf.socket_dir.join("control.sock"));
     let signals = block_signals();
     let daemon = Daemon::start(DaemonConfig {
         pf,
@@ -128,9 +198,96 @@ fn run(args: RunArgs) -> Result<(), String> {
         flow_learning: args.flow_learning,
     })
     .map_err(|e| e.to_string())?;
+    let daemon = Arc::new(daemon);
+    // `quit` ends the process the same way a signal does.
+    let quit = Arc::new(|| {
+        // SAFETY: kill(2) on our own PID with a signal this process waits for.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    });
+    let control = match ControlServer::start(&control_path, daemon.clone(), quit) {
+        Ok(c) => c,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e.to_string());
+        }
+    };
     let sig = wait_signal(&signals);
     tracing::info!(signal = sig, "shutting down");
+    drop(control);
     daemon.shutdown();
+    Ok(())
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn ctl(a: CtlArgs) -> Result<(), ClientError> {
+    let path = a.control.unwrap_or_else(|| {
+        a.socket_dir
+            .unwrap_or_else(default_socket_dir)
+            .join("control.sock")
+    });
+    let mut c = Client::connect(&path)?;
+    let none = serde_json::json!({});
+    match a.cmd {
+        CtlCmd::Show { json } => {
+            let pf = c.execute("query-pf", none.clone())?;
+            let vfs = c.execute("query-vfs", none)?;
+            if json {
+                print_json(&serde_json::json!({"pf": pf, "vfs": vfs}));
+            } else {
+                print!("{}", client::render_show(&pf, &vfs));
+            }
+        }
+        CtlCmd::Numvfs { n } => {
+            c.execute("set-numvfs", serde_json::json!({"numvfs": n}))?;
+        }
+        CtlCmd::Vf { vf, words } => {
+            let (cmd, args) = client::vf_command(vf, &words)?;
+            let r = c.execute(cmd, args)?;
+            match cmd {
+                "vf-rss-test" => println!("{}", r["text"].as_str().unwrap_or_default()),
+                "vf-set" | "vf-flow-add" | "vf-flow-del" => {}
+                _ => print_json(&r),
+            }
+        }
+        CtlCmd::Stats { port, json, format } => {
+            let args = port.map(|p| serde_json::json!({"port": p})).unwrap_or(none);
+            let s = c.execute("query-stats", args)?;
+            match (json, format.as_str()) {
+                (true, _) | (_, "json") => print_json(&s),
+                (_, "openmetrics") => print!("{}", client::render_openmetrics(&s)),
+                _ => print!("{}", client::render_stats(&s)),
+            }
+        }
+        CtlCmd::Fdb { action, json } => {
+            if action == "flush" {
+                c.execute("fdb-flush", none)?;
+            } else {
+                let f = c.execute("query-fdb", none)?;
+                if json {
+                    print_json(&f);
+                } else {
+                    print!("{}", client::render_fdb(&f));
+                }
+            }
+        }
+        CtlCmd::Events => loop {
+            let ev = c.next_event()?;
+            println!("{ev}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        },
+        CtlCmd::Qmp { command, arguments } => {
+            let args = match arguments {
+                Some(s) => serde_json::from_str(&s)
+                    .map_err(|e| ClientError::Usage(format!("arguments are not JSON: {e}")))?,
+                None => none,
+            };
+            print_json(&c.execute(&command, args)?);
+        }
+    }
     Ok(())
 }
 
@@ -182,6 +339,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::QemuArgs(a) => qemu_args(a),
+        Cmd::Ctl(a) => ctl(a).map_err(|e| e.to_string()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

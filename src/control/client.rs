@@ -1,0 +1,433 @@
+//! The `sriov-emu ctl` client: a small QMP client, the `ip link ... vf N ...` vocabulary, and
+//! the human-readable and OpenMetrics renderings.
+
+use serde_json::{json, Map, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the control socket {path}: {source} (is sriov-emu running? see --control)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected reply from the control socket: {0}")]
+    Protocol(String),
+    #[error("{desc}")]
+    Qmp { class: String, desc: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connected, negotiated QMP client.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    events: Vec<Value>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client> {
+        let s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut c = Client {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            events: Vec::new(),
+        };
+        let greeting = c.read()?;
+        if greeting.get("QMP").is_none() {
+            return Err(ClientError::Protocol(format!(
+                "no QMP greeting: {greeting}"
+            )));
+        }
+        c.execute("qmp_capabilities", json!({}))?;
+        Ok(c)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(ClientError::Protocol("connection closed".into()));
+        }
+        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line}")))
+    }
+
+    /// Runs a command; events that arrive meanwhile are kept for `next_event`.
+    pub fn execute(&mut self, cmd: &str, args: Value) -> Result<Value> {
+        let req = json!({"execute": cmd, "arguments": args});
+        let mut line =
+            serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        loop {
+            let v = self.read()?;
+            if v.get("event").is_some() {
+                self.events.push(v);
+                continue;
+            }
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(ClientError::Qmp {
+                    class: e["class"].as_str().unwrap_or("GenericError").to_string(),
+                    desc: e["desc"].as_str().unwrap_or("").to_string(),
+                });
+            }
+            return Err(ClientError::Protocol(v.to_string()));
+        }
+    }
+
+    /// The next asynchronous event (blocks).
+    pub fn next_event(&mut self) -> Result<Value> {
+        if !self.events.is_empty() {
+            return Ok(self.events.remove(0));
+        }
+        loop {
+            let v = self.read()?;
+            if v.get("event").is_some() {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> ClientError {
+    ClientError::Usage(msg.into())
+}
+
+fn on_off(v: &str, what: &str) -> Result<bool> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(usage(format!("{what} takes on or off, not {v:?}"))),
+    }
+}
+
+fn int(v: &str, what: &str) -> Result<i64> {
+    v.parse()
+        .map_err(|_| usage(format!("{what} takes a number, not {v:?}")))
+}
+
+/// `ADDR[:PORT]`, with IPv6 as `[ADDR]:PORT` when a port is given.
+fn addr_port(s: &str) -> Result<(String, Option<i64>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (a, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| usage(format!("{s:?}: expected [IPv6]:PORT")))?;
+        return Ok((a.to_string(), Some(int(p, "port")?)));
+    }
+    match s.rsplit_once(':') {
+        Some((a, p)) if !a.contains(':') => Ok((a.to_string(), Some(int(p, "port")?))),
+        _ => Ok((s.to_string(), None)),
+    }
+}
+
+/// `PROTO SRC[:PORT] DST[:PORT]` into flow arguments.
+fn flow_args(words: &[String], args: &mut Map<String, Value>) -> Result<usize> {
+    let [proto, src, dst, ..] = words else {
+        return Err(usage("a flow is: tcp|udp|ip SRC[:PORT] DST[:PORT]"));
+    };
+    let (s, sp) = addr_port(src)?;
+    let (d, dp) = addr_port(dst)?;
+    args.insert("proto".into(), json!(proto));
+    args.insert("src".into(), json!(s));
+    args.insert("dst".into(), json!(d));
+    if let Some(p) = sp {
+        args.insert("src-port".into(), json!(p));
+    }
+    if let Some(p) = dp {
+        args.insert("dst-port".into(), json!(p));
+    }
+    Ok(3)
+}
+
+/// Translates `vf N <words...>` (the `ip link` vocabulary) into a QMP command.
+pub fn vf_command(vf: u32, words: &[String]) -> Result<(&'static str, Value)> {
+    let mut args = Map::new();
+    args.insert("vf".into(), json!(vf));
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["set", rest @ ..] => {
+            if rest.is_empty() {
+                return Err(usage("vf N set: nothing to set"));
+            }
+            let mut i = 0;
+            while i < rest.len() {
+                let key = rest[i];
+                let val = *rest.get(i + 1).ok_or_else(|| usage(format!("{key} needs a value")))?;
+                match key {
+                    "mac" => args.insert("mac".into(), json!(val)),
+                    "vlan" => args.insert("vlan".into(), json!(int(val, "vlan")?)),
+                    "qos" => args.insert("qos".into(), json!(int(val, "qos")?)),
+                    "proto" => args.insert("proto".into(), json!(val)),
+                    "spoofchk" => args.insert("spoofchk".into(), json!(on_off(val, "spoofchk")?)),
+                    "trust" => args.insert("trust".into(), json!(on_off(val, "trust")?)),
+                    "state" => args.insert("link-state".into(), json!(val)),
+                    "max_tx_rate" | "rate" => args.insert("max-tx-rate".into(), json!(int(val, key)?)),
+                    "min_tx_rate" => args.insert("min-tx-rate".into(), json!(int(val, key)?)),
+                    "channels" => args.insert("channels".into(), json!(int(val, key)?)),
+                    _ => return Err(usage(format!("unknown VF setting {key:?}"))),
+                };
+                i += 2;
+            }
+            Ok(("vf-set", Value::Object(args)))
+        }
+        ["rss"] => Ok(("vf-rss-query", Value::Object(args))),
+        ["rss", "test", ..] => {
+            flow_args(&words[2..], &mut args)?;
+            Ok(("vf-rss-test", Value::Object(args)))
+        }
+        ["rss", rest @ ..] => {
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i] {
+                    "key" => {
+                        let k = rest.get(i + 1).ok_or_else(|| usage("key needs 80 hex digits"))?;
+                        args.insert("key".into(), json!(k));
+                        i += 2;
+                    }
+                    "learning" => {
+                        let v = rest.get(i + 1).ok_or_else(|| usage("learning takes on or off"))?;
+                        args.insert("flow-learning".into(), json!(on_off(v, "learning")?));
+                        i += 2;
+                    }
+                    "table" => {
+                        let mut q = Vec::new();
+                        i += 1;
+                        if rest.get(i) == Some(&"default") {
+                            args.insert("table".into(), json!("default"));
+                            i += 1;
+                            continue;
+                        }
+                        while let Some(Ok(n)) = rest.get(i).map(|s| s.parse::<u64>()) {
+                            q.push(n);
+                            i += 1;
+                        }
+                        args.insert("table".into(), json!(q));
+                    }
+                    other => return Err(usage(format!("unknown rss setting {other:?}"))),
+                }
+            }
+            Ok(("vf-rss-set", Value::Object(args)))
+        }
+        ["flow", "list"] => Ok(("vf-flow-list", Value::Object(args))),
+        ["flow", "add", ..] => {
+            let n = flow_args(&words[2..], &mut args)?;
+            match &w[2 + n..] {
+                ["queue", q] => args.insert("queue".into(), json!(int(q, "queue")?)),
+                _ => return Err(usage("flow add PROTO SRC[:PORT] DST[:PORT] queue Q")),
+            };
+            Ok(("vf-flow-add", Value::Object(args)))
+        }
+        ["flow", "del", ..] => {
+            flow_args(&words[2..], &mut args)?;
+            Ok(("vf-flow-del", Value::Object(args)))
+        }
+        _ => Err(usage("vf N set ... | rss [key K] [table Q...|default] [learning on|off] | rss test ... | flow add|del|list ...")),
+    }
+}
+
+/// `ip link show`-like text for `query-pf` + `query-vfs`.
+pub fn render_show(pf: &Value, vfs: &Value) -> String {
+    let mut out = format!(
+        "pf: numvfs {}/{} channels {} used, {} free of {} mtu {}\n",
+        pf["numvfs"],
+        pf["totalvfs"],
+        pf["channels"]["used"],
+        pf["channels"]["free"],
+        pf["channels"]["total"],
+        pf["mtu"]
+    );
+    for v in vfs.as_array().into_iter().flatten() {
+        let mut line = format!(
+            "    vf {:<5} link/ether {} brd ff:ff:ff:ff:ff:ff",
+            v["vf"].to_string(),
+            v["mac"].as_str().unwrap_or("?")
+        );
+        if v["vlan"].as_u64().unwrap_or(0) != 0 {
+            line += &format!(", vlan {}, qos {}", v["vlan"], v["qos"]);
+            if v["proto"].as_str() == Some("802.1ad") {
+                line += ", vlan protocol 802.1ad";
+            }
+        }
+        let onoff = |b: &Value| {
+            if b.as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            }
+        };
+        line += &format!(
+            ", spoof checking {}, link-state {}, trust {}",
+            onoff(&v["spoofchk"]),
+            v["link-state"].as_str().unwrap_or("?"),
+            onoff(&v["trust"])
+        );
+        if v["max-tx-rate"].as_u64().unwrap_or(0) != 0
+            || v["min-tx-rate"].as_u64().unwrap_or(0) != 0
+        {
+            line += &format!(
+                ", max_tx_rate {}Mbps, min_tx_rate {}Mbps",
+                v["max-tx-rate"], v["min-tx-rate"]
+            );
+        }
+        let attached = if v["attached"].as_bool() == Some(true) {
+            "attached"
+        } else {
+            "detached"
+        };
+        line += &format!(", channels {}, {attached}\n", v["channels"]);
+        out += &line;
+    }
+    out
+}
+
+/// `ethtool -S`-like text for `query-stats`.
+pub fn render_stats(stats: &Value) -> String {
+    let mut out = String::new();
+    for p in stats.as_array().into_iter().flatten() {
+        out += &format!("{}:\n", p["port"].as_str().unwrap_or("?"));
+        for (k, v) in p["counters"].as_object().into_iter().flatten() {
+            out += &format!("     {k}: {v}\n");
+        }
+    }
+    out
+}
+
+/// OpenMetrics text for `query-stats`: totals as `sriov_emu_<name>_total{port=...}`, per-queue
+/// counters as `sriov_emu_queue_<rx|tx>_<what>_total{port=...,queue=...}`.
+pub fn render_openmetrics(stats: &Value) -> String {
+    let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for p in stats.as_array().into_iter().flatten() {
+        let port = p["port"].as_str().unwrap_or("?");
+        for (k, v) in p["counters"].as_object().into_iter().flatten() {
+            let parsed = k.split_once("_queue_").and_then(|(dir, rest)| {
+                let (q, what) = rest.split_once('_')?;
+                q.parse::<u32>()
+                    .ok()
+                    .map(|q| (format!("queue_{dir}_{what}"), Some(q)))
+            });
+            let (name, queue) = parsed.unwrap_or((k.clone(), None));
+            let labels = match queue {
+                Some(q) => format!("port=\"{port}\",queue=\"{q}\""),
+                None => format!("port=\"{port}\""),
+            };
+            families
+                .entry(format!("sriov_emu_{name}"))
+                .or_default()
+                .push(format!("{{{labels}}} {v}"));
+        }
+    }
+    let mut out = String::new();
+    for (name, samples) in families {
+        out += &format!("# TYPE {name} counter\n");
+        for s in samples {
+            out += &format!("{name}_total{s}\n");
+        }
+    }
+    out += "# EOF\n";
+    out
+}
+
+/// `bridge fdb`-like text for `query-fdb`.
+pub fn render_fdb(fdb: &Value) -> String {
+    let mut out = String::new();
+    for e in fdb.as_array().into_iter().flatten() {
+        let kind = if e["static"].as_bool() == Some(true) {
+            " static"
+        } else {
+            ""
+        };
+        out += &format!(
+            "{} port {}{kind}\n",
+            e["mac"].as_str().unwrap_or("?"),
+            e["port"].as_str().unwrap_or("?")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn ip_link_vocabulary_maps_to_vf_set() {
+        let (cmd, args) =
+            vf_command(3, &words("set mac 02:00:00:00:03:09 vlan 10 qos 3 proto 802.1ad spoofchk off trust on state disable max_tx_rate 100 min_tx_rate 10 channels 4"))
+                .unwrap();
+        assert_eq!(cmd, "vf-set");
+        assert_eq!(
+            args,
+            json!({"vf": 3, "mac": "02:00:00:00:03:09", "vlan": 10, "qos": 3, "proto": "802.1ad", "spoofchk": false,
+                   "trust": true, "link-state": "disable", "max-tx-rate": 100, "min-tx-rate": 10, "channels": 4})
+        );
+        assert!(vf_command(0, &words("set spoofchk maybe")).is_err());
+        assert!(vf_command(0, &words("set vlan")).is_err());
+        assert!(vf_command(0, &words("set colour blue")).is_err());
+    }
+
+    #[test]
+    fn rss_and_flow_words() {
+        assert_eq!(vf_command(1, &words("rss")).unwrap().0, "vf-rss-query");
+        let (c, a) = vf_command(1, &words("rss table 0 1 1 learning on")).unwrap();
+        assert_eq!(
+            (c, a["table"].clone(), a["flow-learning"].clone()),
+            ("vf-rss-set", json!([0, 1, 1]), json!(true))
+        );
+        let (c, a) = vf_command(1, &words("rss test tcp 198.18.0.1:1000 198.18.0.2:80")).unwrap();
+        assert_eq!(
+            (c, a["src-port"].clone(), a["dst"].clone()),
+            ("vf-rss-test", json!(1000), json!("198.18.0.2"))
+        );
+        let (c, a) = vf_command(
+            1,
+            &words("flow add udp [2001:db8::1]:53 2001:db8::2 queue 3"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c,
+                a["src"].clone(),
+                a["src-port"].clone(),
+                a["queue"].clone()
+            ),
+            ("vf-flow-add", json!("2001:db8::1"), json!(53), json!(3))
+        );
+        assert!(a.get("dst-port").is_none());
+        assert!(vf_command(1, &words("flow add udp 1.2.3.4")).is_err());
+    }
+
+    #[test]
+    fn openmetrics_names_and_labels() {
+        let stats =
+            json!([{"port": "vf0", "counters": {"rx_packets": 5, "rx_queue_1_packets": 2}}]);
+        let om = render_openmetrics(&stats);
+        assert!(
+            om.contains(
+                "# TYPE sriov_emu_rx_packets counter\nsriov_emu_rx_packets_total{port=\"vf0\"} 5\n"
+            ),
+            "{om}"
+        );
+        assert!(
+            om.contains("sriov_emu_queue_rx_packets_total{port=\"vf0\",queue=\"1\"} 2"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,17 @@
+//! The management plane ("dom0 tools"): a control socket speaking the QMP wire protocol, and
+//! the `sriov-emu ctl` client.
+//!
+//! - `qmp.rs`: the wire format: greeting, requests, returns, errors, argument checking.
+//! - `commands.rs`: every command, on top of `Daemon` (documented in docs/control.md).
+//! - `server.rs`: the socket: several clients, one line per message, events after
+//!   `qmp_capabilities`, bad input answered with an error on a connection that stays usable.
+//! - `client.rs`: the `ctl` client: `ip link ... vf N ...` vocabulary, human and JSON output.
+
+pub mod client;
+mod commands;
+mod qmp;
+mod server;
+
+pub use commands::execute;
+pub use qmp::{QmpError, MAX_LINE};
+pub use server::{ControlError, ControlServer};
