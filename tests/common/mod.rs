@@ -131,3 +131,63 @@ pub fn l4_frame(dst: MacAddr, src: MacAddr, flow: &FlowTuple, seq: u32) -> Vec<u
 pub fn seq_of(frame: &[u8]) -> u32 {
     u32::from_be_bytes([frame[42], frame[43], frame[44], frame[45]])
 }
+
+/// The real `sriov-emu` binary, stopped by its PID on drop.
+pub struct Emu {
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Emu {
+    pub fn start(args: &[&str]) -> Emu {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("emulator.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+            .arg("run")
+            .arg("--socket-dir")
+            .arg(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while !dir.path().join("control.sock").exists() {
+            assert!(t.elapsed() < WAIT, "emulator did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Emu { child, dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn control(&self) -> sriov_emu::control::client::Client {
+        sriov_emu::control::client::Client::connect(&self.path().join("control.sock"))
+            .expect("control socket")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("emulator.log")).unwrap_or_default()
+    }
+
+    /// One counter of one port, through `query-stats`.
+    pub fn counter(&self, port: &str, name: &str) -> u64 {
+        let s = self
+            .control()
+            .execute("query-stats", serde_json::json!({"port": port}))
+            .unwrap();
+        s[0]["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}: {s}"))
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,529 @@
+//! The management plane through the real binary's control socket: the QMP wire protocol, bad
+//! input, `ctl` output, and every VF knob's effect on real frames with its exact drop counter.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use sriov_emu::wire::MacAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sriov-emu");
+
+/// A raw line-level connection, to send what no client library would.
+struct Raw {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Raw {
+    fn connect(emu: &Emu) -> Raw {
+        let s = UnixStream::connect(emu.path().join("control.sock")).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut raw = Raw {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        let greeting = raw.read();
+        assert!(
+            greeting["QMP"]["version"]["qemu"]["major"].is_u64(),
+            "{greeting}"
+        );
+        raw
+    }
+
+    fn read(&mut self) -> Value {
+        loop {
+            let mut line = String::new();
+            self.r.read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn send_line(&mut self, line: &[u8]) -> Value {
+        self.w.write_all(line).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        self.read()
+    }
+
+    fn exec(&mut self, cmd: &str, args: Value) -> Value {
+        self.send_line(
+            json!({"execute": cmd, "arguments": args})
+                .to_string()
+                .as_bytes(),
+        )
+    }
+}
+
+#[test]
+fn qmp_wire_protocol_greeting_capabilities_ids_and_errors() {
+    let emu = Emu::start(&["--vfs", "2"]);
+    let mut raw = Raw::connect(&emu);
+    let before = raw.exec("query-vfs", json!({}));
+    assert_eq!(
+        before["error"]["class"], "CommandNotFound",
+        "commands need qmp_capabilities first"
+    );
+    assert_eq!(
+        raw.send_line(br#"{"execute":"qmp_capabilities","id":1}"#),
+        json!({"return": {}, "id": 1})
+    );
+    let v = raw.send_line(br#"{"execute":"query-version","id":"abc"}"#);
+    assert_eq!(v["id"], "abc");
+    assert!(v["return"]["package"]
+        .as_str()
+        .unwrap()
+        .starts_with("sriov-emu"));
+    let vfs = raw.exec("query-vfs", json!({}))["return"].clone();
+    assert_eq!(vfs.as_array().unwrap().len(), 2);
+    assert_eq!(vfs[1]["mac"], "02:00:00:00:01:01");
+    let pf = raw.exec("query-pf", json!({}))["return"].clone();
+    assert_eq!(
+        (pf["totalvfs"].as_u64(), pf["channels"]["free"].as_u64()),
+        (Some(254), Some(2044))
+    );
+    // Control socket permissions: owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(emu.path().join("control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn every_bad_input_is_an_error_and_changes_nothing() {
+    let emu = Emu::start(&["--vfs", "2", "--channels-per-vf", "2"]);
+    let mut raw = Raw::connect(&emu);
+    raw.exec("qmp_capabilities", json!({}));
+    let state = |raw: &mut Raw| {
+        (
+            raw.exec("query-vfs", json!({})),
+            raw.exec("query-pf", json!({})),
+        )
+    };
+    let initial = state(&mut raw);
+    let huge = format!(
+        r#"{{"execute":"query-vfs","arguments":{{"x":"{}"}}}}"#,
+        "a".repeat(100_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("unknown VF", json!({"execute":"vf-set","arguments":{"vf":7,"spoofchk":false}}).to_string().into(), "vf 7 does not exist"),
+        ("negative VF", json!({"execute":"vf-set","arguments":{"vf":-1,"trust":true}}).to_string().into(), "out of range"),
+        ("multicast MAC", json!({"execute":"vf-set","arguments":{"vf":0,"mac":"01:00:5e:00:00:01"}}).to_string().into(), "must be unicast"),
+        ("zero MAC", json!({"execute":"vf-set","arguments":{"vf":0,"mac":"00:00:00:00:00:00"}}).to_string().into(), "must be unicast"),
+        ("VLAN 4096", json!({"execute":"vf-set","arguments":{"vf":0,"vlan":4096}}).to_string().into(), "VLAN 4096 is out of range"),
+        ("QoS 8", json!({"execute":"vf-set","arguments":{"vf":0,"vlan":5,"qos":8}}).to_string().into(), "QoS 8 is out of range"),
+        ("bad proto", json!({"execute":"vf-set","arguments":{"vf":0,"vlan":5,"proto":"802.1x"}}).to_string().into(), "802.1x"),
+        ("negative rate", json!({"execute":"vf-set","arguments":{"vf":0,"max-tx-rate":-10}}).to_string().into(), "max_tx_rate -10"),
+        ("min above max", json!({"execute":"vf-set","arguments":{"vf":0,"max-tx-rate":100,"min-tx-rate":200}}).to_string().into(), "above max_tx_rate"),
+        ("bad link state", json!({"execute":"vf-set","arguments":{"vf":0,"link-state":"up"}}).to_string().into(), "not auto, enable or disable"),
+        ("channels over budget", json!({"execute":"vf-set","arguments":{"vf":0,"channels":65}}).to_string().into(), "out of range"),
+        ("mixed valid and invalid", json!({"execute":"vf-set","arguments":{"vf":0,"trust":true,"vlan":9999}}).to_string().into(), "VLAN 9999"),
+        ("wrong type", json!({"execute":"vf-set","arguments":{"vf":0,"vlan":"ten"}}).to_string().into(), "expects an integer"),
+        ("unknown parameter", json!({"execute":"vf-set","arguments":{"vf":0,"colour":"blue"}}).to_string().into(), "'colour' is unexpected"),
+        ("numvfs not through 0", json!({"execute":"set-numvfs","arguments":{"numvfs":3}}).to_string().into(), "set it to 0 before"),
+        ("numvfs too high", json!({"execute":"set-numvfs","arguments":{"numvfs":255}}).to_string().into(), "numvfs 255 is out of range"),
+        ("RSS table queue", json!({"execute":"vf-rss-set","arguments":{"vf":0,"table":[0,1,2]}}).to_string().into(), "queue 2 does not exist"),
+        ("RSS key", json!({"execute":"vf-rss-set","arguments":{"vf":0,"key":"abcd"}}).to_string().into(), "RSS key is 40 bytes"),
+        ("flow to missing queue", json!({"execute":"vf-flow-add","arguments":{"vf":0,"proto":"tcp","src":"198.18.0.1","dst":"198.18.0.2","queue":9}}).to_string().into(), "queue 9 does not exist"),
+        ("malformed JSON", b"{\"execute\": \"query-vfs\"".to_vec(), "JSON parse error"),
+        ("not an object", b"[1,2,3]".to_vec(), "must be a JSON object"),
+        ("no execute", b"{\"arguments\":{}}".to_vec(), "lacks member 'execute'"),
+        ("unknown command", json!({"execute":"vf-frobnicate"}).to_string().into(), "has not been found"),
+        ("huge line", huge.into_bytes(), "exceeds the limit"),
+    ];
+    for (what, line, want) in cases {
+        let r = raw.send_line(&line);
+        let desc = r["error"]["desc"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error in {r}"));
+        assert!(
+            desc.contains(want),
+            "{what}: {desc:?} does not say {want:?}"
+        );
+        assert!(r["error"]["class"].is_string(), "{what}: {r}");
+        // The connection stays usable and nothing changed.
+        assert_eq!(state(&mut raw), initial, "{what} changed the state");
+    }
+    assert!(!emu.log().contains("panicked"));
+}
+
+#[test]
+fn ctl_show_json_stats_fdb_and_events() {
+    let emu = Emu::start(&["--vfs", "2"]);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("ctl")
+            .arg("--socket-dir")
+            .arg(emu.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(ctl(&[
+        "vf",
+        "1",
+        "set",
+        "vlan",
+        "10",
+        "qos",
+        "3",
+        "spoofchk",
+        "off",
+        "max_tx_rate",
+        "100"
+    ])
+    .is_empty());
+    let show = ctl(&["show"]);
+    let lines: Vec<&str> = show.lines().collect();
+    assert_eq!(lines.len(), 3, "{show}");
+    assert!(lines[0].starts_with("pf: numvfs 2/254"), "{show}");
+    assert_eq!(
+        lines[1],
+        "    vf 0     link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff, spoof checking on, link-state auto, trust off, channels 2, detached"
+    );
+    assert_eq!(
+        lines[2],
+        "    vf 1     link/ether 02:00:00:00:01:01 brd ff:ff:ff:ff:ff:ff, vlan 10, qos 3, spoof checking off, link-state auto, trust off, max_tx_rate 100Mbps, min_tx_rate 0Mbps, channels 2, detached"
+    );
+    let j: Value = serde_json::from_str(&ctl(&["show", "-j"])).unwrap();
+    assert_eq!(j["vfs"][1]["vlan"], 10);
+    assert_eq!(j["vfs"][1]["spoofchk"], false);
+    assert_eq!(j["pf"]["numvfs"], 2);
+    let om = ctl(&["stats", "--format", "openmetrics"]);
+    assert!(
+        om.contains("sriov_emu_rx_packets_total{port=\"vf1\"} 0") && om.ends_with("# EOF\n"),
+        "{om}"
+    );
+    assert!(ctl(&["stats", "vf0"]).starts_with("vf0:\n     tx_packets: 0\n"));
+    let t = ctl(&[
+        "vf",
+        "0",
+        "rss",
+        "test",
+        "udp",
+        "198.18.0.1:53",
+        "198.18.0.2:4000",
+    ]);
+    assert!(t.contains("by rss (hash 0x"), "{t}");
+    // A bad ctl input: an error on stderr, exit code 1.
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket-dir"])
+        .arg(emu.path())
+        .args(["vf", "0", "set", "vlan", "99999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VLAN 99999 is out of range"));
+
+    // `ctl events` prints VF_ATTACHED when a frontend attaches.
+    let mut ev = Command::new(BIN)
+        .args(["ctl", "--socket-dir"])
+        .arg(emu.path())
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _fe = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut out = BufReader::new(ev.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(ev.id() as i32, libc::SIGTERM) };
+    let _ = ev.wait();
+    let e: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (e["event"].as_str(), e["data"]["port"].as_str()),
+        (Some("VF_ATTACHED"), Some("vf0")),
+        "{line}"
+    );
+    assert!(e["timestamp"]["seconds"].as_u64().is_some());
+    let fdb = ctl(&["fdb"]);
+    assert!(fdb.contains("02:00:00:00:00:01 port vf0 static"), "{fdb}");
+}
+
+fn mac(s: &str) -> MacAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn spoofchk_drops_foreign_source_macs_and_off_lets_them_through() {
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let mut a = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut b = connect(emu.path(), "vf1", pairs(1, 1));
+    let spoofed = udp_frame(vf_mac(1), mac("02:00:00:00:99:01"), 1, 2, 0, 100);
+    a.send(0, &spoofed).unwrap();
+    assert!(
+        b.recv_timeout(0, QUIET).is_none(),
+        "spoofed frame delivered"
+    );
+    assert_eq!(emu.counter("vf0", "drop_spoofchk"), 1);
+    let own = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 1, 100);
+    a.send(0, &own).unwrap();
+    assert!(b.recv_timeout(0, WAIT).unwrap() == own);
+    emu.control()
+        .execute("vf-set", json!({"vf": 0, "spoofchk": false}))
+        .unwrap();
+    a.send(0, &spoofed).unwrap();
+    assert!(
+        b.recv_timeout(0, WAIT).unwrap() == spoofed,
+        "spoofchk off delivers"
+    );
+    assert_eq!(emu.counter("vf0", "drop_spoofchk"), 1);
+    // trust also lets a VF use another MAC (a guest changing its address).
+    emu.control()
+        .execute("vf-set", json!({"vf": 0, "spoofchk": true, "trust": true}))
+        .unwrap();
+    a.send(0, &spoofed).unwrap();
+    assert!(b.recv_timeout(0, WAIT).is_some());
+    assert_eq!(emu.counter("vf0", "drop_spoofchk"), 1);
+}
+
+#[test]
+fn port_vlan_is_tagged_towards_the_peer_and_stripped_towards_the_vf() {
+    for (proto, tpid) in [("802.1Q", 0x8100u16), ("802.1ad", 0x88a8)] {
+        let emu = Emu::start(&["--vfs", "1", "--pv-ports", "1"]);
+        emu.control()
+            .execute(
+                "vf-set",
+                json!({"vf": 0, "vlan": 100, "qos": 5, "proto": proto}),
+            )
+            .unwrap();
+        let mut v = connect(emu.path(), "vf0", pairs(1, 1));
+        let mut p = connect(emu.path(), "pv0", pairs(1, 1));
+        let pv_mac = mac("02:00:00:00:aa:01");
+        // VF -> peer: the tag is inserted, with the QoS as PCP.
+        let f = udp_frame(pv_mac, vf_mac(0), 1, 2, 0, 200);
+        v.send(0, &f).unwrap();
+        let got = p.recv_timeout(0, WAIT).expect("tagged frame at the peer");
+        assert_eq!(got.len(), f.len() + 4);
+        assert_eq!(u16::from_be_bytes([got[12], got[13]]), tpid, "{proto}");
+        let tci = u16::from_be_bytes([got[14], got[15]]);
+        assert_eq!((tci >> 13, tci & 0xfff), (5, 100), "{proto}: PCP and VID");
+        assert_eq!(&got[..12], &f[..12]);
+        assert_eq!(&got[16..], &f[12..]);
+        // Peer -> VF with the VF's tag: stripped on the way in.
+        let mut tagged = f[..12].to_vec();
+        tagged[..6].copy_from_slice(&vf_mac(0).0);
+        tagged[6..12].copy_from_slice(&pv_mac.0);
+        tagged.extend_from_slice(&tpid.to_be_bytes());
+        tagged.extend_from_slice(&(100u16).to_be_bytes());
+        tagged.extend_from_slice(&f[12..]);
+        p.send(0, &tagged).unwrap();
+        let back = v.recv_timeout(0, WAIT).expect("stripped frame at the VF");
+        assert_eq!(back.len(), f.len());
+        assert_eq!(&back[12..14], &[0x08, 0x00], "{proto}: untagged at the VF");
+        // Another VLAN, or no tag, towards the VF: dropped and counted.
+        let mut other = tagged.clone();
+        other[15] = 101;
+        p.send(0, &other).unwrap();
+        let mut untagged = f.clone();
+        untagged[..6].copy_from_slice(&vf_mac(0).0);
+        untagged[6..12].copy_from_slice(&pv_mac.0);
+        p.send(0, &untagged).unwrap();
+        assert!(v.recv_timeout(0, QUIET).is_none());
+        assert_eq!(emu.counter("vf0", "drop_vlan_filter"), 2, "{proto}");
+        // A tag from the guest under a port VLAN is spoofing.
+        v.send(0, &tagged).unwrap();
+        assert!(p.recv_timeout(0, QUIET).is_none());
+        assert_eq!(emu.counter("vf0", "drop_spoofchk"), 1);
+    }
+}
+
+#[test]
+fn link_disable_stops_traffic_both_ways_and_enable_restores_it() {
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let mut ctl = emu.control();
+    let mut a = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut b = connect(emu.path(), "vf1", pairs(1, 1));
+    a.send(0, &udp_frame(vf_mac(1), vf_mac(0), 1, 1, 0, 100))
+        .unwrap();
+    assert!(b.recv_timeout(0, WAIT).is_some());
+    ctl.execute("vf-set", json!({"vf": 0, "link-state": "disable"}))
+        .unwrap();
+    let ev = loop {
+        let ev = ctl.next_event().unwrap();
+        if ev["event"] != "VF_ATTACHED" {
+            break ev;
+        }
+    };
+    assert_eq!(
+        (ev["event"].as_str(), ev["data"]["state"].as_str()),
+        (Some("VF_LINK_CHANGE"), Some("down")),
+        "{ev}"
+    );
+    // The frontend is disconnected (QEMU shows the guest NO-CARRIER) and kept out.
+    let t = Instant::now();
+    while emu.control().execute("query-vfs", json!({})).unwrap()[0]["attached"] == json!(true) {
+        assert!(t.elapsed() < WAIT, "vf0 still attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        a.set_queue_pair_enabled(0, true).is_err(),
+        "frontend still connected"
+    );
+    let refused =
+        sriov_emu::frontend::VirtioNetFrontend::connect(emu.path().join("vf0.sock"), pairs(1, 1));
+    if let Ok(mut f) = refused {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            f.set_queue_pair_enabled(0, true).is_err(),
+            "a new frontend was let in while the link is down"
+        );
+    }
+    // Traffic towards the VF's MAC does not reach it.
+    b.send(0, &udp_frame(vf_mac(0), vf_mac(1), 1, 1, 1, 100))
+        .unwrap();
+    std::thread::sleep(QUIET);
+    assert_eq!(emu.counter("vf0", "rx_packets"), 0);
+    // Enable: a frontend attaches again and traffic flows both ways.
+    ctl.execute("vf-set", json!({"vf": 0, "link-state": "enable"}))
+        .unwrap();
+    let mut a = connect(emu.path(), "vf0", pairs(1, 1));
+    a.send(0, &udp_frame(vf_mac(1), vf_mac(0), 1, 1, 2, 100))
+        .unwrap();
+    assert!(b.recv_timeout(0, WAIT).is_some());
+    b.send(0, &udp_frame(vf_mac(0), vf_mac(1), 1, 1, 3, 100))
+        .unwrap();
+    assert!(a.recv_timeout(0, WAIT).is_some());
+}
+
+#[test]
+fn max_tx_rate_holds_100_mbits_under_1_gbit_offered() {
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0"]);
+    emu.control()
+        .execute("vf-set", json!({"vf": 0, "max-tx-rate": 100}))
+        .unwrap();
+    let mut a = connect(
+        emu.path(),
+        "vf0",
+        sriov_emu::frontend::FrontendConfig {
+            queue_size: 1024,
+            ..pairs(1, 1)
+        },
+    );
+    let b = connect(
+        emu.path(),
+        "vf1",
+        sriov_emu::frontend::FrontendConfig {
+            queue_size: 1024,
+            ..pairs(1, 1)
+        },
+    );
+    let frame = udp_frame(vf_mac(1), vf_mac(0), 1, 1, 0, 1514);
+    // The receiver drains on its own thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rx = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut b = b;
+            let mut bytes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(f) = b.recv_timeout(0, Duration::from_millis(20)) {
+                    bytes += f.len() as u64;
+                }
+            }
+            bytes
+        })
+    };
+    // Offer 1 Gbit/s for 5 s: 1514-byte frames, paced per millisecond.
+    let per_ms = 1_000_000_000f64 / 8.0 / 1514.0 / 1000.0;
+    let start = Instant::now();
+    let mut offered = 0u64;
+    while start.elapsed() < Duration::from_secs(5) {
+        let due = (start.elapsed().as_secs_f64() * 1000.0 * per_ms) as u64;
+        while offered < due {
+            if a.send(0, &frame).is_err() {
+                break;
+            }
+            offered += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bytes = rx.join().unwrap();
+    let offered_mbps = offered as f64 * 1514.0 * 8.0 / elapsed / 1e6;
+    let delivered_mbps = bytes as f64 * 8.0 / elapsed / 1e6;
+    assert!(
+        offered_mbps > 900.0,
+        "could only offer {offered_mbps:.0} Mbit/s"
+    );
+    assert!(
+        (90.0..=110.0).contains(&delivered_mbps),
+        "delivered {delivered_mbps:.1} Mbit/s of 100 (offered {offered_mbps:.0})"
+    );
+    assert!(emu.counter("vf0", "drop_rate_limit") > 0);
+}
+
+#[test]
+fn a_vf_mac_is_static_while_attached_and_moves_to_the_pv_port_after() {
+    let emu = Emu::start(&["--vfs", "1", "--pv-ports", "1"]);
+    let mut ctl = emu.control();
+    let a = connect(emu.path(), "vf0", pairs(1, 1));
+    let t = Instant::now();
+    loop {
+        let fdb = ctl.execute("query-fdb", json!({})).unwrap();
+        if fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "02:00:00:00:00:01" && e["static"] == true)
+        {
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "no static entry: {fdb}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The PV port cannot take the MAC while the VF is attached.
+    let mut p = connect(emu.path(), "pv0", pairs(1, 1));
+    p.send(0, &broadcast(vf_mac(0))).unwrap();
+    std::thread::sleep(QUIET);
+    let fdb = ctl.execute("query-fdb", json!({})).unwrap();
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "02:00:00:00:00:01" && e["port"] == "vf0"),
+        "{fdb}"
+    );
+    // The VF's frontend detaches (hot-unplug): the guest's PV NIC now sends with the same MAC.
+    a.disconnect();
+    std::thread::sleep(QUIET);
+    p.send(0, &broadcast(vf_mac(0))).unwrap();
+    let t = Instant::now();
+    loop {
+        let ev = ctl.next_event().unwrap();
+        if ev["event"] == "FDB_MOVE" {
+            assert_eq!(
+                ev["data"],
+                json!({"mac": "02:00:00:00:00:01", "from": "vf0", "to": "pv0"})
+            );
+            break;
+        }
+        assert!(t.elapsed() < WAIT);
+    }
+    let fdb = ctl.execute("query-fdb", json!({})).unwrap();
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "02:00:00:00:00:01" && e["port"] == "pv0" && e["static"] == false),
+        "{fdb}"
+    );
+}
