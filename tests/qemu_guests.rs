@@ -266,3 +266,78 @@ fn a_vf_serves_the_next_qemu_after_the_previous_one_exits() {
         emu.log()
     );
 }
+
+#[test]
+fn link_disable_shows_no_carrier_in_a_real_guest_and_enable_restores_traffic() {
+    if !have_qemu("link_state_guest") {
+        return;
+    }
+    qemu::guest_image().expect("guest image");
+    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let logs = emu.path().to_path_buf();
+    let watcher = r#"
+until ping -c 1 -W 1 198.18.3.2 >/dev/null 2>&1; do sleep 0.5; done
+echo PING-OK-1
+state() { if ip link show eth0 | grep -q NO-CARRIER; then echo down; else echo up; fi; }
+prev=up; saw_down=0
+end=$(( $(date +%s) + 120 ))
+while [ $(date +%s) -lt $end ]; do
+    s=$(state)
+    if [ "$s" != "$prev" ]; then echo "CARRIER-$s"; ip link show eth0 | head -1; prev=$s; fi
+    [ "$s" = down ] && saw_down=1
+    [ $saw_down = 1 ] && [ "$s" = up ] && break
+    sleep 0.2
+done
+[ $saw_down = 1 ] || { echo "never saw NO-CARRIER"; exit 3; }
+n=0
+until ping -c 1 -W 1 198.18.3.2 >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 60 ] || exit 4; done
+echo PING-OK-2
+ping -c 5 -i 0.2 -W 2 198.18.3.2
+"#;
+    let server = Guest::spawn(
+        GuestConfig::new("link-peer")
+            .qemu_args(emu.nic_args(1, &[]))
+            .ip("198.18.3.2/24")
+            .script("serve")
+            .log(logs.join("peer.log")),
+    )
+    .expect("spawn peer");
+    let guest = Guest::spawn(
+        GuestConfig::new("link-guest")
+            .qemu_args(emu.nic_args(0, &[]))
+            .ip("198.18.3.1/24")
+            .cmd(watcher)
+            .log(logs.join("guest.log")),
+    )
+    .expect("spawn guest");
+    guest
+        .wait_for_line("PING-OK-1", BOOT_AND_RUN)
+        .unwrap_or_else(|e| panic!("{e}\n{}", emu.log()));
+    let mut ctl =
+        sriov_emu::control::client::Client::connect(&emu.path().join("control.sock")).unwrap();
+    ctl.execute(
+        "vf-set",
+        serde_json::json!({"vf": 0, "link-state": "disable"}),
+    )
+    .unwrap();
+    let line = guest
+        .wait_for_line("CARRIER-down", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", emu.log()));
+    assert!(guest.log().contains("NO-CARRIER"), "{line}");
+    std::thread::sleep(Duration::from_secs(2));
+    ctl.execute(
+        "vf-set",
+        serde_json::json!({"vf": 0, "link-state": "enable"}),
+    )
+    .unwrap();
+    let log = finish(&guest, &emu);
+    assert!(
+        log.contains("CARRIER-up") && log.contains("PING-OK-2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("5 packets transmitted, 5 packets received"),
+        "{log}"
+    );
+    drop(server);
+}

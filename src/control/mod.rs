@@ -5,12 +5,14 @@
 //! - `commands.rs`: every command, on top of `Daemon` (documented in docs/control.md).
 //! - `server.rs`: the socket: several clients, one line per message, events after
 //!   `qmp_capabilities`, bad input answered with an error on a connection that stays usable.
+//! - `stream.rs`: splits the byte stream into JSON messages (no newlines needed, as in QEMU).
 //! - `client.rs`: the `ctl` client: `ip link ... vf N ...` vocabulary, human and JSON output.
 
 pub mod client;
 mod commands;
 mod qmp;
 mod server;
+mod stream;
 
 pub use commands::execute;
 pub use qmp::{QmpError, MAX_LINE};

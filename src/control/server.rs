@@ -2,9 +2,10 @@
 
 use super::commands::execute;
 use super::qmp::{self, QmpError, MAX_LINE};
+use super::stream::{Piece, Splitter};
 use crate::daemon::Daemon;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -100,50 +101,6 @@ fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
     w.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line)
 }
 
-/// Reads one line of at most `MAX_LINE` bytes. `Ok(None)` on EOF; an over-long line is
-/// consumed to its end and reported as `Err`.
-fn read_line(
-    r: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Result<(), usize>>> {
-    buf.clear();
-    let n = r
-        .by_ref()
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', buf)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if buf.last() == Some(&b'\n') {
-        buf.pop();
-        return Ok(Some(Ok(())));
-    }
-    if buf.len() <= MAX_LINE {
-        return Ok(Some(Ok(()))); // EOF without a newline: take what came
-    }
-    // Too long: skip to the end of the line.
-    let mut skipped = buf.len();
-    loop {
-        let chunk = r.fill_buf()?;
-        if chunk.is_empty() {
-            break;
-        }
-        match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => {
-                r.consume(i + 1);
-                skipped += i;
-                break;
-            }
-            None => {
-                let l = chunk.len();
-                r.consume(l);
-                skipped += l;
-            }
-        }
-    }
-    Ok(Some(Err(skipped)))
-}
-
 fn serve_client(stream: UnixStream, d: &Arc<Daemon>, quit: &QuitFn) {
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -154,58 +111,84 @@ fn serve_client(stream: UnixStream, d: &Arc<Daemon>, quit: &QuitFn) {
     }
     let closed = Arc::new(AtomicBool::new(false));
     let mut negotiated = false;
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let line = match read_line(&mut reader, &mut buf) {
-            Ok(None) | Err(_) => break,
-            Ok(Some(Err(len))) => {
-                let e = QmpError::generic(format!(
-                    "message of {len} bytes exceeds the limit of {MAX_LINE}"
-                ));
-                if send(&writer, &qmp::error(&e, None)).is_err() {
-                    break;
-                }
-                continue;
-            }
-            Ok(Some(Ok(()))) => String::from_utf8_lossy(&buf).into_owned(),
+    let mut reader = stream;
+    let mut splitter = Splitter::default();
+    let mut chunk = [0u8; 4096];
+    'conn: loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
         };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let reply = match qmp::parse_request(&line) {
-            Err((e, id)) => qmp::error(&e, id.as_ref()),
-            Ok(req) if req.execute == "qmp_capabilities" => {
-                if negotiated {
-                    let e = QmpError {
-                        class: "CommandNotFound",
-                        desc: "Capabilities negotiation is already complete, command ignored"
-                            .into(),
-                    };
-                    qmp::error(&e, req.id.as_ref())
-                } else {
-                    negotiated = true;
-                    start_event_forwarder(d, writer.clone(), closed.clone());
-                    qmp::ret(json!({}), req.id.as_ref())
+        let mut pieces = Vec::new();
+        splitter.feed(&chunk[..n], |p| pieces.push(p));
+        for piece in pieces {
+            let reply = match piece {
+                Piece::TooLong(len) => {
+                    let e = QmpError::generic(format!(
+                        "message of {len} bytes exceeds the limit of {MAX_LINE}"
+                    ));
+                    qmp::error(&e, None)
                 }
+                Piece::Stray(text) => {
+                    let e = QmpError::generic(format!(
+                        "JSON parse error: unexpected {:?} outside an object",
+                        String::from_utf8_lossy(&text)
+                    ));
+                    qmp::error(&e, None)
+                }
+                Piece::Message(bytes) => handle(
+                    &String::from_utf8_lossy(&bytes),
+                    &mut negotiated,
+                    d,
+                    &writer,
+                    &closed,
+                    quit,
+                ),
+            };
+            if send(&writer, &reply).is_err() {
+                break 'conn;
             }
-            Ok(req) if !negotiated => {
-                let e = QmpError {
-                    class: "CommandNotFound",
-                    desc: "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
-                };
-                qmp::error(&e, req.id.as_ref())
-            }
-            Ok(req) => match execute(d, &req.execute, req.arguments, quit) {
-                Ok(v) => qmp::ret(v, req.id.as_ref()),
-                Err(e) => qmp::error(&e, req.id.as_ref()),
-            },
-        };
-        if send(&writer, &reply).is_err() {
-            break;
         }
     }
     closed.store(true, Ordering::Release);
+}
+
+/// Answers one message.
+fn handle(
+    text: &str,
+    negotiated: &mut bool,
+    d: &Arc<Daemon>,
+    writer: &Arc<Mutex<UnixStream>>,
+    closed: &Arc<AtomicBool>,
+    quit: &QuitFn,
+) -> Value {
+    match qmp::parse_request(text) {
+        Err((e, id)) => qmp::error(&e, id.as_ref()),
+        Ok(req) if req.execute == "qmp_capabilities" => {
+            if *negotiated {
+                let e = QmpError {
+                    class: "CommandNotFound",
+                    desc: "Capabilities negotiation is already complete, command ignored".into(),
+                };
+                qmp::error(&e, req.id.as_ref())
+            } else {
+                *negotiated = true;
+                start_event_forwarder(d, writer.clone(), closed.clone());
+                qmp::ret(json!({}), req.id.as_ref())
+            }
+        }
+        Ok(req) if !*negotiated => {
+            let e = QmpError {
+                class: "CommandNotFound",
+                desc: "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+            };
+            qmp::error(&e, req.id.as_ref())
+        }
+        Ok(req) => match execute(d, &req.execute, req.arguments, quit) {
+            Ok(v) => qmp::ret(v, req.id.as_ref()),
+            Err(e) => qmp::error(&e, req.id.as_ref()),
+        },
+    }
 }
 
 fn start_event_forwarder(d: &Arc<Daemon>, writer: Arc<Mutex<UnixStream>>, closed: Arc<AtomicBool>) {
