@@ -39,11 +39,10 @@ impl Splitter {
                         self.len = 1;
                         self.buf.push(b);
                     }
-                    b' ' | b'\t' | b'\r' | b'\n' => {
-                        if !self.buf.is_empty() {
-                            out(Piece::Stray(std::mem::take(&mut self.buf)));
-                        }
+                    b' ' | b'\t' | b'\r' | b'\n' if !self.buf.is_empty() => {
+                        out(Piece::Stray(std::mem::take(&mut self.buf)));
                     }
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
                     _ if self.buf.len() < 256 => self.buf.push(b),
                     _ => {}
                 }
