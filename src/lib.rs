@@ -8,9 +8,11 @@
 //! - `vf`: VF and PV ports as vhost-user virtio-net backends.
 //! - `dma_engine`: virtqueue processing and guest-to-guest copies (the data plane).
 //! - `frontend`: a userspace vhost-user virtio-net driver: "a guest in a test".
+//! - `config`: the `--config` TOML file.
 //! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
 
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dma_engine;

@@ -1,6 +1,7 @@
 //! The `sriov-emu` command line: `run`, `qemu-args`.
 
 use clap::{Args, Parser, Subcommand};
+use sriov_emu::config::ConfigFile;
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::ControlServer;
 use sriov_emu::daemon::{Daemon, DaemonConfig};
@@ -90,30 +91,33 @@ enum CtlCmd {
 
 #[derive(Args, Debug, Clone)]
 struct PfArgs {
+    /// A TOML configuration file (example: fixtures/config.toml); flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory for the port sockets [default: $XDG_RUNTIME_DIR/sriov-emu or /run/sriov-emu].
     #[arg(long, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
-    /// Number of VFs (sriov_numvfs), 0..=254.
-    #[arg(long, value_name = "N", default_value_t = pf::DEFAULT_VFS.into())]
-    vfs: u32,
-    /// Number of PV (software path) ports.
-    #[arg(long, value_name = "N", default_value_t = pf::DEFAULT_PV_PORTS.into())]
-    pv_ports: u32,
-    /// DMA channels (virtio-net queue pairs) per VF, 1..=64.
-    #[arg(long, value_name = "N", default_value_t = pf::DEFAULT_CHANNELS.into())]
-    channels_per_vf: u32,
-    /// MTU of every port, 68..=9000.
-    #[arg(long, value_name = "BYTES", default_value_t = pf::DEFAULT_MTU.into())]
-    mtu: u32,
+    /// Number of VFs (sriov_numvfs), 0..=254 [default: 4].
+    #[arg(long, value_name = "N")]
+    vfs: Option<u32>,
+    /// Number of PV (software path) ports [default: 1].
+    #[arg(long, value_name = "N")]
+    pv_ports: Option<u32>,
+    /// DMA channels (virtio-net queue pairs) per VF, 1..=64 [default: 2].
+    #[arg(long, value_name = "N")]
+    channels_per_vf: Option<u32>,
+    /// MTU of every port, 68..=9000 [default: 1500].
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u32>,
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
     #[command(flatten)]
     pf: PfArgs,
-    /// FDB aging time in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_AGING_SECS)]
-    fdb_aging: u64,
+    /// FDB aging time in seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    fdb_aging: Option<u64>,
     /// Log the non-zero counters of every port every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
@@ -144,8 +148,17 @@ fn default_socket_dir() -> PathBuf {
     }
 }
 
-fn pf_config(a: &PfArgs) -> Result<PfConfig, String> {
-    let dir = a.socket_dir.clone().unwrap_or_else(default_socket_dir);
+/// The PF configuration from flags, then the config file, then defaults.
+fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), String> {
+    let file = match &a.config {
+        Some(p) => ConfigFile::load(p).map_err(|e| e.to_string())?,
+        None => ConfigFile::default(),
+    };
+    let dir = a
+        .socket_dir
+        .clone()
+        .or(file.socket_dir.clone())
+        .unwrap_or_else(default_socket_dir);
     let dir = if dir.is_absolute() {
         dir
     } else {
@@ -153,7 +166,20 @@ fn pf_config(a: &PfArgs) -> Result<PfConfig, String> {
             .map_err(|e| format!("current directory: {e}"))?
             .join(dir)
     };
-    PfConfig::new(dir, a.vfs, a.pv_ports, a.channels_per_vf, a.mtu).map_err(|e| e.to_string())
+    let pf = PfConfig::new(
+        dir,
+        a.vfs.or(file.numvfs).unwrap_or(pf::DEFAULT_VFS.into()),
+        a.pv_ports
+            .or(file.pv_ports)
+            .unwrap_or(pf::DEFAULT_PV_PORTS.into()),
+        a.channels_per_vf
+            .or(file.channels_per_vf)
+            .unwrap_or(pf::DEFAULT_CHANNELS.into()),
+        a.mtu.or(file.mtu).unwrap_or(pf::DEFAULT_MTU.into()),
+    )
+    .map_err(|e| e.to_string())?;
+    file.check_vfs(pf.numvfs).map_err(|e| e.to_string())?;
+    Ok((pf, file))
 }
 
 /// Blocks SIGINT/SIGTERM in this thread (and every thread spawned after), so `wait_signal`
@@ -178,27 +204,36 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
-    let pf = pf_config(&args.pf)?;
-    let stats_interval = match args.stats_interval {
+    let (pf, file) = pf_config(&args.pf)?;
+    let fdb_aging = args
+        .fdb_aging
+        .or(file.fdb_aging)
+        .unwrap_or(DEFAULT_AGING_SECS);
+    let stats_interval = match args.stats_interval.or(file.stats_interval) {
         Some(0) => return Err("--stats-interval must be at least 1 second".into()),
         s => s.map(Duration::from_secs),
     };
-    if args.fdb_aging == 0 {
+    if fdb_aging == 0 {
         return Err("--fdb-aging must be at least 1 second".into());
     }
     let control_path = args
         .control
         .clone()
+        .or(file.control.clone())
         .unwrap_or_else(|| pf.socket_dir.join("control.sock"));
     let signals = block_signals();
     let daemon = Daemon::start(DaemonConfig {
         pf,
-        fdb_aging_secs: args.fdb_aging,
+        fdb_aging_secs: fdb_aging,
         stats_interval,
-        flow_learning: args.flow_learning,
+        flow_learning: args.flow_learning || file.flow_learning.unwrap_or(false),
     })
     .map_err(|e| e.to_string())?;
     let daemon = Arc::new(daemon);
+    if let Err(e) = file.apply_vfs(&daemon) {
+        daemon.shutdown();
+        return Err(e.to_string());
+    }
     // `quit` ends the process the same way a signal does.
     let quit = Arc::new(|| {
         // SAFETY: kill(2) on our own PID with a signal this process waits for.
@@ -292,13 +327,26 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
 }
 
 fn qemu_args(a: QemuArgsCmd) -> Result<(), String> {
-    let pf = pf_config(&a.pf)?;
+    let (pf, file) = pf_config(&a.pf)?;
+    let vf_conf = |i: u16| file.vf.iter().find(|v| v.index == u32::from(i));
     let (count, spec) = match a.kind.as_str() {
         "vf" => (
             pf.numvfs,
-            u16::try_from(a.index)
-                .ok()
-                .map(|i| pf.vf_spec(i, pf.channels_per_vf)),
+            u16::try_from(a.index).ok().map(|i| {
+                // The config file may give this VF its own channels and MAC.
+                let c = vf_conf(i);
+                let channels = c
+                    .and_then(|c| c.channels)
+                    .and_then(|n| u16::try_from(n).ok());
+                let mut spec = pf.vf_spec(i, channels.unwrap_or(pf.channels_per_vf));
+                if let Some(m) = c
+                    .and_then(|c| c.mac.as_deref())
+                    .and_then(|m| m.parse().ok())
+                {
+                    spec.mac = Some(m);
+                }
+                spec
+            }),
         ),
         _ => (
             pf.pv_ports,

@@ -201,3 +201,87 @@ fn qemu_args_prints_options_that_attach_the_vf() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vf4 does not exist"));
 }
+
+#[test]
+fn config_file_sets_the_pf_and_vf_knobs_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/config.toml");
+    let mut child = run_args(dir.path(), &["--config", config, "--pv-ports", "2"])
+        .spawn()
+        .unwrap();
+    wait_for(&dir.path().join("control.sock"));
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket-dir"])
+        .arg(dir.path())
+        .args(["show", "-j"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["pf"]["numvfs"], 8);
+    assert_eq!(
+        j["pf"]["pv-ports"].as_array().unwrap().len(),
+        2,
+        "the flag wins over the file"
+    );
+    let vfs = &j["vfs"];
+    assert_eq!(
+        (
+            vfs[0]["vlan"].as_u64(),
+            vfs[0]["qos"].as_u64(),
+            vfs[0]["max-tx-rate"].as_u64()
+        ),
+        (Some(100), Some(3), Some(1000))
+    );
+    assert_eq!(
+        (
+            vfs[1]["mac"].as_str(),
+            vfs[1]["trust"].as_bool(),
+            vfs[1]["channels"].as_u64()
+        ),
+        (Some("02:00:00:00:aa:01"), Some(true), Some(4))
+    );
+    assert_eq!(
+        (vfs[2]["spoofchk"].as_bool(), vfs[2]["link-state"].as_str()),
+        (Some(false), Some("disable"))
+    );
+    assert_eq!(signal_and_wait(&mut child, libc::SIGTERM), Some(0));
+    // qemu-args follows the file too.
+    let out = Command::new(BIN)
+        .args(["qemu-args", "vf", "1", "--config", config])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("mac=02:00:00:00:aa:01") && s.contains("queues=4"),
+        "{s}"
+    );
+    // A bad file: a clear error, no sockets left.
+    let bad = dir.path().join("bad.toml");
+    for (text, want) in [
+        (
+            "numvfs = 2\n[[vf]]\nindex = 1\nvlan = 4096\n",
+            "vf 1: VLAN 4096 is out of range",
+        ),
+        ("numvfs = 2\n[[vf]]\nindex = 5\n", "vf 5: does not exist"),
+        ("numvfz = 2\n", "unknown field `numvfz`"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = run_args(dir.path(), &["--config", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
