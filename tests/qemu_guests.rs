@@ -341,3 +341,103 @@ ping -c 5 -i 0.2 -W 2 198.18.3.2
     );
     drop(server);
 }
+
+/// The plug-in model: a guest bonds its VF (primary) and PV NIC (backup, same MAC). Disabling
+/// the VF's link fails traffic over to the PV path (the MAC moves to pv0 in the FDB), enabling
+/// it brings the VF back as the active slave, and pings keep flowing throughout.
+#[test]
+fn plug_in_guest_fails_over_from_vf_to_pv_and_back() {
+    if !have_qemu("plug_in_failover") {
+        return;
+    }
+    qemu::guest_image().expect("guest image");
+    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "1"]);
+    let logs = emu.path().to_path_buf();
+    let pv_args = {
+        let out = Command::new(qemu::sriov_emu_bin())
+            .args(["qemu-args", "pv", "0", "--socket-dir"])
+            .arg(emu.path())
+            .output()
+            .unwrap();
+        qemu::split_args(&String::from_utf8_lossy(&out.stdout))
+    };
+    let guest_cmd = r#"
+/tests/plugin-bond.sh || exit 1
+until ping -c 1 -W 1 198.18.4.2 >/dev/null 2>&1; do sleep 0.3; done
+echo PING-OK-1
+ping -c 75 -i 0.2 -W 1 198.18.4.2 | tail -3
+grep "Currently Active Slave" /proc/net/bonding/bond0
+"#;
+    let peer = Guest::spawn(
+        GuestConfig::new("bond-peer")
+            .qemu_args(emu.nic_args(1, &[]))
+            .ip("198.18.4.2/24")
+            .script("serve")
+            .log(logs.join("peer.log")),
+    )
+    .expect("spawn peer");
+    let mut nics = emu.nic_args(0, &[]);
+    nics.extend(pv_args);
+    let guest = Guest::spawn(
+        GuestConfig::new("bond-guest")
+            .qemu_args(nics)
+            .sriov("bondip", "198.18.4.1/24")
+            .cmd(guest_cmd)
+            .log(logs.join("guest.log")),
+    )
+    .expect("spawn guest");
+    guest
+        .wait_for_line("PING-OK-1", BOOT_AND_RUN)
+        .unwrap_or_else(|e| panic!("{e}\n{}", emu.log()));
+    let mut ctl =
+        sriov_emu::control::client::Client::connect(&emu.path().join("control.sock")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    ctl.execute(
+        "vf-set",
+        serde_json::json!({"vf": 0, "link-state": "disable"}),
+    )
+    .unwrap();
+    let wait_move = |ctl: &mut sriov_emu::control::client::Client, to: &str| {
+        let t = Instant::now();
+        loop {
+            let ev = ctl.next_event().unwrap();
+            if ev["event"] == "FDB_MOVE" && ev["data"]["to"] == to {
+                assert_eq!(ev["data"]["mac"], "02:00:00:00:00:01");
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no FDB_MOVE to {to}");
+        }
+    };
+    wait_move(&mut ctl, "pv0");
+    std::thread::sleep(Duration::from_secs(3));
+    ctl.execute("vf-set", serde_json::json!({"vf": 0, "link-state": "auto"}))
+        .unwrap();
+    let log = finish(&guest, &emu);
+    let received: u32 = log
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("75 packets transmitted, ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no ping summary:\n{log}"));
+    assert!(
+        received >= 70,
+        "only {received} of 75 pings answered across failover and failback:\n{log}"
+    );
+    assert!(
+        log.contains("Currently Active Slave: eth0"),
+        "the VF is the active slave again:\n{log}"
+    );
+    let fdb = ctl.execute("query-fdb", serde_json::json!({})).unwrap();
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "02:00:00:00:00:01" && e["port"] == "vf0" && e["static"] == true),
+        "{fdb}"
+    );
+    drop(peer);
+}
