@@ -86,6 +86,18 @@ impl Drop for Emulator {
     }
 }
 
+/// A guest on VF `vf` that just answers (fixtures/guest/serve.sh).
+fn spawn_peer(emu: &Emulator, name: &str, vf: u32, cidr: &str) -> Guest {
+    Guest::spawn(
+        GuestConfig::new(name)
+            .qemu_args(emu.nic_args(vf, &[]))
+            .ip(cidr)
+            .script("serve")
+            .log(emu.path().join(format!("{name}.log"))),
+    )
+    .expect("spawn peer")
+}
+
 fn finish(g: &Guest, emu: &Emulator) -> String {
     let rc = g
         .wait_done(BOOT_AND_RUN)
@@ -231,14 +243,7 @@ fn a_vf_serves_the_next_qemu_after_the_previous_one_exits() {
     qemu::guest_image().expect("guest image");
     let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
     let logs = emu.path().to_path_buf();
-    let server = Guest::spawn(
-        GuestConfig::new("server")
-            .qemu_args(emu.nic_args(1, &[]))
-            .ip("198.18.2.2/24")
-            .script("serve")
-            .log(logs.join("server.log")),
-    )
-    .expect("spawn server");
+    let server = spawn_peer(&emu, "server", 1, "198.18.2.2/24");
     // Two guests one after the other on vf0: the second one's QEMU connects to the same socket
     // after the first powered off and hung up, without restarting the emulator.
     for round in 0..2 {
@@ -294,14 +299,7 @@ until ping -c 1 -W 1 198.18.3.2 >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 60 ] ||
 echo PING-OK-2
 ping -c 5 -i 0.2 -W 2 198.18.3.2
 "#;
-    let server = Guest::spawn(
-        GuestConfig::new("link-peer")
-            .qemu_args(emu.nic_args(1, &[]))
-            .ip("198.18.3.2/24")
-            .script("serve")
-            .log(logs.join("peer.log")),
-    )
-    .expect("spawn peer");
+    let server = spawn_peer(&emu, "link-peer", 1, "198.18.3.2/24");
     let guest = Guest::spawn(
         GuestConfig::new("link-guest")
             .qemu_args(emu.nic_args(0, &[]))
@@ -368,14 +366,7 @@ echo PING-OK-1
 ping -c 75 -i 0.2 -W 1 198.18.4.2 | tail -3
 grep "Currently Active Slave" /proc/net/bonding/bond0
 "#;
-    let peer = Guest::spawn(
-        GuestConfig::new("bond-peer")
-            .qemu_args(emu.nic_args(1, &[]))
-            .ip("198.18.4.2/24")
-            .script("serve")
-            .log(logs.join("peer.log")),
-    )
-    .expect("spawn peer");
+    let peer = spawn_peer(&emu, "bond-peer", 1, "198.18.4.2/24");
     let mut nics = emu.nic_args(0, &[]);
     nics.extend(pv_args);
     let guest = Guest::spawn(

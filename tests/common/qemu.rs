@@ -644,8 +644,15 @@ impl Drop for Guest {
     }
 }
 
+/// The first complete line (newline-terminated: the guest may be in the middle of writing the
+/// last one) that contains `marker`.
 fn find_line(log: &str, marker: &str) -> Option<String> {
-    log.lines()
+    let complete = match log.rfind('\n') {
+        Some(i) => &log[..i],
+        None => return None,
+    };
+    complete
+        .lines()
         .find(|l| l.contains(marker))
         .map(|l| l.trim_end_matches('\r').to_string())
 }
