@@ -241,11 +241,16 @@ impl Daemon {
         }
         let old = pf.vf_channels(id).unwrap_or(0);
         pf.set_vf_channels(vf, channels)?;
+        let old_port = self.table.get(pf::vf_port_id(id));
         self.remove_ports([pf::vf_port_id(id)]);
         let spec = pf.vf_spec(id).into_iter().collect();
         if let Err(e) = self.add_ports(spec) {
             let _ = pf.set_vf_channels(vf, u32::from(old));
             return Err(e);
+        }
+        // The VF keeps its knobs; its counters start again with the new queue layout.
+        if let (Some(old_port), Some(new_port)) = (old_port, self.table.get(pf::vf_port_id(id))) {
+            new_port.inherit_config(&old_port);
         }
         Ok(())
     }

@@ -128,6 +128,7 @@ fn every_bad_input_is_an_error_and_changes_nothing() {
         ("mixed valid and invalid", json!({"execute":"vf-set","arguments":{"vf":0,"trust":true,"vlan":9999}}).to_string().into(), "VLAN 9999"),
         ("wrong type", json!({"execute":"vf-set","arguments":{"vf":0,"vlan":"ten"}}).to_string().into(), "expects an integer"),
         ("unknown parameter", json!({"execute":"vf-set","arguments":{"vf":0,"colour":"blue"}}).to_string().into(), "'colour' is unexpected"),
+        ("misspelt parameter beside a valid one", json!({"execute":"vf-set","arguments":{"vf":0,"vlan":7,"vlna":8}}).to_string().into(), "'vlna' is unexpected"),
         ("numvfs not through 0", json!({"execute":"set-numvfs","arguments":{"numvfs":3}}).to_string().into(), "set it to 0 before"),
         ("numvfs too high", json!({"execute":"set-numvfs","arguments":{"numvfs":255}}).to_string().into(), "numvfs 255 is out of range"),
         ("RSS table queue", json!({"execute":"vf-rss-set","arguments":{"vf":0,"table":[0,1,2]}}).to_string().into(), "queue 2 does not exist"),
@@ -526,5 +527,68 @@ fn a_vf_mac_is_static_while_attached_and_moves_to_the_pv_port_after() {
             .iter()
             .any(|e| e["mac"] == "02:00:00:00:00:01" && e["port"] == "pv0" && e["static"] == false),
         "{fdb}"
+    );
+}
+
+#[test]
+fn changing_channels_keeps_the_vf_settings_and_rss_configuration() {
+    let emu = Emu::start(&["--vfs", "1", "--channels-per-vf", "4"]);
+    let mut c = emu.control();
+    c.execute(
+        "vf-set",
+        json!({"vf": 0, "vlan": 100, "spoofchk": false, "max-tx-rate": 50}),
+    )
+    .unwrap();
+    c.execute(
+        "vf-rss-set",
+        json!({"vf": 0, "table": [1, 2], "flow-learning": true}),
+    )
+    .unwrap();
+    c.execute(
+        "vf-flow-add",
+        json!({"vf": 0, "proto": "udp", "src": "198.18.0.1", "dst": "198.18.0.2", "queue": 2}),
+    )
+    .unwrap();
+    // Channels and another setting in one request: both apply, nothing else is lost.
+    let r = c
+        .execute("vf-set", json!({"vf": 0, "channels": 3, "qos": 5}))
+        .unwrap();
+    assert_eq!(
+        (
+            r["channels"].as_u64(),
+            r["vlan"].as_u64(),
+            r["qos"].as_u64()
+        ),
+        (Some(3), Some(100), Some(5)),
+        "{r}"
+    );
+    assert_eq!(
+        (r["spoofchk"].as_bool(), r["max-tx-rate"].as_u64()),
+        (Some(false), Some(50))
+    );
+    let rss = c.execute("vf-rss-query", json!({"vf": 0})).unwrap();
+    assert_eq!(
+        (rss["user-table"].as_bool(), rss["flow-learning"].as_bool()),
+        (Some(true), Some(true)),
+        "{rss}"
+    );
+    assert_eq!(
+        c.execute("vf-flow-list", json!({"vf": 0})).unwrap()["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Fewer queues than the table names: the table no longer fits and goes back to the default.
+    c.execute("vf-set", json!({"vf": 0, "channels": 2}))
+        .unwrap();
+    let rss = c.execute("vf-rss-query", json!({"vf": 0})).unwrap();
+    assert_eq!(rss["user-table"].as_bool(), Some(false), "{rss}");
+    assert_eq!(
+        c.execute("vf-flow-list", json!({"vf": 0})).unwrap()["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
     );
 }

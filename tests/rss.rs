@@ -51,8 +51,8 @@ fn queue_of_each_flow(
 fn rss_spreads_random_flows_evenly_and_keeps_each_flow_on_one_queue() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 8, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = connect(dir.path(), "vf1", pairs(8, 8));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(8, 8));
     b.send(0, &broadcast(vf_mac(1))).unwrap();
     a.recv_timeout(0, WAIT).unwrap();
     let flows = random_flows();
@@ -102,8 +102,8 @@ fn rss_spreads_random_flows_evenly_and_keeps_each_flow_on_one_queue() {
 fn flow_learning_steers_replies_to_the_transmit_queue_for_every_flow() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 8, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = connect(dir.path(), "vf1", pairs(8, 8));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(8, 8));
     d.port("vf1").unwrap().rss().set_learning(true);
     let flows = &random_flows()[..1000];
     // B transmits each flow on TX queue k = i % 8 ...
@@ -143,8 +143,8 @@ fn flow_learning_steers_replies_to_the_transmit_queue_for_every_flow() {
 fn explicit_flow_rules_and_user_tables_steer_frames() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 4, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = connect(dir.path(), "vf1", pairs(4, 4));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(4, 4));
     let port = d.port("vf1").unwrap();
     // Every entry to queue 3: all RSS traffic lands there.
     port.rss().set_table(Some(&[3])).unwrap();

@@ -105,7 +105,7 @@ fn channel_pool_and_numvfs_changes_at_full_scale() {
     assert_eq!(d.pf_summary(), (254, 2048, 0));
     assert_eq!(d.port("vf5").unwrap().spec.queue_pairs, 24);
 
-    let mut a = connect(dir.path(), "vf0", small(8));
+    let mut a = connect(&d, "vf0", small(8));
     let e = d.set_vf_channels(0, 2).unwrap_err().to_string();
     assert!(e.contains("vf 0 is attached"), "{e}");
     let e = d.set_numvfs(16).unwrap_err().to_string();
@@ -128,8 +128,8 @@ fn channel_pool_and_numvfs_changes_at_full_scale() {
     assert!(dir.path().join("vf15.sock").exists() && !dir.path().join("vf16.sock").exists());
     d.set_vf_channels(3, 4).unwrap();
     assert_eq!(d.pf_summary(), (16, 124, 1924));
-    let mut x = connect(dir.path(), "vf3", small(4));
-    let mut y = connect(dir.path(), "vf15", small(8));
+    let mut x = connect(&d, "vf3", small(4));
+    let mut y = connect(&d, "vf15", small(8));
     x.send(0, &broadcast(vf_mac(3))).unwrap();
     assert!(y.recv_any(WAIT).is_some());
     let f = udp_frame(vf_mac(3), vf_mac(15), 1, 2, 3, 300);

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 fn ten_thousand_mixed_frames_both_ways_byte_exact_with_learning() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 1, 2, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = connect(dir.path(), "pv0", pairs(1, 1));
-    let mut c = connect(dir.path(), "vf1", pairs(1, 1));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "pv0", pairs(1, 1));
+    let mut c = connect(&d, "vf1", pairs(1, 1));
     // b is a PV port: its guest's MAC is learned (a VF's MAC is pinned while attached).
     let (ma, mb) = (vf_mac(0), sriov_emu::wire::MacAddr([2, 0, 0, 0, 0xaa, 1]));
 
@@ -115,9 +115,9 @@ fn ten_thousand_mixed_frames_both_ways_byte_exact_with_learning() {
 fn full_rx_ring_counts_drop_no_rx_buffer_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 1, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
     let mut b = connect(
-        dir.path(),
+        &d,
         "vf1",
         FrontendConfig {
             queue_size: 64,
@@ -150,14 +150,14 @@ fn jumbo_frames_span_mergeable_buffers_and_split_headers_work() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 1, 9000);
     let mut a = connect(
-        dir.path(),
+        &d,
         "vf0",
         FrontendConfig {
             split_tx_header: true,
             ..pairs(1, 1)
         },
     );
-    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(1, 1));
     for (i, len) in [9014usize, 4000, 2049, 60, 2036, 2037]
         .into_iter()
         .enumerate()
@@ -185,8 +185,8 @@ fn legacy_ten_byte_header_without_mergeable_buffers() {
         driver_features: !((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF)),
         ..pairs(1, 1)
     };
-    let mut a = connect(dir.path(), "vf0", legacy.clone());
-    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    let mut a = connect(&d, "vf0", legacy.clone());
+    let mut b = connect(&d, "vf1", pairs(1, 1));
     assert_eq!(a.hdr_len(), 10);
     assert_eq!(b.hdr_len(), 12);
     let f = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 7, 1514);
@@ -204,7 +204,7 @@ fn legacy_ten_byte_header_without_mergeable_buffers() {
     // Without mergeable buffers, a frame larger than one RX buffer cannot be delivered.
     drop(a);
     let mut small = connect(
-        dir.path(),
+        &d,
         "vf0",
         FrontendConfig {
             rx_buf_size: 512,
@@ -224,8 +224,8 @@ fn legacy_ten_byte_header_without_mergeable_buffers() {
 fn multiqueue_delivers_only_to_enabled_queues_then_spreads_over_all() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 4, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = connect(dir.path(), "vf1", pairs(4, 2));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(4, 2));
     // Let the switch learn b.
     b.send(0, &broadcast(vf_mac(1))).unwrap();
     a.recv_timeout(0, WAIT).unwrap();
@@ -284,10 +284,10 @@ fn multiqueue_delivers_only_to_enabled_queues_then_spreads_over_all() {
 fn reconnect_in_the_middle_of_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 4, 0, 1, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = Some(connect(dir.path(), "vf1", pairs(1, 1)));
-    let mut c = connect(dir.path(), "vf2", pairs(1, 1));
-    let mut e = connect(dir.path(), "vf3", pairs(1, 1));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = Some(connect(&d, "vf1", pairs(1, 1)));
+    let mut c = connect(&d, "vf2", pairs(1, 1));
+    let mut e = connect(&d, "vf3", pairs(1, 1));
     for (fe, i) in [(b.as_mut().unwrap(), 1u16), (&mut c, 2), (&mut e, 3)] {
         fe.send(0, &broadcast(vf_mac(i))).unwrap();
     }
@@ -329,7 +329,7 @@ fn reconnect_in_the_middle_of_traffic() {
     assert!(!d.port("vf1").unwrap().is_attached());
 
     // b comes back: announce, then unicast reaches it again.
-    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(1, 1));
     b.send(0, &broadcast(vf_mac(1))).unwrap();
     a.recv_timeout(0, WAIT)
         .expect("broadcast from the reconnected port");
@@ -352,8 +352,8 @@ fn malformed_tx_chains_are_counted_and_traffic_continues() {
     use sriov_emu::frontend::Desc;
     let dir = tempfile::tempdir().unwrap();
     let d = start_daemon(dir.path(), 2, 0, 1, 1500);
-    let mut a = connect(dir.path(), "vf0", pairs(1, 1));
-    let mut b = connect(dir.path(), "vf1", pairs(1, 1));
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(1, 1));
     let frame = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 3, 100);
     let mut with_hdr = vec![0u8; a.hdr_len()];
     with_hdr.extend_from_slice(&frame);

@@ -10,6 +10,52 @@ use std::net::IpAddr;
 
 type CmdResult = Result<Value, QmpError>;
 
+/// Every command with the arguments it takes; names are checked before a command runs, so a
+/// misspelt argument changes nothing.
+const COMMAND_ARGS: &[(&str, &[&str])] = &[
+    ("qmp_capabilities", &["enable"]),
+    ("query-version", &[]),
+    ("query-commands", &[]),
+    ("query-pf", &[]),
+    ("query-vfs", &[]),
+    ("set-numvfs", &["numvfs"]),
+    (
+        "vf-set",
+        &[
+            "vf",
+            "mac",
+            "vlan",
+            "qos",
+            "proto",
+            "spoofchk",
+            "trust",
+            "link-state",
+            "max-tx-rate",
+            "min-tx-rate",
+            "channels",
+        ],
+    ),
+    ("vf-rss-set", &["vf", "key", "table", "flow-learning"]),
+    ("vf-rss-query", &["vf"]),
+    (
+        "vf-rss-test",
+        &["vf", "proto", "src", "dst", "src-port", "dst-port"],
+    ),
+    (
+        "vf-flow-add",
+        &["vf", "proto", "src", "dst", "src-port", "dst-port", "queue"],
+    ),
+    (
+        "vf-flow-del",
+        &["vf", "proto", "src", "dst", "src-port", "dst-port"],
+    ),
+    ("vf-flow-list", &["vf"]),
+    ("query-stats", &["port"]),
+    ("query-fdb", &[]),
+    ("fdb-flush", &[]),
+    ("quit", &[]),
+];
+
 /// Runs command `name` with `arguments`; `quit` is what the `quit` command does.
 pub fn execute(
     d: &Daemon,
@@ -17,12 +63,20 @@ pub fn execute(
     arguments: Map<String, Value>,
     quit: &(dyn Fn() + Sync),
 ) -> CmdResult {
+    let allowed = COMMAND_ARGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| QmpError::not_found(name))?;
+    if let Some(k) = arguments.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+    }
     let mut a = Args::new(arguments);
     let r = match name {
         "query-version" => query_version(),
-        "query-commands" => Ok(json!(COMMANDS
+        "query-commands" => Ok(json!(COMMAND_ARGS
             .iter()
-            .map(|c| json!({"name": c}))
+            .map(|(c, _)| json!({"name": c}))
             .collect::<Vec<_>>())),
         "query-pf" => query_pf(d),
         "query-vfs" => query_vfs(d),
@@ -50,27 +104,6 @@ pub fn execute(
     Ok(r)
 }
 
-/// Every command, for `query-commands`.
-pub const COMMANDS: &[&str] = &[
-    "qmp_capabilities",
-    "query-version",
-    "query-commands",
-    "query-pf",
-    "query-vfs",
-    "set-numvfs",
-    "vf-set",
-    "vf-rss-set",
-    "vf-rss-query",
-    "vf-rss-test",
-    "vf-flow-add",
-    "vf-flow-del",
-    "vf-flow-list",
-    "query-stats",
-    "query-fdb",
-    "fdb-flush",
-    "quit",
-];
-
 fn query_version() -> CmdResult {
     let v: Vec<u64> = env!("CARGO_PKG_VERSION")
         .split('.')
@@ -89,7 +122,15 @@ fn query_pf(d: &Daemon) -> CmdResult {
         .ports()
         .iter()
         .filter(|p| matches!(p.spec.kind, PortKind::Pv(_)))
-        .map(|p| json!({"name": p.spec.name, "channels": p.spec.queue_pairs, "attached": p.is_attached(), "socket": p.spec.socket}))
+        .map(|p| {
+            json!({
+                "name": p.spec.name,
+                "channels": p.spec.queue_pairs,
+                "attached": p.is_attached(),
+                "enabled-queues": p.enabled_rx_queues().as_slice(),
+                "socket": p.spec.socket,
+            })
+        })
         .collect();
     Ok(json!({
         "totalvfs": crate::pf::TOTAL_VFS,
@@ -132,19 +173,7 @@ fn vf_json(p: &Port) -> Value {
 
 /// RX queues the frontend has enabled right now.
 fn enabled_queues(p: &Port) -> EnabledQueues {
-    use vhost_user_backend::VringT;
-    let mut mask = 0u64;
-    if let Some(conn) = p.connection() {
-        for q in 0..usize::from(p.spec.queue_pairs).min(64) {
-            if let Some(v) = conn.vring(2 * q) {
-                let st = v.get_ref();
-                if st.is_enabled() && virtio_queue::QueueT::ready(st.get_queue()) {
-                    mask |= 1 << q;
-                }
-            }
-        }
-    }
-    EnabledQueues::from_mask(mask)
+    p.enabled_rx_queues()
 }
 
 fn query_vfs(d: &Daemon) -> CmdResult {

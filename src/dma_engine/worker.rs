@@ -216,17 +216,8 @@ impl PortView {
             return;
         }
         self.rx_pass = pass;
-        let mut mask = 0u64;
-        if let Some(conn) = &self.conn {
-            for q in 0..usize::from(self.port.spec.queue_pairs).min(64) {
-                if let Some(v) = conn.vring(2 * q) {
-                    let st = v.get_ref();
-                    if st.is_enabled() && st.get_queue().ready() {
-                        mask |= 1 << q;
-                    }
-                }
-            }
-        }
+        let qp = usize::from(self.port.spec.queue_pairs);
+        let mask = self.conn.as_ref().map_or(0, |c| c.enabled_rx_mask(qp));
         if mask != self.enabled.mask() {
             self.enabled = EnabledQueues::from_mask(mask);
         }

@@ -214,6 +214,23 @@ impl VfRss {
         Ok(())
     }
 
+    /// Takes over `old`'s key, learning switch, and the table and rules that still fit this
+    /// VF's queues (after a channel count change).
+    pub fn inherit(&mut self, old: &VfRss) {
+        self.toeplitz = old.toeplitz.clone();
+        self.learning = old.learning;
+        if let Some(t) = &old.user_table {
+            if t.iter().all(|q| *q < self.queue_pairs) {
+                self.user_table = Some(t.clone());
+            }
+        }
+        for (flow, q) in old.flows.rules() {
+            if q < self.queue_pairs {
+                let _ = self.flows.add_rule(flow, q);
+            }
+        }
+    }
+
     pub fn has_user_table(&self) -> bool {
         self.user_table.is_some()
     }

@@ -3,7 +3,7 @@
 use super::settings::{SettingsError, SettingsUpdate, VfSettings};
 use super::{GuestMemAtomic, Vring};
 use crate::pf::{PortKind, PortSpec};
-use crate::rss::VfRss;
+use crate::rss::{EnabledQueues, VfRss};
 use crate::stats::PortCounters;
 use crate::wire::MacAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +60,22 @@ impl Connection {
             .get(index / VRINGS_PER_THREAD)?
             .get()?
             .get(index % VRINGS_PER_THREAD)
+    }
+
+    /// Bit q set: RX queue q (of `queue_pairs`) is ready and enabled by the frontend.
+    pub fn enabled_rx_mask(&self, queue_pairs: usize) -> u64 {
+        use vhost_user_backend::VringT;
+        use virtio_queue::QueueT;
+        let mut mask = 0u64;
+        for q in 0..queue_pairs.min(64) {
+            if let Some(v) = self.vring(2 * q) {
+                let st = v.get_ref();
+                if st.is_enabled() && st.get_queue().ready() {
+                    mask |= 1 << q;
+                }
+            }
+        }
+        mask
     }
 
     pub fn set_acked_features(&self, f: u64) {
@@ -158,6 +174,21 @@ impl Port {
         let old = std::mem::replace(&mut *cur, new);
         self.settings_generation.fetch_add(1, Ordering::AcqRel);
         Ok((old, new))
+    }
+
+    /// Takes over `old`'s settings and RSS configuration (the same VF rebuilt with another
+    /// channel count).
+    pub fn inherit_config(&self, old: &Port) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = old.settings();
+        self.settings_generation.fetch_add(1, Ordering::AcqRel);
+        let old_rss = old.rss();
+        self.rss().inherit(&old_rss);
+    }
+
+    /// The RX queues the current frontend has enabled (none when detached).
+    pub fn enabled_rx_queues(&self) -> EnabledQueues {
+        let qp = usize::from(self.spec.queue_pairs);
+        EnabledQueues::from_mask(self.connection().map_or(0, |c| c.enabled_rx_mask(qp)))
     }
 
     pub fn is_attached(&self) -> bool {

@@ -21,9 +21,62 @@ pub fn start_daemon(dir: &Path, vfs: u32, pv: u32, channels: u32, mtu: u32) -> D
     .expect("daemon starts")
 }
 
-pub fn connect(dir: &Path, port: &str, cfg: FrontendConfig) -> VirtioNetFrontend {
-    let path = dir.join(format!("{port}.sock"));
-    VirtioNetFrontend::connect(&path, cfg).unwrap_or_else(|e| panic!("connect {port}: {e}"))
+/// Where frontends attach: an in-process `Daemon`, or the socket directory of a running binary
+/// (asked through its control socket).
+pub trait Host {
+    fn socket_dir(&self) -> &Path;
+    /// The RX queues `port` has enabled, as the emulator sees them.
+    fn enabled_rx(&self, port: &str) -> usize;
+}
+
+impl Host for Daemon {
+    fn socket_dir(&self) -> &Path {
+        Daemon::socket_dir(self)
+    }
+    fn enabled_rx(&self, port: &str) -> usize {
+        self.port(port).map_or(0, |p| p.enabled_rx_queues().len())
+    }
+}
+
+impl Host for Path {
+    fn socket_dir(&self) -> &Path {
+        self
+    }
+    fn enabled_rx(&self, port: &str) -> usize {
+        let Ok(mut c) = sriov_emu::control::client::Client::connect(&self.join("control.sock"))
+        else {
+            return 0;
+        };
+        let vfs = c
+            .execute("query-vfs", serde_json::json!({}))
+            .unwrap_or_default();
+        let pf = c
+            .execute("query-pf", serde_json::json!({}))
+            .unwrap_or_default();
+        let all = vfs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(pf["pv-ports"].as_array().into_iter().flatten());
+        all.filter(|p| p["name"] == port)
+            .map(|p| p["enabled-queues"].as_array().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+/// Connects a frontend to `port` and waits until the emulator has it attached with its RX
+/// queues enabled, so frames sent right away are not raced against the attach.
+pub fn connect<H: Host + ?Sized>(host: &H, port: &str, cfg: FrontendConfig) -> VirtioNetFrontend {
+    let path = host.socket_dir().join(format!("{port}.sock"));
+    let want = cfg.enabled_pairs;
+    let fe =
+        VirtioNetFrontend::connect(&path, cfg).unwrap_or_else(|e| panic!("connect {port}: {e}"));
+    let t = std::time::Instant::now();
+    while want > 0 && host.enabled_rx(port) < want {
+        assert!(t.elapsed() < WAIT, "{port} never became ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    fe
 }
 
 pub fn pairs(queue_pairs: usize, enabled: usize) -> FrontendConfig {

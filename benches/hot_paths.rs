@@ -1,0 +1,154 @@
+//! Criterion micro-benchmarks of the hot pieces of the data path, to catch regressions:
+//! descriptor chain walk, Toeplitz hash, flow tuple parsing, FDB forwarding decision, edge
+//! policy, and one switched packet end to end (userspace frontend -> emulator -> frontend).
+//!
+//!     cargo bench --bench hot_paths
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sriov_emu::daemon::{Daemon, DaemonConfig};
+use sriov_emu::dma_engine::{Direction, Segments};
+use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
+use sriov_emu::pf::{default_vf_mac, PfConfig};
+use sriov_emu::rss::{toeplitz_reference, FlowTuple, ToeplitzTable, DEFAULT_KEY, MAX_INPUT};
+use sriov_emu::switch::{policy, PortId, Switch, TokenBucket};
+use sriov_emu::vf::VfSettings;
+use sriov_emu::wire::{FrameHeader, MacAddr};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueOwnedT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+fn udp_frame(dst: MacAddr, src: MacAddr, sport: u16, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&src.0);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+    f[30..34].copy_from_slice(&[198, 18, 0, 2]);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&53u16.to_be_bytes());
+    f
+}
+
+fn toeplitz(c: &mut Criterion) {
+    let t = ToeplitzTable::new(DEFAULT_KEY);
+    let v4 = FlowTuple::v4(6, [198, 18, 0, 1], [198, 18, 0, 2], 1000, 80);
+    let v6 = FlowTuple::v6(6, [0x20; 16], [0x21; 16], 1000, 80);
+    let mut g = c.benchmark_group("toeplitz");
+    for (name, tuple) in [("ipv4_tcp", v4), ("ipv6_tcp", v6)] {
+        let mut buf = [0u8; MAX_INPUT];
+        let n = tuple.hash_input(&mut buf);
+        g.bench_function(format!("table_{name}"), |b| {
+            b.iter(|| t.hash(black_box(&buf[..n])))
+        });
+        g.bench_function(format!("bitwise_{name}"), |b| {
+            b.iter(|| toeplitz_reference(&DEFAULT_KEY, black_box(&buf[..n])))
+        });
+    }
+    g.finish();
+}
+
+fn parse_and_switch(c: &mut Criterion) {
+    let f = udp_frame(default_vf_mac(1), default_vf_mac(0), 1000, 64);
+    c.bench_function("flow_tuple_parse", |b| {
+        b.iter(|| FlowTuple::parse(black_box(&f)))
+    });
+    let mut sw = Switch::new(300);
+    for i in 0..1024u16 {
+        let m = MacAddr([2, 0, 0, (i >> 8) as u8, i as u8, 1]);
+        let h = FrameHeader {
+            dst: MacAddr::BROADCAST,
+            src: m,
+            ethertype: 0x0800,
+        };
+        sw.forward(PortId(i % 254), &h, 0);
+    }
+    let hdr = FrameHeader::parse(&f, f.len()).unwrap();
+    c.bench_function("fdb_forward_1024_macs", |b| {
+        b.iter(|| sw.forward(PortId(0), black_box(&hdr), 1))
+    });
+    let s = VfSettings::new(default_vf_mac(0));
+    let mut bucket = TokenBucket::new(0);
+    c.bench_function("edge_policy_ingress", |b| {
+        b.iter(|| {
+            policy::ingress(
+                black_box(&s),
+                true,
+                true,
+                black_box(&hdr),
+                &mut bucket,
+                512,
+                0,
+            )
+        })
+    });
+}
+
+fn chain_walk(c: &mut Criterion) {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let vq = MockSplitQueue::new(&mem, 256);
+    let descs = [
+        RawDescriptor::from(SplitDescriptor::new(0x1000, 12, 1, 1)),
+        RawDescriptor::from(SplitDescriptor::new(0x2000, 1500, 0, 0)),
+    ];
+    vq.build_desc_chain(&descs).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut segs = Segments::default();
+    c.bench_function("chain_walk_2_descriptors", |b| {
+        b.iter(|| {
+            let chain = q.iter(&mem).unwrap().next().unwrap();
+            let _ = segs.fill(chain, Direction::Read, &mem);
+            q.go_to_previous_position();
+            black_box(segs.total())
+        })
+    });
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
+    let _d = Daemon::start(DaemonConfig {
+        pf,
+        fdb_aging_secs: 300,
+        stats_interval: None,
+        flow_learning: false,
+    })
+    .unwrap();
+    let cfg = FrontendConfig {
+        queue_size: 256,
+        ..FrontendConfig::default()
+    };
+    let mut a = VirtioNetFrontend::connect(dir.path().join("vf0.sock"), cfg.clone()).unwrap();
+    let mut b = VirtioNetFrontend::connect(dir.path().join("vf1.sock"), cfg).unwrap();
+    let f = udp_frame(default_vf_mac(1), default_vf_mac(0), 1000, 64);
+    let mut g = c.benchmark_group("switched_packet");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("frontend_to_frontend_64B_batches_of_64", |bench| {
+        bench.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(64) as usize;
+                let sent = a.send_batch(0, std::iter::repeat_n(&f[..], n)).unwrap();
+                let mut got = 0;
+                while got < sent {
+                    if b.recv(0).is_some() {
+                        got += 1;
+                    } else if start.elapsed() > Duration::from_secs(60) {
+                        panic!("frames lost");
+                    }
+                }
+                left -= sent as u64;
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, toeplitz, parse_and_switch, chain_walk, end_to_end);
+criterion_main!(benches);
