@@ -150,7 +150,7 @@ fn vf_json(p: &Port) -> Value {
         PortKind::Vf(i) => i,
         PortKind::Pv(_) => 0,
     };
-    let enabled = enabled_queues(p);
+    let enabled = p.enabled_rx_queues();
     json!({
         "vf": vf,
         "name": p.spec.name,
@@ -169,11 +169,6 @@ fn vf_json(p: &Port) -> Value {
         "attached": p.is_attached(),
         "socket": p.spec.socket,
     })
-}
-
-/// RX queues the frontend has enabled right now.
-fn enabled_queues(p: &Port) -> EnabledQueues {
-    p.enabled_rx_queues()
 }
 
 fn query_vfs(d: &Daemon) -> CmdResult {
@@ -257,7 +252,7 @@ fn vf_rss_set(d: &Daemon, a: &mut Args) -> CmdResult {
 }
 
 fn rss_json(port: &Port) -> CmdResult {
-    let enabled = enabled_queues(port);
+    let enabled = port.enabled_rx_queues();
     let rss = port.rss();
     Ok(json!({
         "key": rss.key().to_string(),
@@ -344,7 +339,7 @@ fn vf_flow_list(d: &Daemon, a: &mut Args) -> CmdResult {
 fn vf_rss_test(d: &Daemon, a: &mut Args) -> CmdResult {
     let port = d.vf_port(a.u32("vf")?)?;
     let flow = flow_arg(a)?;
-    let enabled = enabled_queues(&port);
+    let enabled = port.enabled_rx_queues();
     // A detached VF: answer for the queues it would enable (all of them).
     let enabled = if enabled.is_empty() {
         EnabledQueues::first(usize::from(port.spec.queue_pairs))
