@@ -109,44 +109,58 @@ fn chain_walk(c: &mut Criterion) {
 }
 
 fn end_to_end(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
-    let _d = Daemon::start(DaemonConfig {
-        pf,
-        fdb_aging_secs: 300,
-        stats_interval: None,
-        flow_learning: false,
-    })
-    .unwrap();
-    let cfg = FrontendConfig {
-        queue_size: 256,
-        ..FrontendConfig::default()
-    };
-    let mut a = VirtioNetFrontend::connect(dir.path().join("vf0.sock"), cfg.clone()).unwrap();
-    let mut b = VirtioNetFrontend::connect(dir.path().join("vf1.sock"), cfg).unwrap();
-    let f = udp_frame(default_vf_mac(1), default_vf_mac(0), 1000, 64);
     let mut g = c.benchmark_group("switched_packet");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("frontend_to_frontend_64B_batches_of_64", |bench| {
-        bench.iter_custom(|iters| {
-            let start = Instant::now();
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(64) as usize;
-                let sent = a.send_batch(0, std::iter::repeat_n(&f[..], n)).unwrap();
-                let mut got = 0;
-                while got < sent {
-                    if b.recv(0).is_some() {
-                        got += 1;
-                    } else if start.elapsed() > Duration::from_secs(60) {
-                        panic!("frames lost");
-                    }
-                }
-                left -= sent as u64;
-            }
-            start.elapsed()
+    for (mode, poll) in [("event", false), ("poll", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
+        let d = Daemon::start(DaemonConfig {
+            pf,
+            fdb_aging_secs: 300,
+            stats_interval: None,
+            flow_learning: false,
+            poll,
+            cpu: None,
         })
-    });
+        .unwrap();
+        let cfg = FrontendConfig {
+            queue_size: 256,
+            ..FrontendConfig::default()
+        };
+        let mut a = VirtioNetFrontend::connect(dir.path().join("vf0.sock"), cfg.clone()).unwrap();
+        let mut b = VirtioNetFrontend::connect(dir.path().join("vf1.sock"), cfg).unwrap();
+        while d
+            .port("vf1")
+            .is_none_or(|p| p.enabled_rx_queues().is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let f = udp_frame(default_vf_mac(1), default_vf_mac(0), 1000, 64);
+        g.bench_function(
+            format!("frontend_to_frontend_64B_batches_of_64_{mode}"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let start = Instant::now();
+                    let mut left = iters;
+                    while left > 0 {
+                        let n = left.min(64) as usize;
+                        let sent = a.send_batch(0, std::iter::repeat_n(&f[..], n)).unwrap();
+                        let mut got = 0;
+                        while got < sent {
+                            if b.recv(0).is_some() {
+                                got += 1;
+                            } else if start.elapsed() > Duration::from_secs(60) {
+                                panic!("frames lost");
+                            }
+                        }
+                        left -= sent as u64;
+                    }
+                    start.elapsed()
+                })
+            },
+        );
+        d.shutdown();
+    }
     g.finish();
 }
 

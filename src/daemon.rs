@@ -48,6 +48,10 @@ pub struct DaemonConfig {
     pub stats_interval: Option<Duration>,
     /// Learn flow steering entries from each VF's transmit queues (off by default).
     pub flow_learning: bool,
+    /// Busy-poll the rings instead of sleeping until a kick.
+    pub poll: bool,
+    /// Pin the data-plane thread to this CPU.
+    pub cpu: Option<usize>,
 }
 
 /// A running emulator.
@@ -122,6 +126,8 @@ impl Daemon {
             stop.clone(),
             daemon.events.clone(),
         )
+        .polling(cfg.poll)
+        .on_cpu(cfg.cpu)
         .spawn()
         .map_err(DaemonError::Thread)?;
         if let Some(every) = cfg.stats_interval {

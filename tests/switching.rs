@@ -430,3 +430,38 @@ fn malformed_tx_chains_are_counted_and_traffic_continues() {
     assert_eq!(counter(&d, "vf0", "tx_packets"), 10);
     assert_eq!(counter(&d, "vf0", "tx_forwarded"), 5);
 }
+
+#[test]
+fn busy_poll_mode_switches_the_same_frames_with_exact_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon_mode(dir.path(), 2, 0, 2, 1500, true);
+    let mut a = connect(&d, "vf0", pairs(2, 2));
+    let mut b = connect(&d, "vf1", pairs(2, 2));
+    let mut bytes = 0u64;
+    for i in 0..2000u32 {
+        let len = 60 + (i as usize * 37) % 1455;
+        let f = udp_frame(vf_mac(1), vf_mac(0), 1000 + (i % 64) as u16, 53, i, len);
+        a.send_wait((i % 2) as usize, &f, WAIT).unwrap();
+        let (_, got) = b.recv_any(WAIT).expect("delivered in poll mode");
+        assert!(got == f, "frame {i} differs");
+        bytes += len as u64;
+    }
+    assert_eq!(counter(&d, "vf0", "tx_packets"), 2000);
+    assert_eq!(counter(&d, "vf0", "tx_queue_1_packets"), 1000);
+    assert_eq!(counter(&d, "vf1", "rx_packets"), 2000);
+    assert_eq!(counter(&d, "vf1", "rx_bytes"), bytes);
+    // Control-side changes still reach a polling data plane.
+    d.vf_set(
+        0,
+        &sriov_emu::vf::SettingsUpdate {
+            link_state: Some("disable".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while d.port("vf0").unwrap().is_attached() && t.elapsed() < WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!d.port("vf0").unwrap().is_attached());
+}

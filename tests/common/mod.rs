@@ -11,12 +11,26 @@ use std::time::Duration;
 
 /// Starts an emulator in this process with its sockets in `dir`.
 pub fn start_daemon(dir: &Path, vfs: u32, pv: u32, channels: u32, mtu: u32) -> Daemon {
+    start_daemon_mode(dir, vfs, pv, channels, mtu, false)
+}
+
+/// `start_daemon` with the data plane busy-polling (`--poll`) or not.
+pub fn start_daemon_mode(
+    dir: &Path,
+    vfs: u32,
+    pv: u32,
+    channels: u32,
+    mtu: u32,
+    poll: bool,
+) -> Daemon {
     let pf = PfConfig::new(dir.to_path_buf(), vfs, pv, channels, mtu).expect("valid pf config");
     Daemon::start(DaemonConfig {
         pf,
         fdb_aging_secs: 300,
         stats_interval: None,
         flow_learning: false,
+        poll,
+        cpu: None,
     })
     .expect("daemon starts")
 }
