@@ -8,6 +8,9 @@
 //! /proc: resident memory, threads, and CPU time used over an idle window. The peer is the same
 //! binary with one VF attached, measured in the same run.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -146,37 +149,12 @@ fn main() {
         full.idle_cpu_pct,
     );
     print!("{table}\n{verdict}");
-    write_section(&table, &verdict);
-}
-
-/// Replaces the "Scale" section of docs/benchmarks.md.
-fn write_section(table: &str, verdict: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
-    let date = Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let section = format!(
-        "## Scale: 254 attached VFs\n\nMeasured {date} on this machine (2 cores) with `cargo bench --bench scale`: the release \
+    let body = format!(
+        "Measured {} on this machine (2 cores) with `cargo bench --bench scale`: the release \
          binary with `--vfs 254 --channels-per-vf 8`, userspace frontends attached (8 queue pairs each, all enabled, \
-         256-entry rings), then {} s idle. Resident memory and threads from /proc/PID/status, CPU from utime+stime.\n\n{table}\n{verdict}\n",
+         256-entry rings), then {} s idle. Resident memory and threads from /proc/PID/status, CPU from utime+stime.\n\n{table}\n{verdict}",
+        common::today(),
         IDLE_WINDOW.as_secs()
     );
-    let start = doc.find("## Scale: 254 attached VFs");
-    let new = match start {
-        Some(s) => {
-            let end = doc[s + 3..]
-                .find("\n## ")
-                .map(|e| s + 3 + e + 1)
-                .unwrap_or(doc.len());
-            format!("{}{}{}", &doc[..s], section, &doc[end..])
-        }
-        None => format!("{}\n\n{section}", doc.trim_end()),
-    };
-    if let Err(e) = std::fs::write(&path, new) {
-        eprintln!("cannot write {}: {e}", path.display());
-    }
+    common::write_section("Scale: 254 attached VFs", &body);
 }
