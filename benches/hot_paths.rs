@@ -115,12 +115,8 @@ fn end_to_end(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
         let d = Daemon::start(DaemonConfig {
-            pf,
-            fdb_aging_secs: 300,
-            stats_interval: None,
-            flow_learning: false,
             poll,
-            cpu: None,
+            ..DaemonConfig::new(pf)
         })
         .unwrap();
         let cfg = FrontendConfig {

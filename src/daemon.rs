@@ -54,6 +54,21 @@ pub struct DaemonConfig {
     pub cpu: Option<usize>,
 }
 
+impl DaemonConfig {
+    /// The defaults of `sriov-emu run` for `pf`: FDB aging 300 s, no stats log, no flow
+    /// learning, event-driven data plane.
+    pub fn new(pf: PfConfig) -> Self {
+        DaemonConfig {
+            pf,
+            fdb_aging_secs: crate::switch::DEFAULT_AGING_SECS,
+            stats_interval: None,
+            flow_learning: false,
+            poll: false,
+            cpu: None,
+        }
+    }
+}
+
 /// A running emulator.
 pub struct Daemon {
     pf: Mutex<Pf>,

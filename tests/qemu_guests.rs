@@ -15,8 +15,18 @@ use std::time::{Duration, Instant};
 
 const BOOT_AND_RUN: Duration = Duration::from_secs(180);
 
-fn have_qemu(test: &str) -> bool {
-    qemu::qemu_or_skip(test)
+/// The start of every QEMU scenario: QEMU 10 present (or the test is skipped), one scenario at
+/// a time, the guest image built, an emulator running with `emu_args`.
+fn scenario(
+    test: &str,
+    emu_args: &[&str],
+) -> Option<(std::sync::MutexGuard<'static, ()>, Emulator)> {
+    if !qemu::qemu_or_skip(test) {
+        return None;
+    }
+    let serial = one_at_a_time();
+    qemu::guest_image().expect("guest image");
+    Some((serial, Emulator::start(emu_args)))
 }
 
 /// QEMU scenarios run one at a time: several TCG guests with 2-4 vCPUs each on a 2-core
@@ -122,12 +132,10 @@ fn finish(g: &Guest, emu: &Emulator) -> String {
 
 #[test]
 fn two_guests_on_two_vfs_ping_each_other_v4_and_v6_without_loss() {
-    if !have_qemu("two_guests_ping") {
+    let Some((_serial, emu)) = scenario("two_guests_ping", &["--vfs", "2", "--pv-ports", "0"])
+    else {
         return;
-    }
-    let _serial = one_at_a_time();
-    qemu::guest_image().expect("guest image");
-    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
+    };
     let logs = emu.path().to_path_buf();
     let spawn = |vf: u32, me: &str, peer: &str| {
         Guest::spawn(
@@ -161,20 +169,20 @@ fn two_guests_on_two_vfs_ping_each_other_v4_and_v6_without_loss() {
 /// A guest with `n` vCPUs on a VF with `n` queue pairs (Linux enables all `n`) receives a
 /// 32-flow stream from a peer guest on every one of its RX queues (its own `ethtool -S`).
 fn guest_receives_on_every_rx_queue(test: &str, n: u32) {
-    if !have_qemu(test) {
-        return;
-    }
-    let _serial = one_at_a_time();
-    qemu::guest_image().expect("guest image");
     let channels = n.to_string();
-    let emu = Emulator::start(&[
-        "--vfs",
-        "2",
-        "--pv-ports",
-        "0",
-        "--channels-per-vf",
-        &channels,
-    ]);
+    let Some((_serial, emu)) = scenario(
+        test,
+        &[
+            "--vfs",
+            "2",
+            "--pv-ports",
+            "0",
+            "--channels-per-vf",
+            &channels,
+        ],
+    ) else {
+        return;
+    };
     let logs = emu.path().to_path_buf();
     // The receiver waits until every RX queue has counted frames, then prints its counters.
     let receiver_cmd = format!(
@@ -246,12 +254,10 @@ fn guest_with_four_vcpus_receives_on_all_four_rx_queues() {
 
 #[test]
 fn a_vf_serves_the_next_qemu_after_the_previous_one_exits() {
-    if !have_qemu("vf_serves_next_qemu") {
+    let Some((_serial, emu)) = scenario("vf_serves_next_qemu", &["--vfs", "2", "--pv-ports", "0"])
+    else {
         return;
-    }
-    let _serial = one_at_a_time();
-    qemu::guest_image().expect("guest image");
-    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
+    };
     let logs = emu.path().to_path_buf();
     let server = spawn_peer(&emu, "server", 1, "198.18.2.2/24");
     // Two guests one after the other on vf0: the second one's QEMU connects to the same socket
@@ -284,12 +290,10 @@ fn a_vf_serves_the_next_qemu_after_the_previous_one_exits() {
 
 #[test]
 fn link_disable_shows_no_carrier_in_a_real_guest_and_enable_restores_traffic() {
-    if !have_qemu("link_state_guest") {
+    let Some((_serial, emu)) = scenario("link_state_guest", &["--vfs", "2", "--pv-ports", "0"])
+    else {
         return;
-    }
-    let _serial = one_at_a_time();
-    qemu::guest_image().expect("guest image");
-    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
+    };
     let logs = emu.path().to_path_buf();
     let watcher = r#"
 until ping -c 1 -W 1 198.18.3.2 >/dev/null 2>&1; do sleep 0.5; done
@@ -358,12 +362,10 @@ ping -c 5 -i 0.2 -W 2 198.18.3.2
 /// it brings the VF back as the active slave, and pings keep flowing throughout.
 #[test]
 fn plug_in_guest_fails_over_from_vf_to_pv_and_back() {
-    if !have_qemu("plug_in_failover") {
+    let Some((_serial, emu)) = scenario("plug_in_failover", &["--vfs", "2", "--pv-ports", "1"])
+    else {
         return;
-    }
-    let _serial = one_at_a_time();
-    qemu::guest_image().expect("guest image");
-    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "1"]);
+    };
     let logs = emu.path().to_path_buf();
     let pv_args = {
         let out = Command::new(qemu::sriov_emu_bin())

@@ -25,12 +25,8 @@ pub fn start_daemon_mode(
 ) -> Daemon {
     let pf = PfConfig::new(dir.to_path_buf(), vfs, pv, channels, mtu).expect("valid pf config");
     Daemon::start(DaemonConfig {
-        pf,
-        fdb_aging_secs: 300,
-        stats_interval: None,
-        flow_learning: false,
         poll,
-        cpu: None,
+        ..DaemonConfig::new(pf)
     })
     .expect("daemon starts")
 }
