@@ -2,7 +2,10 @@
 
 use super::PortId;
 use crate::wire::MacAddr;
-use std::collections::HashMap;
+// hashbrown's default hasher (foldhash, seeded per map) instead of SipHash: the FDB lookup is
+// on every frame's path (34 ns -> see docs/benchmarks.md), and the seed keeps a guest from
+// choosing colliding source MACs.
+use hashbrown::HashMap;
 
 /// One FDB entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
