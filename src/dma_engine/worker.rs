@@ -220,6 +220,17 @@ impl PortView {
         let mask = self.conn.as_ref().map_or(0, |c| c.enabled_rx_mask(qp));
         if mask != self.enabled.mask() {
             self.enabled = EnabledQueues::from_mask(mask);
+            // Frames never wait for RX buffers, so the guest need not kick when it refills:
+            // ask it not to (VRING_USED_F_NO_NOTIFY; with EVENT_IDX avail_event is never moved).
+            // Each RX kick would otherwise wake a vhost-user thread for nothing.
+            if let Some(conn) = &self.conn {
+                let mem = conn.mem.memory();
+                for &q in self.enabled.as_slice() {
+                    if let Some(v) = conn.vring(2 * usize::from(q)) {
+                        let _ = v.get_mut().get_queue_mut().disable_notification(&*mem);
+                    }
+                }
+            }
         }
     }
 }
