@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         eprintln!("usage: attach_idle SOCKET_DIR FIRST_VF LAST_VF");
         return ExitCode::from(2);
     };
-    let cfg = FrontendConfig { queue_size: 256, ..FrontendConfig::default() };
+    let cfg = FrontendConfig {
+        queue_size: 256,
+        ..FrontendConfig::default()
+    };
     let mut held = Vec::new();
     for vf in first..=last {
         match VirtioNetFrontend::connect(dir.join(format!("vf{vf}.sock")), cfg.clone()) {
