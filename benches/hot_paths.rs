@@ -4,11 +4,13 @@
 //!
 //!     cargo bench --bench hot_paths
 
+#[path = "common/mod.rs"]
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::dma_engine::{Direction, Segments};
-use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
-use sriov_emu::pf::{default_vf_mac, PfConfig};
+use sriov_emu::frontend::FrontendConfig;
+use sriov_emu::pf::default_vf_mac;
 use sriov_emu::rss::{toeplitz_reference, FlowTuple, ToeplitzTable, DEFAULT_KEY, MAX_INPUT};
 use sriov_emu::switch::{policy, PortId, Switch, TokenBucket};
 use sriov_emu::vf::VfSettings;
@@ -112,25 +114,11 @@ fn end_to_end(c: &mut Criterion) {
     let mut g = c.benchmark_group("switched_packet");
     g.throughput(Throughput::Elements(1));
     for (mode, poll) in [("event", false), ("poll", true)] {
-        let dir = tempfile::tempdir().unwrap();
-        let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
-        let d = Daemon::start(DaemonConfig {
-            poll,
-            ..DaemonConfig::new(pf)
-        })
-        .unwrap();
         let cfg = FrontendConfig {
             queue_size: 256,
             ..FrontendConfig::default()
         };
-        let mut a = VirtioNetFrontend::connect(dir.path().join("vf0.sock"), cfg.clone()).unwrap();
-        let mut b = VirtioNetFrontend::connect(dir.path().join("vf1.sock"), cfg).unwrap();
-        while d
-            .port("vf1")
-            .is_none_or(|p| p.enabled_rx_queues().is_empty())
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (_dir, d, mut a, mut b) = common::two_vfs(poll, cfg);
         let f = udp_frame(default_vf_mac(1), default_vf_mac(0), 1000, 64);
         g.bench_function(
             format!("frontend_to_frontend_64B_batches_of_64_{mode}"),

@@ -8,9 +8,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use sriov_emu::daemon::{Daemon, DaemonConfig};
-use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
-use sriov_emu::pf::{default_vf_mac, PfConfig};
+use sriov_emu::frontend::FrontendConfig;
+use sriov_emu::pf::default_vf_mac;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,22 +26,7 @@ fn frame() -> Vec<u8> {
 
 /// Round-trip times in microseconds, sorted.
 fn measure(poll: bool) -> Vec<f64> {
-    let dir = tempfile::tempdir().unwrap();
-    let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
-    let d = Daemon::start(DaemonConfig {
-        poll,
-        ..DaemonConfig::new(pf)
-    })
-    .unwrap();
-    let cfg = FrontendConfig::default();
-    let mut a = VirtioNetFrontend::connect(dir.path().join("vf0.sock"), cfg.clone()).unwrap();
-    let b = VirtioNetFrontend::connect(dir.path().join("vf1.sock"), cfg).unwrap();
-    while d
-        .port("vf1")
-        .is_none_or(|p| p.enabled_rx_queues().is_empty())
-    {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (_dir, d, mut a, b) = common::two_vfs(poll, FrontendConfig::default());
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
         let stop = stop.clone();

@@ -93,6 +93,11 @@ impl Emulator {
     fn path(&self) -> &Path {
         &self.dir
     }
+
+    fn control(&self) -> sriov_emu::control::client::Client {
+        sriov_emu::control::client::Client::connect(&self.dir.join("control.sock"))
+            .expect("control socket")
+    }
 }
 
 impl Drop for Emulator {
@@ -326,8 +331,7 @@ ping -c 5 -i 0.2 -W 2 198.18.3.2
     guest
         .wait_for_line("PING-OK-1", BOOT_AND_RUN)
         .unwrap_or_else(|e| panic!("{e}\n{}", emu.log()));
-    let mut ctl =
-        sriov_emu::control::client::Client::connect(&emu.path().join("control.sock")).unwrap();
+    let mut ctl = emu.control();
     ctl.execute(
         "vf-set",
         serde_json::json!({"vf": 0, "link-state": "disable"}),
@@ -396,8 +400,7 @@ grep "Currently Active Slave" /proc/net/bonding/bond0
     guest
         .wait_for_line("PING-OK-1", BOOT_AND_RUN)
         .unwrap_or_else(|e| panic!("{e}\n{}", emu.log()));
-    let mut ctl =
-        sriov_emu::control::client::Client::connect(&emu.path().join("control.sock")).unwrap();
+    let mut ctl = emu.control();
     std::thread::sleep(Duration::from_secs(3));
     ctl.execute(
         "vf-set",

@@ -1,8 +1,41 @@
 //! Shared by the benches: writing their sections of docs/benchmarks.md.
 #![allow(dead_code)]
 
+use sriov_emu::daemon::{Daemon, DaemonConfig};
+use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
+use sriov_emu::pf::PfConfig;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+/// An in-process emulator with two VFs and a frontend attached to each (`cfg`), returned once
+/// vf1 has its RX queues enabled, so the first frame is not raced against the attach.
+pub fn two_vfs(
+    poll: bool,
+    cfg: FrontendConfig,
+) -> (
+    tempfile::TempDir,
+    Daemon,
+    VirtioNetFrontend,
+    VirtioNetFrontend,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let pf = PfConfig::new(dir.path().to_path_buf(), 2, 0, 1, 1500).unwrap();
+    let d = Daemon::start(DaemonConfig {
+        poll,
+        ..DaemonConfig::new(pf)
+    })
+    .unwrap();
+    let a = VirtioNetFrontend::connect(dir.path().join("vf0.sock"), cfg.clone()).unwrap();
+    let b = VirtioNetFrontend::connect(dir.path().join("vf1.sock"), cfg).unwrap();
+    while d
+        .port("vf1")
+        .is_none_or(|p| p.enabled_rx_queues().is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (dir, d, a, b)
+}
 
 /// Today's date (UTC), for the record.
 pub fn today() -> String {
