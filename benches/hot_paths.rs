@@ -8,7 +8,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sriov_emu::dma_engine::{Direction, Segments};
+use sriov_emu::dma_engine::{Direction, GuestMap, Segments, SplitRing};
 use sriov_emu::frontend::FrontendConfig;
 use sriov_emu::pf::default_vf_mac;
 use sriov_emu::rss::{toeplitz_reference, FlowTuple, ToeplitzTable, DEFAULT_KEY, MAX_INPUT};
@@ -16,11 +16,12 @@ use sriov_emu::switch::{policy, PortId, Switch, TokenBucket};
 use sriov_emu::vf::VfSettings;
 use sriov_emu::wire::{FrameHeader, MacAddr};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueOwnedT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 fn udp_frame(dst: MacAddr, src: MacAddr, sport: u16, len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len];
@@ -91,21 +92,38 @@ fn parse_and_switch(c: &mut Criterion) {
 }
 
 fn chain_walk(c: &mut Criterion) {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let vq = MockSplitQueue::new(&mem, 256);
+    let mem =
+        Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+    let vq = MockSplitQueue::new(&*mem, 256);
     let descs = [
         RawDescriptor::from(SplitDescriptor::new(0x1000, 12, 1, 1)),
         RawDescriptor::from(SplitDescriptor::new(0x2000, 1500, 0, 0)),
     ];
     vq.build_desc_chain(&descs).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
+    let map = GuestMap::new(mem.clone());
+    let ring = SplitRing::map(&q, &map).unwrap();
     let mut segs = Segments::default();
     c.bench_function("chain_walk_2_descriptors", |b| {
         b.iter(|| {
-            let chain = q.iter(&mem).unwrap().next().unwrap();
-            let _ = segs.fill(chain, Direction::Read, &mem);
-            q.go_to_previous_position();
+            let head = ring.avail_entry(black_box(0));
+            let _ = ring.walk(&map, head, Direction::Read, &mut segs);
             black_box(segs.total())
+        })
+    });
+    // The peer: the same walk through virtio-queue's DescriptorChain and vm-memory checks, as
+    // the data path did before its own ring code.
+    c.bench_function("chain_walk_2_descriptors_virtio_queue", |b| {
+        b.iter(|| {
+            let chain = q.iter(&*mem).unwrap().next().unwrap();
+            let mut total = 0usize;
+            for d in chain {
+                if mem.check_range(d.addr(), d.len() as usize) {
+                    total += d.len() as usize;
+                }
+            }
+            q.go_to_previous_position();
+            black_box(total)
         })
     });
 }

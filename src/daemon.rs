@@ -50,8 +50,10 @@ pub struct DaemonConfig {
     pub flow_learning: bool,
     /// Busy-poll the rings instead of sleeping until a kick.
     pub poll: bool,
-    /// Pin the data-plane thread to this CPU.
-    pub cpu: Option<usize>,
+    /// Data-plane worker threads (at least one).
+    pub workers: usize,
+    /// Pin worker i to `cpus[i % len]`; empty: no pinning.
+    pub cpus: Vec<usize>,
 }
 
 impl DaemonConfig {
@@ -64,7 +66,8 @@ impl DaemonConfig {
             stats_interval: None,
             flow_learning: false,
             poll: false,
-            cpu: None,
+            workers: 1,
+            cpus: Vec::new(),
         }
     }
 }
@@ -118,7 +121,7 @@ impl Daemon {
         check_socket_dir(&cfg.pf.socket_dir)?;
         raise_fd_limit();
         let pf = Pf::new(cfg.pf.clone())?;
-        let waker = Arc::new(Waker::new().map_err(DaemonError::Thread)?);
+        let waker = Arc::new(Waker::new(cfg.workers).map_err(DaemonError::Thread)?);
         let table = Arc::new(PortTable::new(pf::PORT_SLOTS));
         let switch = Arc::new(Mutex::new(Switch::new(cfg.fdb_aging_secs)));
         let stop = Arc::new(AtomicBool::new(false));
@@ -134,17 +137,21 @@ impl Daemon {
             pf: Mutex::new(pf.clone()),
         };
         daemon.add_ports(pf.port_specs())?;
-        DataPlane::new(
-            table.clone(),
-            switch,
-            waker,
-            stop.clone(),
-            daemon.events.clone(),
-        )
-        .polling(cfg.poll)
-        .on_cpu(cfg.cpu)
-        .spawn()
-        .map_err(DaemonError::Thread)?;
+        for w in 0..waker.workers() {
+            let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]);
+            DataPlane::new(
+                table.clone(),
+                switch.clone(),
+                waker.clone(),
+                stop.clone(),
+                daemon.events.clone(),
+            )
+            .worker(w)
+            .polling(cfg.poll)
+            .on_cpu(cpu)
+            .spawn()
+            .map_err(DaemonError::Thread)?;
+        }
         if let Some(every) = cfg.stats_interval {
             std::thread::Builder::new()
                 .name("stats".into())

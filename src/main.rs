@@ -121,13 +121,18 @@ struct RunArgs {
     /// Log the non-zero counters of every port every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
-    /// Busy-poll the guests' rings on the data-plane thread (no kicks, lowest latency, one
-    /// core at 100%) instead of sleeping until a guest kicks.
+    /// Busy-poll the guests' rings on the data-plane workers (no kicks, lowest latency, one
+    /// core at 100% per worker) instead of sleeping until a guest kicks.
     #[arg(long)]
     poll: bool,
-    /// Pin the data-plane thread to this CPU (e.g. `--cpus 1`).
-    #[arg(long, value_name = "CPU")]
-    cpus: Option<usize>,
+    /// Data-plane worker threads. Queue pair q of port p is served by worker (p + q) mod N,
+    /// so 2 workers split two single-queue VFs, or the 2 queue pairs of one VF.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Pin the workers to these CPUs, worker i on the i-th (cycling): `1`, `0,1`, `2-5`.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    cpus: Option<CpuList>,
     /// The control socket (QMP) [default: <socket dir>/control.sock].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
@@ -210,6 +215,34 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// A list of CPUs (`--cpus`); a newtype so clap takes it as one value.
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+/// Parses a CPU list as taskset and /sys do: `1`, `0,2`, `4-7`, `0,2-3`.
+fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let cpu = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{t}` is not a CPU number (a list looks like 1 or 0,2-3)"))
+    };
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (cpu(a)?, cpu(b)?),
+            None => (cpu(part)?, cpu(part)?),
+        };
+        if lo > hi {
+            return Err(format!("`{part}`: the range is backwards"));
+        }
+        if hi >= 1024 {
+            return Err(format!("CPU {hi} is out of range"));
+        }
+        cpus.extend(lo..=hi);
+    }
+    Ok(CpuList(cpus))
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
     let (pf, file) = pf_config(&args.pf)?;
     let fdb_aging = args
@@ -235,7 +268,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         stats_interval,
         flow_learning: args.flow_learning || file.flow_learning.unwrap_or(false),
         poll: args.poll,
-        cpu: args.cpus,
+        workers: usize::from(args.workers),
+        cpus: args.cpus.clone().map(|c| c.0).unwrap_or_default(),
     })
     .map_err(|e| e.to_string())?;
     let daemon = Arc::new(daemon);

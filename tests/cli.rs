@@ -64,6 +64,9 @@ fn bad_numbers_are_clear_errors_with_nonzero_exit() {
             vec!["--stats-interval", "0"],
             "--stats-interval must be at least 1",
         ),
+        (vec!["--workers", "0"], "0 is not in 1..=64"),
+        (vec!["--cpus", "3-1"], "the range is backwards"),
+        (vec!["--cpus", "one"], "`one` is not a CPU number"),
     ] {
         let out = run_args(dir.path(), &args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -142,7 +145,18 @@ fn real_binary_switches_between_frontends() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = run_args(
         dir.path(),
-        &["--vfs", "2", "--pv-ports", "1", "--stats-interval", "1"],
+        &[
+            "--vfs",
+            "2",
+            "--pv-ports",
+            "1",
+            "--stats-interval",
+            "1",
+            "--workers",
+            "2",
+            "--cpus",
+            "0-1",
+        ],
     )
     .spawn()
     .unwrap();
@@ -164,6 +178,10 @@ fn real_binary_switches_between_frontends() {
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child_err, &mut log).unwrap();
     assert!(log.contains("frontend connected"), "{log}");
+    // Two workers, pinned to CPUs 0 and 1 (or a clear warning where a CPU is missing).
+    for w in 0..2 {
+        assert!(log.contains(&format!("worker={w} cpu={w}")), "{log}");
+    }
     assert!(
         log.contains("tx_queue_1_packets=1"),
         "stats log shows per-queue counters: {log}"

@@ -465,3 +465,81 @@ fn busy_poll_mode_switches_the_same_frames_with_exact_counters() {
     }
     assert!(!d.port("vf0").unwrap().is_attached());
 }
+
+/// Names of this process's threads (for the data-plane workers).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn two_workers_split_the_queues_and_keep_every_frame_and_count() {
+    for poll in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = sriov_emu::pf::PfConfig::new(dir.path().to_path_buf(), 2, 0, 2, 1500).unwrap();
+        let d = sriov_emu::daemon::Daemon::start(sriov_emu::daemon::DaemonConfig {
+            poll,
+            workers: 2,
+            ..sriov_emu::daemon::DaemonConfig::new(pf)
+        })
+        .unwrap();
+        // The workers name themselves once running.
+        let t = std::time::Instant::now();
+        let has_workers = || {
+            let names = thread_names();
+            ["dataplane0", "dataplane1"]
+                .iter()
+                .all(|w| names.iter().any(|n| n == w))
+        };
+        while !has_workers() && t.elapsed() < WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            has_workers(),
+            "two data-plane workers: {:?}",
+            thread_names()
+        );
+        let mut a = connect(&d, "vf0", pairs(2, 2));
+        let mut b = connect(&d, "vf1", pairs(2, 2));
+        // With 2 workers, queue pair q of vf0 (port 0) is served by worker q and of vf1 by
+        // worker 1 - q: every worker sends to and receives from both ports.
+        let mut bytes = [0u64; 2];
+        for i in 0..1000u32 {
+            let len = 60 + (i as usize * 53) % 1455;
+            let qp = (i % 2) as usize;
+            let ab = udp_frame(vf_mac(1), vf_mac(0), 1000 + (i % 64) as u16, 53, i, len);
+            let ba = udp_frame(vf_mac(0), vf_mac(1), 2000 + (i % 64) as u16, 53, i, len);
+            a.send_wait(qp, &ab, WAIT).unwrap();
+            b.send_wait(1 - qp, &ba, WAIT).unwrap();
+            let (_, got) = b.recv_any(WAIT).expect("a -> b delivered");
+            assert!(got == ab, "a -> b frame {i} differs (poll {poll})");
+            let (_, got) = a.recv_any(WAIT).expect("b -> a delivered");
+            assert!(got == ba, "b -> a frame {i} differs (poll {poll})");
+            bytes[0] += len as u64;
+            bytes[1] += len as u64;
+        }
+        for (port, peer) in [("vf0", "vf1"), ("vf1", "vf0")] {
+            assert_eq!(
+                counter(&d, port, "tx_packets"),
+                1000,
+                "{port} (poll {poll})"
+            );
+            assert_eq!(counter(&d, port, "tx_queue_0_packets"), 500, "{port}");
+            assert_eq!(counter(&d, port, "tx_queue_1_packets"), 500, "{port}");
+            assert_eq!(
+                counter(&d, peer, "rx_packets"),
+                1000,
+                "{peer} (poll {poll})"
+            );
+            assert_eq!(counter(&d, peer, "rx_bytes"), bytes[0], "{peer}");
+            assert_eq!(
+                counter(&d, peer, "rx_queue_0_packets") + counter(&d, peer, "rx_queue_1_packets"),
+                1000
+            );
+        }
+        d.shutdown();
+    }
+}

@@ -1,15 +1,14 @@
-//! Copies between guest segment lists, through vm-memory volatile slices: one copy from the
-//! sender's buffer to the receiver's buffer, and every write marked in the dirty log.
+//! Copies between segment lists: one copy from the sender's buffer to the receiver's buffer.
+//!
+//! The segments hold host addresses inside guest memory mappings, which the guests may write
+//! at any time: the bytes copied may be torn, but every address touched is inside a mapping
+//! validated when the chain was walked, and no decision is made on guest memory read twice.
 
 use super::segments::Segment;
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{Address, GuestMemoryBackend, VolatileSlice};
 
-/// A copy that could not be done (guest memory changed under the chain).
+/// A copy that could not be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CopyError {
-    #[error("segment no longer maps guest memory")]
-    Unmapped,
     #[error("segments too short for the copy")]
     Short,
 }
@@ -22,6 +21,7 @@ struct Cursor<'s> {
 }
 
 impl<'s> Cursor<'s> {
+    #[inline]
     fn at(segs: &'s [Segment], mut off: usize) -> Self {
         let mut idx = 0;
         while idx < segs.len() && off >= segs[idx].len as usize {
@@ -31,94 +31,85 @@ impl<'s> Cursor<'s> {
         Cursor { segs, idx, off }
     }
 
-    /// The next contiguous piece of at most `max` bytes.
-    fn next_piece<'m, M: GuestMemoryBackend>(
-        &mut self,
-        mem: &'m M,
-        max: usize,
-    ) -> Result<VolatileSlice<'m, vm_memory::bitmap::MS<'m, M>>, CopyError> {
+    /// The host address and length of the next contiguous piece of at most `max` bytes.
+    #[inline]
+    fn next_piece(&mut self, max: usize) -> Result<(usize, usize), CopyError> {
         let seg = self.segs.get(self.idx).ok_or(CopyError::Short)?;
-        let left = seg.len as usize - self.off;
-        let n = left.min(max);
-        let addr = seg
-            .addr
-            .checked_add(self.off as u64)
-            .ok_or(CopyError::Unmapped)?;
-        let s = mem.get_slice(addr, n).map_err(|_| CopyError::Unmapped)?;
+        let n = (seg.len as usize - self.off).min(max);
+        let host = seg.host + self.off;
         self.off += n;
         if self.off == seg.len as usize {
             self.idx += 1;
             self.off = 0;
         }
-        Ok(s)
+        Ok((host, n))
     }
 }
 
 /// Copies `len` bytes from `src` at `src_off` to `dst` at `dst_off`, guest to guest.
-pub fn copy_segments<S: GuestMemoryBackend, D: GuestMemoryBackend>(
-    src_mem: &S,
+///
+/// # Safety
+/// Every segment's `[host, host + len)` must be mapped memory that stays mapped for the call:
+/// segments from `Segments::push_guest` whose `GuestMap` is still alive.
+pub unsafe fn copy_segments(
     src: &[Segment],
     src_off: usize,
-    dst_mem: &D,
     dst: &[Segment],
     dst_off: usize,
     len: usize,
-) -> Result<(), CopyError>
-where
-    for<'a> vm_memory::bitmap::MS<'a, D>: BitmapSlice,
-{
+) -> Result<(), CopyError> {
     let mut s = Cursor::at(src, src_off);
     let mut d = Cursor::at(dst, dst_off);
     let mut left = len;
     // Each step copies the overlap of the current source and destination pieces.
-    let mut src_piece = None;
+    let mut pending: Option<(usize, usize)> = None;
     while left > 0 {
-        let sp = match src_piece.take() {
+        let (sp, sn) = match pending.take() {
             Some(p) => p,
-            None => s.next_piece(src_mem, left)?,
+            None => s.next_piece(left)?,
         };
-        let dp = d.next_piece(dst_mem, sp.len())?;
-        let n = dp.len();
-        sp.subslice(0, n)
-            .map_err(|_| CopyError::Short)?
-            .copy_to_volatile_slice(dp);
-        if n < sp.len() {
-            src_piece = Some(sp.offset(n).map_err(|_| CopyError::Short)?);
+        let (dp, dn) = d.next_piece(sn)?;
+        // SAFETY: both ranges are inside live mappings (the caller's contract); `copy` allows
+        // overlap, which a guest posting one buffer for both TX and RX could cause.
+        unsafe { std::ptr::copy(sp as *const u8, dp as *mut u8, dn) };
+        if dn < sn {
+            pending = Some((sp + dn, sn - dn));
         }
-        left -= n;
+        left -= dn;
     }
     Ok(())
 }
 
 /// Reads up to `buf.len()` bytes at `off` into `buf`; returns how many were read.
-pub fn read_segments<M: GuestMemoryBackend>(
-    mem: &M,
-    segs: &[Segment],
-    off: usize,
-    buf: &mut [u8],
-) -> Result<usize, CopyError> {
+///
+/// # Safety
+/// As for `copy_segments`.
+pub unsafe fn read_segments(segs: &[Segment], off: usize, buf: &mut [u8]) -> usize {
     let mut c = Cursor::at(segs, off);
     let mut done = 0;
-    while done < buf.len() && c.idx < segs.len() {
-        let p = c.next_piece(mem, buf.len() - done)?;
-        done += p.copy_to(&mut buf[done..]);
+    while done < buf.len() {
+        let Ok((p, n)) = c.next_piece(buf.len() - done) else {
+            break;
+        };
+        // SAFETY: `p..p + n` is inside a live mapping (the caller's contract) and `buf` has
+        // room for `n` more bytes; guest memory never aliases a Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(p as *const u8, buf[done..].as_mut_ptr(), n) };
+        done += n;
     }
-    Ok(done)
+    done
 }
 
 /// Writes all of `data` at `off`.
-pub fn write_segments<M: GuestMemoryBackend>(
-    mem: &M,
-    segs: &[Segment],
-    off: usize,
-    data: &[u8],
-) -> Result<(), CopyError> {
+///
+/// # Safety
+/// As for `copy_segments`.
+pub unsafe fn write_segments(segs: &[Segment], off: usize, data: &[u8]) -> Result<(), CopyError> {
     let mut c = Cursor::at(segs, off);
     let mut done = 0;
     while done < data.len() {
-        let p = c.next_piece(mem, data.len() - done)?;
-        let n = p.len();
-        p.copy_from(&data[done..done + n]);
+        let (p, n) = c.next_piece(data.len() - done)?;
+        // SAFETY: as in `read_segments`, in the other direction.
+        unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), p as *mut u8, n) };
         done += n;
     }
     Ok(())
@@ -127,54 +118,65 @@ pub fn write_segments<M: GuestMemoryBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use crate::dma_engine::guest_map::GuestMap;
+    use crate::dma_engine::segments::Segments;
+    use crate::vf::GuestMem;
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestAddress};
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    fn mem() -> Arc<GuestMem> {
+        Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap())
     }
 
-    fn seg(addr: u64, len: u32) -> Segment {
-        Segment {
-            addr: GuestAddress(addr),
-            len,
+    fn segs(map: &GuestMap, list: &[(u64, u32)]) -> Segments {
+        let mut s = Segments::default();
+        s.reset(0);
+        for &(a, l) in list {
+            s.push_guest(map, a, l).unwrap();
         }
+        s
     }
 
     #[test]
     fn copies_across_uneven_segments() {
         let (a, b) = (mem(), mem());
+        let (ma, mb) = (GuestMap::new(a.clone()), GuestMap::new(b.clone()));
         let data: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
         a.write_slice(&data[..100], GuestAddress(0x100)).unwrap();
         a.write_slice(&data[100..], GuestAddress(0x2000)).unwrap();
-        let src = [seg(0x100, 100), seg(0x2000, 200)];
-        let dst = [seg(0x10, 7), seg(0x500, 50), seg(0x900, 1000)];
-        copy_segments(&a, &src, 10, &b, &dst, 3, 290).unwrap();
+        let src = segs(&ma, &[(0x100, 100), (0x2000, 200)]);
+        let dst = segs(&mb, &[(0x10, 7), (0x500, 50), (0x900, 1000)]);
+        // SAFETY: the maps are alive.
+        unsafe { copy_segments(src.as_slice(), 10, dst.as_slice(), 3, 290).unwrap() };
         let mut out = vec![0u8; 290];
-        read_segments(&b, &dst, 3, &mut out).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { read_segments(dst.as_slice(), 3, &mut out) }, 290);
         assert_eq!(out, data[10..]);
     }
 
     #[test]
     fn short_destination_is_an_error() {
         let (a, b) = (mem(), mem());
-        let r = copy_segments(&a, &[seg(0, 100)], 0, &b, &[seg(0, 50)], 0, 100);
+        let (ma, mb) = (GuestMap::new(a), GuestMap::new(b));
+        let (src, dst) = (segs(&ma, &[(0, 100)]), segs(&mb, &[(0, 50)]));
+        // SAFETY: the maps are alive.
+        let r = unsafe { copy_segments(src.as_slice(), 0, dst.as_slice(), 0, 100) };
         assert_eq!(r, Err(CopyError::Short));
-    }
-
-    #[test]
-    fn unmapped_segment_is_an_error() {
-        let (a, b) = (mem(), mem());
-        let r = copy_segments(&a, &[seg(0xfff0, 0x100)], 0, &b, &[seg(0, 0x100)], 0, 0x100);
-        assert_eq!(r, Err(CopyError::Unmapped));
     }
 
     #[test]
     fn write_then_read_back() {
         let m = mem();
-        let segs = [seg(0x10, 5), seg(0x40, 20)];
-        write_segments(&m, &segs, 2, b"hello world").unwrap();
+        let map = GuestMap::new(m.clone());
+        let s = segs(&map, &[(0x10, 5), (0x40, 20)]);
+        // SAFETY: the map is alive.
+        unsafe { write_segments(s.as_slice(), 2, b"hello world").unwrap() };
         let mut out = [0u8; 11];
-        assert_eq!(read_segments(&m, &segs, 2, &mut out).unwrap(), 11);
+        // SAFETY: as above.
+        assert_eq!(unsafe { read_segments(s.as_slice(), 2, &mut out) }, 11);
         assert_eq!(&out, b"hello world");
+        let mut direct = [0u8; 3];
+        m.read_slice(&mut direct, GuestAddress(0x12)).unwrap();
+        assert_eq!(&direct, b"hel");
     }
 }

@@ -1,10 +1,9 @@
-//! Descriptor chains validated into a fixed-size list of guest memory segments.
+//! Descriptor chains validated into a fixed-size list of host memory segments.
 
-use std::ops::Deref;
-use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use super::guest_map::GuestMap;
 
-/// Most descriptors accepted in one chain (Linux uses at most MAX_SKB_FRAGS + 2).
+/// Most segments accepted in one chain (Linux uses at most MAX_SKB_FRAGS + 2 descriptors; a
+/// descriptor crossing a guest memory region boundary takes two).
 pub const MAX_SEGMENTS: usize = 64;
 
 /// Which way the device uses a chain.
@@ -21,22 +20,29 @@ pub enum Direction {
 pub enum ChainError {
     #[error("descriptor with the wrong direction for this queue")]
     WrongDirection,
-    #[error("chain longer than {MAX_SEGMENTS} descriptors")]
+    #[error("chain longer than {MAX_SEGMENTS} segments")]
     TooManySegments,
     #[error("descriptor outside guest memory")]
     OutOfBounds,
     #[error("chain length overflows")]
     Overflow,
+    #[error("descriptor index outside the table")]
+    BadIndex,
+    #[error("descriptor chain loops")]
+    Loop,
+    #[error("malformed indirect descriptor")]
+    BadIndirect,
 }
 
-/// One contiguous guest buffer.
+/// One contiguous buffer, as a host address in a guest memory mapping.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Segment {
-    pub addr: GuestAddress,
+    pub host: usize,
     pub len: u32,
 }
 
-/// A validated chain: its head index and segments, with no allocation.
+/// A validated chain: its head index and segments, with no allocation. The host addresses are
+/// valid while the `GuestMap` they were translated with is alive.
 #[derive(Debug, Clone)]
 pub struct Segments {
     pub head: u16,
@@ -57,42 +63,35 @@ impl Default for Segments {
 }
 
 impl Segments {
-    /// Walks `chain` (direct or indirect) into `self`, checking direction, bounds and length.
-    /// `self.head` is set even on error, so the chain can be returned to the guest.
-    pub fn fill<M, G>(
-        &mut self,
-        chain: DescriptorChain<M>,
-        dir: Direction,
-        mem: &G,
-    ) -> Result<(), ChainError>
-    where
-        M: Deref,
-        M::Target: vm_memory::GuestMemory,
-        G: GuestMemoryBackend,
-    {
-        self.head = chain.head_index();
+    /// Empties the list for chain `head`.
+    #[inline]
+    pub fn reset(&mut self, head: u16) {
+        self.head = head;
         self.n = 0;
         self.total = 0;
-        for desc in chain {
-            if desc.is_write_only() != (dir == Direction::Write) {
-                return Err(ChainError::WrongDirection);
-            }
-            if desc.len() == 0 {
-                continue;
-            }
+    }
+
+    /// Appends the guest buffer `[gpa, gpa + len)`, split where guest memory regions end.
+    #[inline]
+    pub fn push_guest(&mut self, map: &GuestMap, gpa: u64, len: u32) -> Result<(), ChainError> {
+        let mut gpa = gpa;
+        let mut left = u64::from(len);
+        while left > 0 {
+            let (host, n) = map.translate(gpa, left).ok_or(ChainError::OutOfBounds)?;
             if self.n == MAX_SEGMENTS {
                 return Err(ChainError::TooManySegments);
             }
-            let len = usize::try_from(desc.len()).map_err(|_| ChainError::Overflow)?;
-            if !mem.check_range(desc.addr(), len) {
-                return Err(ChainError::OutOfBounds);
-            }
-            self.total = self.total.checked_add(len).ok_or(ChainError::Overflow)?;
             self.segs[self.n] = Segment {
-                addr: desc.addr(),
-                len: desc.len(),
+                host,
+                len: n as u32,
             };
             self.n += 1;
+            self.total = self
+                .total
+                .checked_add(n as usize)
+                .ok_or(ChainError::Overflow)?;
+            gpa = gpa.checked_add(n).ok_or(ChainError::OutOfBounds)?;
+            left -= n;
         }
         Ok(())
     }
@@ -116,82 +115,39 @@ impl Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{Queue, QueueOwnedT};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-    const MEM: u64 = 0x10_0000;
-
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
-    }
-
-    /// Builds one chain from `descs` and walks it with `fill`.
-    fn walk(descs: &[RawDescriptor], dir: Direction) -> (Result<(), ChainError>, Segments) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let vq = MockSplitQueue::new(&mem, 16);
-        // Written as given (next fields included), so a test can build a loop.
-        for (i, d) in descs.iter().enumerate() {
-            vq.desc_table().store(i as u16, *d).unwrap();
-        }
-        vq.avail().ring().ref_at(0).unwrap().store(0);
-        vq.avail().idx().store(1);
-        let mut q: Queue = vq.create_queue().unwrap();
-        let chain = q.iter(&mem).unwrap().next().unwrap();
-        let mut segs = Segments::default();
-        let r = segs.fill(chain, dir, &mem);
-        (r, segs)
-    }
+    use crate::vf::GuestMem;
+    use std::sync::Arc;
+    use vm_memory::GuestAddress;
 
     #[test]
-    fn readable_chain_with_header_and_data() {
-        let (r, s) = walk(
-            &[
-                desc(0x1000, 12, VRING_DESC_F_NEXT, 1),
-                desc(0x2000, 1500, 0, 0),
-            ],
-            Direction::Read,
-        );
-        assert_eq!(r, Ok(()));
-        assert_eq!(s.total(), 1512);
+    fn a_buffer_across_two_regions_becomes_two_segments() {
+        let mem =
+            GuestMem::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+                .unwrap();
+        let map = GuestMap::new(Arc::new(mem));
+        let mut s = Segments::default();
+        s.reset(3);
+        s.push_guest(&map, 0xf00, 0x200).unwrap();
         assert_eq!(s.as_slice().len(), 2);
-    }
-
-    #[test]
-    fn write_only_descriptor_on_tx_is_refused() {
-        let (r, _) = walk(&[desc(0x1000, 100, VRING_DESC_F_WRITE, 0)], Direction::Read);
-        assert_eq!(r, Err(ChainError::WrongDirection));
-    }
-
-    #[test]
-    fn readable_descriptor_on_rx_is_refused() {
-        let (r, _) = walk(&[desc(0x1000, 100, 0, 0)], Direction::Write);
-        assert_eq!(r, Err(ChainError::WrongDirection));
-    }
-
-    #[test]
-    fn region_past_the_end_of_memory_is_refused() {
-        let (r, _) = walk(
-            &[desc(MEM - 10, 100, VRING_DESC_F_WRITE, 0)],
-            Direction::Write,
+        assert_eq!((s.as_slice()[0].len, s.as_slice()[1].len), (0x100, 0x100));
+        assert_eq!(s.total(), 0x200);
+        assert_eq!(
+            s.push_guest(&map, 0x1f00, 0x200),
+            Err(ChainError::OutOfBounds)
         );
-        assert_eq!(r, Err(ChainError::OutOfBounds));
     }
 
     #[test]
-    fn looped_chain_ends_and_empty_descriptors_are_skipped() {
-        // 0 -> 1 -> 0 -> ... : the walk stops after queue-size descriptors.
-        let (r, s) = walk(
-            &[
-                desc(0x1000, 0, VRING_DESC_F_NEXT, 1),
-                desc(0x2000, 10, VRING_DESC_F_NEXT, 0),
-            ],
-            Direction::Read,
-        );
-        assert_eq!(r, Ok(()));
-        assert!(s.as_slice().len() <= 16);
-        assert!(s.as_slice().iter().all(|seg| seg.len == 10));
+    fn too_many_segments_is_an_error() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let map = GuestMap::new(Arc::new(mem));
+        let mut s = Segments::default();
+        s.reset(0);
+        for i in 0..MAX_SEGMENTS as u64 {
+            s.push_guest(&map, i * 16, 8).unwrap();
+        }
+        assert_eq!(s.push_guest(&map, 0, 8), Err(ChainError::TooManySegments));
+        s.reset(1);
+        assert!(s.is_empty());
     }
 }

@@ -1,30 +1,40 @@
-//! The data-plane thread.
+//! The data-plane workers.
 //!
-//! One thread owns the processing of every port's rings. vhost-user handler threads only mark
-//! a TX queue as kicked and wake it through an eventfd. A pass takes each kicked TX queue, pops
-//! a batch of chains (holding only that ring's lock), makes every switch decision on a copy of
-//! the frame headers, delivers each frame with one guest-to-guest copy into the destination's
-//! RX buffers (holding only that ring's lock), returns the TX chains, and signals each touched
-//! queue once per pass, subject to EVENT_IDX.
+//! Each worker thread owns the TX queues assigned to it (`Waker::owner`: queue pair q of port p
+//! goes to worker (p + q) mod N) and delivers what they send into any port's RX queues.
+//! vhost-user handler threads only mark a TX queue as kicked and wake its worker through an
+//! eventfd. For each TX queue a worker:
+//!
+//! 1. pops a batch of chains under that ring's lock, copying each frame's first bytes once;
+//! 2. makes every switch decision on those copies (one switch lock per batch), producing a list
+//!    of deliveries (frame, destination port, RX queue);
+//! 3. delivers them grouped by destination RX ring: one ring lock, one used-index update and
+//!    at most one notification per group, one guest-to-guest copy per frame;
+//! 4. returns the TX chains under the TX ring's lock, notifying the guest if it asked.
+//!
+//! Rings are read and written through host pointers (`ring.rs`); counters are summed per
+//! batch or group and added once. Only one ring lock is held at a time.
 
-use super::copy::{copy_segments, read_segments, write_segments};
+use super::copy::{copy_segments, read_segments, write_segments, CopyError};
+use super::guest_map::GuestMap;
 use super::net_hdr::{rx_header, vnet_hdr_len};
+use super::ring::{RingAddrs, SplitRing};
 use super::segments::{Direction, Segments};
 use crate::events::EventBus;
 use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering};
 use crate::stats::{PortCounters, PortTotals};
 use crate::switch::{policy, Egress, Ingress, Learned, PolicyDrop, Switch, TokenBucket, Verdict};
-use crate::vf::{Connection, GuestMem, Port, PortTable, VfSettings, Vring};
+use crate::vf::{Connection, GuestMemAtomic, Port, PortTable, VfSettings, Vring};
 use crate::wire::{FrameHeader, MacAddr, ETH_HEADER_LEN, HEADER_COPY_LEN};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLockWriteGuard};
 use std::time::{Duration, Instant};
-use vhost_user_backend::VringT;
+use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -36,38 +46,65 @@ const TX_BUDGET: usize = 256;
 const MAX_RX_CHAINS: usize = 64;
 /// Room for VLAN tags on top of the MTU and the Ethernet header.
 const FRAME_OVERHEAD: usize = ETH_HEADER_LEN + 8;
-/// How long the thread sleeps without a kick (it then ages the FDB).
+/// How long a worker sleeps without a kick (worker 0 then ages the FDB).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Busy-poll rounds between looks at control-side changes (a few microseconds).
+const POLL_SYNC_ROUNDS: u64 = 256;
 
-/// Wakes the data plane: an eventfd the vhost-user threads write on a kick.
+/// Wakes the workers: one eventfd per worker, written by the vhost-user threads on a kick.
 #[derive(Debug)]
 pub struct Waker {
-    efd: EventFd,
+    efds: Box<[EventFd]>,
 }
 
 impl Waker {
-    pub fn new() -> io::Result<Self> {
-        Ok(Waker {
-            efd: EventFd::new(EFD_NONBLOCK)?,
-        })
+    /// Wakers for `workers` data-plane workers (at least one).
+    pub fn new(workers: usize) -> io::Result<Self> {
+        let efds = (0..workers.max(1))
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<io::Result<_>>()?;
+        Ok(Waker { efds })
     }
 
+    pub fn workers(&self) -> usize {
+        self.efds.len()
+    }
+
+    /// The worker that owns TX queue pair `qp` of the port with index `port`.
+    #[inline]
+    pub fn owner(&self, port: usize, qp: usize) -> usize {
+        (port + qp) % self.efds.len()
+    }
+
+    /// Wakes the worker that owns TX queue pair `qp` of port `port`.
+    pub fn wake_tx(&self, port: usize, qp: usize) {
+        self.wake_worker(self.owner(port, qp));
+    }
+
+    /// Wakes every worker (ports or connections changed).
     pub fn wake(&self) {
-        // EAGAIN means the counter is saturated: the data plane is awake anyway.
-        let _ = self.efd.write(1);
+        for w in 0..self.efds.len() {
+            self.wake_worker(w);
+        }
+    }
+
+    fn wake_worker(&self, w: usize) {
+        // EAGAIN means the counter is saturated: the worker is awake anyway.
+        let _ = self.efds[w].write(1);
     }
 
     /// Sleeps until woken or `timeout` passes, and resets the eventfd.
-    fn wait(&self, timeout: Duration) {
+    fn wait(&self, w: usize, timeout: Duration) {
+        let efd = &self.efds[w];
         let mut pfd = libc::pollfd {
-            fd: self.efd.as_raw_fd(),
+            fd: efd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: `pfd` is a valid pollfd for the duration of the call, and nfds is 1.
         unsafe { libc::poll(&mut pfd, 1, ms) };
-        let _ = self.efd.read();
+        let _ = efd.read();
     }
 }
 
@@ -77,6 +114,8 @@ const VLAN_TAG_LEN: usize = 4;
 /// One popped TX chain and what was read from it.
 struct TxFrame {
     segs: Segments,
+    /// The head index is inside the ring: the chain goes back on the used ring.
+    returnable: bool,
     /// Frame length as switched (without the virtio-net header; with an inserted tag).
     len: usize,
     /// The first bytes of the frame, copied once: every decision is made on this copy and the
@@ -84,8 +123,8 @@ struct TxFrame {
     /// A port VLAN tag is inserted here.
     head: [u8; HEADER_COPY_LEN + VLAN_TAG_LEN],
     head_len: usize,
-    /// Offset in the guest's frame where the part not in `head` starts.
-    tail_off: usize,
+    /// Offset in the chain (virtio-net header included) where the part not in `head` starts.
+    tail_base: usize,
     /// The RSS / flow steering view of the frame, parsed once from `head`.
     tuple: FlowTuple,
     ok: bool,
@@ -95,10 +134,11 @@ impl Default for TxFrame {
     fn default() -> Self {
         TxFrame {
             segs: Segments::default(),
+            returnable: false,
             len: 0,
             head: [0; HEADER_COPY_LEN + VLAN_TAG_LEN],
             head_len: 0,
-            tail_off: 0,
+            tail_base: 0,
             tuple: FlowTuple::NON_IP,
             ok: false,
         }
@@ -106,19 +146,21 @@ impl Default for TxFrame {
 }
 
 impl TxFrame {
-    fn read<M>(
+    fn read(
         &mut self,
-        chain: DescriptorChain<M>,
-        mem: &GuestMem,
+        ring: &SplitRing,
+        map: &GuestMap,
+        head: u16,
         hdr_len: usize,
         max_frame: usize,
-    ) where
-        M: std::ops::Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
+    ) {
         self.ok = false;
         self.len = 0;
-        if self.segs.fill(chain, Direction::Read, mem).is_err() {
+        self.returnable = head < ring.size();
+        if ring
+            .walk(map, head, Direction::Read, &mut self.segs)
+            .is_err()
+        {
             return;
         }
         let total = self.segs.total();
@@ -127,19 +169,17 @@ impl TxFrame {
         }
         self.len = total - hdr_len;
         let want = self.len.min(HEADER_COPY_LEN);
-        match read_segments(mem, self.segs.as_slice(), hdr_len, &mut self.head[..want]) {
-            Ok(n) if n == want => {
-                self.head_len = n;
-                self.tail_off = n;
-            }
-            _ => return,
+        // SAFETY: the segments were just translated with `map`, which the caller keeps alive.
+        let n = unsafe { read_segments(self.segs.as_slice(), hdr_len, &mut self.head[..want]) };
+        if n != want {
+            return;
         }
+        self.head_len = n;
+        self.tail_base = hdr_len + n;
         self.tuple = FlowTuple::parse(&self.head[..self.head_len]);
         self.ok = true;
     }
-}
 
-impl TxFrame {
     /// Inserts a VLAN tag after the MAC addresses (the frame's port VLAN).
     fn insert_tag(&mut self, tpid: u16, tci: u16) {
         self.head.copy_within(12..self.head_len, 12 + VLAN_TAG_LEN);
@@ -148,24 +188,79 @@ impl TxFrame {
         self.head_len += VLAN_TAG_LEN;
         self.len += VLAN_TAG_LEN;
     }
+}
 
-    fn view(&self) -> FrameView<'_> {
+/// A frame as one destination receives it: `head` from the stack copy (maybe with the outer
+/// tag stripped), the rest from the sender's memory at `tail_base`.
+struct FrameView<'a> {
+    head: &'a [u8],
+    tail_base: usize,
+    len: usize,
+    segs: &'a Segments,
+}
+
+impl<'a> FrameView<'a> {
+    /// The frame as sent, or without its outer VLAN tag.
+    fn of(f: &'a TxFrame, strip: bool, buf: &'a mut [u8; HEADER_COPY_LEN + VLAN_TAG_LEN]) -> Self {
+        let head = &f.head[..f.head_len];
+        if !strip {
+            return FrameView {
+                head,
+                tail_base: f.tail_base,
+                len: f.len,
+                segs: &f.segs,
+            };
+        }
+        let n = head.len() - VLAN_TAG_LEN;
+        buf[..12].copy_from_slice(&head[..12]);
+        buf[12..n].copy_from_slice(&head[12 + VLAN_TAG_LEN..]);
         FrameView {
-            head: &self.head[..self.head_len],
-            tail_off: self.tail_off,
-            len: self.len,
-            segs: &self.segs,
+            head: &buf[..n],
+            tail_base: f.tail_base,
+            len: f.len - VLAN_TAG_LEN,
+            segs: &f.segs,
         }
     }
 }
 
-/// A frame as one destination receives it: `head` from the stack copy (maybe with the outer
-/// tag stripped), the rest from the sender's memory at `tail_off`.
-struct FrameView<'a> {
-    head: &'a [u8],
-    tail_off: usize,
-    len: usize,
-    segs: &'a Segments,
+/// One guest's memory map and its mapped rings, kept by a worker per attached port.
+struct GuestRings {
+    map: Option<GuestMap>,
+    /// Indexed like the vrings: RX of pair q at 2q, TX at 2q + 1.
+    rings: Box<[Option<SplitRing>]>,
+}
+
+impl GuestRings {
+    fn new(vrings: usize) -> Self {
+        GuestRings {
+            map: None,
+            rings: (0..vrings).map(|_| None).collect(),
+        }
+    }
+
+    /// Under the vring's lock: the guest map and the ring of vring `index` as `q` describes
+    /// it now, remapped if the memory table or the queue changed. The flag is true when the
+    /// ring was (re)mapped by this call. `None` if the ring is not in guest memory.
+    fn get(
+        &mut self,
+        conn: &Connection,
+        index: usize,
+        q: &Queue,
+    ) -> Option<(&GuestMap, &SplitRing, bool)> {
+        let mem = conn.mem.memory();
+        if self.map.as_ref().is_none_or(|m| !m.is_of(&mem)) {
+            self.map = Some(GuestMap::new(mem.into_inner()));
+            self.rings.iter_mut().for_each(|r| *r = None);
+        }
+        let map = self.map.as_ref()?;
+        let slot = self.rings.get_mut(index)?;
+        let mut fresh = false;
+        if slot.as_ref().is_none_or(|r| !r.is_of(q)) {
+            *slot = SplitRing::map(q, map);
+            fresh = true;
+        }
+        Some((map, slot.as_ref()?, fresh))
+    }
 }
 
 /// The data plane's view of one port.
@@ -173,36 +268,39 @@ struct PortView {
     port: Arc<Port>,
     generation: u64,
     conn: Option<Arc<Connection>>,
-    /// RX queues the guest has enabled, refreshed once per pass when first needed.
+    rings: GuestRings,
+    /// RX queues the guest has enabled, refreshed with the other views.
     enabled: EnabledQueues,
-    rx_pass: u64,
-    /// Bit q: RX queue q got used buffers this pass and may need a notification.
-    rx_signal: u64,
     /// A copy of the port's settings, re-read when their generation changes.
     settings: VfSettings,
     settings_gen: u64,
     /// max_tx_rate state.
     bucket: TokenBucket,
     is_vf: bool,
-    /// The VF MAC pinned in the FDB while the VF is attached.
+    /// The VF MAC pinned in the FDB while the VF is attached (worker 0 manages it).
     static_mac: Option<MacAddr>,
+    /// The TX queue pairs this worker owns (bit q).
+    own_tx: u64,
+    /// A broken ring was reported (once per connection).
+    warned: bool,
 }
 
 impl PortView {
-    fn new(port: Arc<Port>) -> Self {
+    fn new(port: Arc<Port>, own_tx: u64) -> Self {
         let settings = port.settings();
         PortView {
             generation: u64::MAX,
             conn: None,
+            rings: GuestRings::new(0),
             enabled: EnabledQueues::NONE,
-            rx_pass: 0,
-            rx_signal: 0,
             settings_gen: port.settings_generation(),
             bucket: TokenBucket::new(settings.max_tx_rate),
             is_vf: matches!(port.spec.kind, PortKind::Vf(_)),
             static_mac: None,
             settings,
             port,
+            own_tx,
+            warned: false,
         }
     }
 
@@ -211,26 +309,19 @@ impl PortView {
         self.settings.link_up(true)
     }
 
-    fn refresh_rx(&mut self, pass: u64) {
-        if self.rx_pass == pass {
-            return;
-        }
-        self.rx_pass = pass;
+    /// Re-reads which RX queues the guest has enabled.
+    fn refresh_enabled(&mut self) {
         let qp = usize::from(self.port.spec.queue_pairs);
         let mask = self.conn.as_ref().map_or(0, |c| c.enabled_rx_mask(qp));
         if mask != self.enabled.mask() {
             self.enabled = EnabledQueues::from_mask(mask);
-            // Frames never wait for RX buffers, so the guest need not kick when it refills:
-            // ask it not to (VRING_USED_F_NO_NOTIFY; with EVENT_IDX avail_event is never moved).
-            // Each RX kick would otherwise wake a vhost-user thread for nothing.
-            if let Some(conn) = &self.conn {
-                let mem = conn.mem.memory();
-                for &q in self.enabled.as_slice() {
-                    if let Some(v) = conn.vring(2 * usize::from(q)) {
-                        let _ = v.get_mut().get_queue_mut().disable_notification(&*mem);
-                    }
-                }
-            }
+        }
+    }
+
+    fn warn_broken_ring(&mut self, what: &str) {
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(port = %self.port.spec.name, "{what}; the queue is skipped");
         }
     }
 }
@@ -241,6 +332,18 @@ enum RxDrop {
     Oversize,
 }
 
+/// One frame for one destination RX queue, decided in the switch phase.
+#[derive(Clone, Copy)]
+struct Delivery {
+    frame: u16,
+    dst: u16,
+    queue: u16,
+    strip: bool,
+    by: Steering,
+    fell_back: bool,
+    done: bool,
+}
+
 /// Scratch space for RX chains, reused for every frame.
 struct RxScratch {
     first: Segments,
@@ -248,8 +351,64 @@ struct RxScratch {
     used: [(u16, u32); MAX_RX_CHAINS],
 }
 
-/// The data-plane thread's state.
+/// The device's position in one RX ring while a group is delivered.
+struct RxCursor {
+    next_avail: u16,
+    /// The driver's avail index as last read.
+    avail_idx: u16,
+    next_used: u16,
+}
+
+/// Counts of one delivery group, added to the port's counters once.
+#[derive(Default)]
+struct RxTally {
+    packets: u64,
+    bytes: u64,
+    no_buffer: u64,
+    oversize: u64,
+    steer: [u64; 4],
+    fallback: u64,
+}
+
+impl RxTally {
+    fn flush(&self, c: &PortCounters, q: usize) {
+        let t = &c.totals;
+        let add = |ctr: &crate::stats::Counter, n: u64| {
+            if n > 0 {
+                ctr.add(n)
+            }
+        };
+        add(&t.rx_packets, self.packets);
+        add(&t.rx_bytes, self.bytes);
+        if let Some(qc) = c.queue(q) {
+            add(&qc.rx_packets, self.packets);
+            add(&qc.rx_bytes, self.bytes);
+        }
+        add(&t.drop_no_rx_buffer, self.no_buffer);
+        add(&t.drop_oversize_rx, self.oversize);
+        add(&t.rx_steer_rss, self.steer[0]);
+        add(&t.rx_steer_flow_rule, self.steer[1]);
+        add(&t.rx_steer_flow_learned, self.steer[2]);
+        add(&t.rx_steer_non_ip, self.steer[3]);
+        add(&t.rx_steer_fallback, self.fallback);
+    }
+
+    fn steered(&mut self, by: Steering, fell_back: bool) {
+        let i = match by {
+            Steering::Rss => 0,
+            Steering::FlowRule => 1,
+            Steering::FlowLearned => 2,
+            Steering::NonIp => 3,
+        };
+        self.steer[i] += 1;
+        self.fallback += u64::from(fell_back);
+    }
+}
+
+/// One data-plane worker's state.
 pub struct DataPlane {
+    /// This worker's index; worker 0 also manages the FDB (static MACs, aging, detach).
+    worker: usize,
     /// Busy-poll instead of sleeping on kicks.
     poll: bool,
     /// Pin the thread to this CPU.
@@ -263,8 +422,8 @@ pub struct DataPlane {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     frames: Box<[TxFrame]>,
+    deliveries: Vec<Delivery>,
     rx: Box<RxScratch>,
-    pass: u64,
     start: Instant,
     last_age: u64,
 }
@@ -278,6 +437,7 @@ impl DataPlane {
         events: Arc<EventBus>,
     ) -> Self {
         DataPlane {
+            worker: 0,
             poll: false,
             cpu: None,
             table,
@@ -288,15 +448,21 @@ impl DataPlane {
             waker,
             stop,
             frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
+            deliveries: Vec::with_capacity(TX_BATCH * 4),
             rx: Box::new(RxScratch {
                 first: Segments::default(),
                 cur: Segments::default(),
                 used: [(0, 0); MAX_RX_CHAINS],
             }),
-            pass: 0,
             start: Instant::now(),
             last_age: 0,
         }
+    }
+
+    /// This is worker `w` of `Waker::workers()`.
+    pub fn worker(mut self, w: usize) -> Self {
+        self.worker = w;
+        self
     }
 
     /// Busy-polls (`--poll`) instead of sleeping until a kick.
@@ -305,86 +471,100 @@ impl DataPlane {
         self
     }
 
-    /// Pins the data-plane thread to `cpu` (`--cpus`).
+    /// Pins the worker's thread to `cpu` (`--cpus`).
     pub fn on_cpu(mut self, cpu: Option<usize>) -> Self {
         self.cpu = cpu;
         self
     }
 
-    /// Runs the data plane on its own thread until `stop` is set (and the waker woken).
+    /// Runs the worker on its own thread until `stop` is set (and the waker woken).
     pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
-            .name("dataplane".into())
+            .name(format!("dataplane{}", self.worker))
             .spawn(move || self.run())
+    }
+
+    fn manages_fdb(&self) -> bool {
+        self.worker == 0
     }
 
     fn run(mut self) {
         if let Some(cpu) = self.cpu {
-            pin_to_cpu(cpu);
+            pin_to_cpu(self.worker, cpu);
         }
         if self.poll {
             return self.run_polling();
         }
         while !self.stop.load(Ordering::Acquire) {
-            self.waker.wait(IDLE_WAIT);
-            self.pass += 1;
+            self.waker.wait(self.worker, IDLE_WAIT);
             self.sync_table();
             self.refresh_views();
             self.age_fdb();
             loop {
                 let mut worked = false;
                 for i in 0..self.views.len() {
-                    let Some(conn) = self.views[i].as_ref().and_then(|v| v.conn.clone()) else {
+                    let Some((conn, own)) = self.views[i]
+                        .as_ref()
+                        .and_then(|v| Some((v.conn.clone()?, v.own_tx)))
+                    else {
                         continue;
                     };
-                    let mut mask = conn.take_tx_pending();
+                    let mut mask = conn.take_tx_pending(own);
                     while mask != 0 {
                         let qp = mask.trailing_zeros() as usize;
                         mask &= mask - 1;
-                        self.process_tx(i, &conn, qp);
-                        worked = true;
+                        worked |= self.process_tx(i, &conn, qp);
                     }
                 }
-                self.flush_rx_signals();
                 if !worked {
                     break;
                 }
-                self.pass += 1;
             }
         }
     }
 
-    /// Busy-poll mode: never sleeps, takes every attached port's TX queues in turn and leaves
-    /// the guests' TX notifications off (no kicks, no wake-ups, no eventfd syscalls).
+    /// Busy-poll mode: never sleeps, takes its attached ports' TX queues in turn and leaves the
+    /// guests' TX notifications off (no kicks, no wake-ups, no eventfd syscalls).
     fn run_polling(mut self) {
         let mut iteration: u64 = 0;
         while !self.stop.load(Ordering::Relaxed) {
-            self.pass += 1;
             iteration += 1;
-            // Control-side changes are rare: look every 256 rounds (a few microseconds).
-            if iteration.is_multiple_of(256) {
+            if iteration.is_multiple_of(POLL_SYNC_ROUNDS) {
                 self.sync_table();
                 self.refresh_views();
-                if iteration.is_multiple_of(256 * 1024) {
+                if iteration.is_multiple_of(POLL_SYNC_ROUNDS * 1024) {
                     self.age_fdb();
                 }
             }
             let mut worked = false;
             for i in 0..self.views.len() {
-                let Some(conn) = self.views[i].as_ref().and_then(|v| v.conn.clone()) else {
+                let Some((conn, own)) = self.views[i]
+                    .as_ref()
+                    .and_then(|v| Some((v.conn.clone()?, v.own_tx)))
+                else {
                     continue;
                 };
-                let qps = conn.num_queues() / 2;
-                conn.take_tx_pending();
-                for qp in 0..qps.min(64) {
+                conn.take_tx_pending(own);
+                let mut mask = own;
+                while mask != 0 {
+                    let qp = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
                     worked |= self.process_tx(i, &conn, qp);
                 }
             }
-            self.flush_rx_signals();
             if !worked {
                 std::hint::spin_loop();
             }
         }
+    }
+
+    /// The TX queue pairs of `port` this worker owns.
+    fn own_mask(&self, port: &Port) -> u64 {
+        let qps = usize::from(port.spec.queue_pairs).min(64);
+        let p = port.spec.id.index();
+        (0..qps)
+            .filter(|&q| self.waker.owner(p, q) == self.worker)
+            .fold(0, |m, q| m | (1u64 << q))
     }
 
     /// Follows ports added, removed or replaced (numvfs and channel changes).
@@ -396,8 +576,9 @@ impl DataPlane {
         self.table_generation = g;
         let slots = self.table.snapshot();
         self.views.resize_with(slots.len(), || None);
-        for (view, port) in self.views.iter_mut().zip(slots) {
-            let same = match (&*view, &port) {
+        let manager = self.manages_fdb();
+        for (k, slot) in slots.into_iter().enumerate() {
+            let same = match (&self.views[k], &slot) {
                 (Some(v), Some(p)) => Arc::ptr_eq(&v.port, p),
                 (None, None) => true,
                 _ => false,
@@ -405,21 +586,27 @@ impl DataPlane {
             if same {
                 continue;
             }
-            if let Some(old) = view.take() {
-                let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(m) = old.static_mac {
-                    sw.remove_static(m, old.port.spec.id);
+            if let Some(old) = self.views[k].take() {
+                if manager {
+                    let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(m) = old.static_mac {
+                        sw.remove_static(m, old.port.spec.id);
+                    }
+                    sw.port_down(old.port.spec.id);
                 }
-                sw.port_down(old.port.spec.id);
             }
-            *view = port.map(PortView::new);
+            self.views[k] = slot.map(|p| {
+                let own = self.own_mask(&p);
+                PortView::new(p, own)
+            });
         }
     }
 
-    /// Picks up attach/detach of frontends.
-    /// Also re-reads changed settings and keeps each attached VF's MAC pinned in the FDB.
+    /// Picks up attach/detach of frontends, enabled RX queues and changed settings; worker 0
+    /// also keeps each attached VF's MAC pinned in the FDB.
     fn refresh_views(&mut self) {
         let switch = self.switch.clone();
+        let manager = self.manages_fdb();
         for v in self.views.iter_mut().flatten() {
             let sg = v.port.settings_generation();
             if sg != v.settings_gen {
@@ -433,21 +620,23 @@ impl DataPlane {
             let g = v.port.generation();
             if g != v.generation {
                 v.generation = g;
-                if v.conn.is_some() {
+                if v.conn.is_some() && manager {
                     switch
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .port_down(v.port.spec.id);
                 }
                 v.conn = v.port.connection();
-                v.rx_pass = 0;
-                v.rx_signal = 0;
+                v.rings = GuestRings::new(v.conn.as_ref().map_or(0, |c| c.num_queues()));
+                v.warned = false;
                 if let Some(c) = &v.conn {
                     // Frames may have been queued before this view saw the connection.
-                    for qp in 0..usize::from(v.port.spec.queue_pairs).min(64) {
-                        c.mark_tx_pending(qp);
-                    }
+                    c.mark_tx_pending_mask(v.own_tx);
                 }
+            }
+            v.refresh_enabled();
+            if !manager {
+                continue;
             }
             let want = (v.is_vf && v.conn.is_some()).then_some(v.settings.mac);
             if want != v.static_mac {
@@ -464,6 +653,9 @@ impl DataPlane {
     }
 
     fn age_fdb(&mut self) {
+        if !self.manages_fdb() {
+            return;
+        }
         let now = self.start.elapsed().as_secs();
         if now > self.last_age {
             self.last_age = now;
@@ -482,44 +674,13 @@ impl DataPlane {
         let Some(port) = self.views[src].as_ref().map(|v| v.port.clone()) else {
             return false;
         };
-        let mem_guard = conn.mem.memory();
-        let mem: &GuestMem = &mem_guard;
         let hdr_len = vnet_hdr_len(conn.acked_features());
         let max_frame = usize::from(port.spec.mtu) + FRAME_OVERHEAD;
         let mut done = 0;
-        loop {
-            let Some(n) = self.pop_tx_batch(vring, mem, hdr_len, max_frame) else {
-                return done > 0;
-            };
-            if n == 0 && self.poll {
-                // Polling: notifications stay off; the next round looks again.
-                break;
-            }
-            if n == 0 {
-                // Re-arm notifications; if the guest queued more meanwhile, keep going.
-                let more = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .enable_notification(mem)
-                    .unwrap_or(false);
-                if more {
-                    continue;
-                }
-                break;
-            }
-            {
-                let switch = self.switch.clone();
-                let mut sw = switch.lock().unwrap_or_else(|e| e.into_inner());
-                let elapsed = self.start.elapsed();
-                let now = (
-                    elapsed.as_secs(),
-                    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-                );
-                for k in 0..n {
-                    self.switch_frame(&mut sw, src, &port, qp, k, mem, hdr_len, now);
-                }
-            }
-            complete_tx(vring, mem, &self.frames[..n]);
+        while let Some((n, addrs)) = self.pop_tx_batch(src, conn, vring, qp, hdr_len, max_frame) {
+            self.switch_batch(src, &port, qp, n);
+            self.deliver_batch();
+            self.complete_tx(src, conn, vring, qp, n, addrs);
             done += n;
             if done >= TX_BUDGET {
                 conn.mark_tx_pending(qp);
@@ -529,32 +690,85 @@ impl DataPlane {
         done > 0
     }
 
-    /// Pops up to `TX_BATCH` chains; `None` when the queue is not usable.
+    /// Pops up to `TX_BATCH` chains into `frames`; `None` when there is nothing (or the queue
+    /// is not usable). In event mode an empty queue re-arms the guest's kicks.
     fn pop_tx_batch(
         &mut self,
+        src: usize,
+        conn: &Connection,
         vring: &Vring,
-        mem: &GuestMem,
+        qp: usize,
         hdr_len: usize,
         max_frame: usize,
-    ) -> Option<usize> {
+    ) -> Option<(usize, RingAddrs)> {
+        let poll = self.poll;
+        let view = self.views[src].as_mut()?;
         let mut st = vring.get_mut();
         if !st.is_enabled() || !st.get_queue().ready() {
             return None;
         }
         let q = st.get_queue_mut();
-        let _ = q.disable_notification(mem);
-        let mut n = 0;
-        while n < TX_BATCH {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                break;
-            };
-            self.frames[n].read(chain, mem, hdr_len, max_frame);
-            n += 1;
+        let Some((map, ring, fresh)) = view.rings.get(conn, 2 * qp + 1, q) else {
+            view.warn_broken_ring("a TX ring is outside guest memory");
+            return None;
+        };
+        if fresh && poll {
+            ring.disable_notification();
         }
-        Some(n)
+        let mut next = q.next_avail();
+        let mut avail = ring.avail_idx();
+        if avail == next {
+            if poll || !ring.enable_notification(next) {
+                return None;
+            }
+            avail = ring.avail_idx();
+        } else if !poll {
+            ring.disable_notification();
+        }
+        let pending = avail.wrapping_sub(next);
+        if pending > ring.size() {
+            view.warn_broken_ring("a guest's TX avail index ran past its ring");
+            return None;
+        }
+        let n = usize::from(pending).min(TX_BATCH);
+        for f in &mut self.frames[..n] {
+            f.read(ring, map, ring.avail_entry(next), hdr_len, max_frame);
+            next = next.wrapping_add(1);
+        }
+        let addrs = ring.addrs();
+        q.set_next_avail(next);
+        Some((n, addrs))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Makes the switch decisions for `n` popped frames of `port`'s TX queue `qp`.
+    fn switch_batch(&mut self, src: usize, port: &Port, qp: usize, n: usize) {
+        let switch = self.switch.clone();
+        let mut sw = switch.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = self.start.elapsed();
+        let now = (
+            elapsed.as_secs(),
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        );
+        let mut bytes = 0u64;
+        let mut forwarded = 0u64;
+        for k in 0..n {
+            bytes += self.frames[k].len as u64;
+            forwarded += u64::from(self.switch_frame(&mut sw, src, port, qp, k, now));
+        }
+        drop(sw);
+        let c = &port.counters;
+        c.totals.tx_packets.add(n as u64);
+        c.totals.tx_bytes.add(bytes);
+        if let Some(qc) = c.queue(qp) {
+            qc.tx_packets.add(n as u64);
+            qc.tx_bytes.add(bytes);
+        }
+        if forwarded > 0 {
+            c.totals.tx_forwarded.add(forwarded);
+        }
+    }
+
+    /// Decides where frame `k` goes and queues its deliveries; true if it goes somewhere.
     fn switch_frame(
         &mut self,
         sw: &mut Switch,
@@ -562,27 +776,19 @@ impl DataPlane {
         port: &Port,
         qp: usize,
         k: usize,
-        src_mem: &GuestMem,
-        src_hdr: usize,
         (now, now_ns): (u64, u64),
-    ) {
+    ) -> bool {
         let c = &port.counters;
         let f = &mut self.frames[k];
-        c.totals.tx_packets.inc();
-        c.totals.tx_bytes.add(f.len as u64);
-        if let Some(qc) = c.queue(qp) {
-            qc.tx_packets.inc();
-            qc.tx_bytes.add(f.len as u64);
-        }
         let hdr = match (f.ok, FrameHeader::parse(&f.head[..f.head_len], f.len)) {
             (true, Ok(h)) => h,
             _ => {
                 c.totals.drop_malformed.inc();
-                return;
+                return false;
             }
         };
         let Some(view) = self.views[src].as_mut() else {
-            return;
+            return false;
         };
         let bits = f.len as u64 * 8;
         let link_up = view.link_up();
@@ -597,7 +803,7 @@ impl DataPlane {
         ) {
             Err(d) => {
                 count_policy_drop(&c.totals, d);
-                return;
+                return false;
             }
             Ok(Ingress::InsertTag(tpid, tci)) => f.insert_tag(tpid, tci),
             Ok(Ingress::Pass) => {}
@@ -614,113 +820,375 @@ impl DataPlane {
         }
         let (verdict, learned) = sw.forward(port.spec.id, &hdr, now);
         if let Learned::Moved { from } = learned {
-            let from_name = self
-                .views
-                .get(from.index())
-                .and_then(Option::as_ref)
-                .map(|v| v.port.spec.name.clone());
-            tracing::info!(mac = %hdr.src, from = %from, to = %port.spec.name, "FDB move");
-            self.events.emit(
-                "FDB_MOVE",
-                serde_json::json!({
-                    "mac": hdr.src.to_string(),
-                    "from": from_name.unwrap_or_else(|| from.to_string()),
-                    "to": port.spec.name,
-                }),
-            );
+            self.report_move(hdr.src, from, port);
         }
         match verdict {
-            Verdict::SamePort => c.totals.drop_same_port.inc(),
-            Verdict::Unicast(dst) => match self.views.get(dst.index()).and_then(Option::as_ref) {
-                Some(v) if v.conn.is_some() => {
-                    c.totals.tx_forwarded.inc();
-                    self.deliver_counted(dst.index(), k, src_mem, src_hdr);
+            Verdict::SamePort => {
+                c.totals.drop_same_port.inc();
+                false
+            }
+            Verdict::Unicast(dst) => {
+                let d = dst.index();
+                if d != src
+                    && self
+                        .views
+                        .get(d)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|v| v.conn.is_some())
+                {
+                    self.queue_delivery(k, d);
+                    true
+                } else {
+                    c.totals.drop_no_destination.inc();
+                    false
                 }
-                _ => c.totals.drop_no_destination.inc(),
-            },
+            }
             Verdict::Flood => {
                 let mut any = false;
                 for j in 0..self.views.len() {
                     if j == src || self.views[j].as_ref().is_none_or(|v| v.conn.is_none()) {
                         continue;
                     }
-                    if !any {
-                        c.totals.tx_forwarded.inc();
-                        any = true;
-                    }
-                    self.deliver_counted(j, k, src_mem, src_hdr);
+                    any = true;
+                    self.queue_delivery(k, j);
                 }
                 if !any {
                     c.totals.drop_no_destination.inc();
                 }
+                any
             }
         }
     }
 
-    /// Applies the destination's egress policy (link, port VLAN) and delivers one copy.
-    fn deliver_counted(&mut self, dst: usize, k: usize, src_mem: &GuestMem, src_hdr: usize) {
-        let pass = self.pass;
+    fn report_move(&self, mac: MacAddr, from: crate::switch::PortId, port: &Port) {
+        let from_name = self
+            .views
+            .get(from.index())
+            .and_then(Option::as_ref)
+            .map(|v| v.port.spec.name.clone());
+        tracing::info!(mac = %mac, from = %from, to = %port.spec.name, "FDB move");
+        self.events.emit(
+            "FDB_MOVE",
+            serde_json::json!({
+                "mac": mac.to_string(),
+                "from": from_name.unwrap_or_else(|| from.to_string()),
+                "to": port.spec.name,
+            }),
+        );
+    }
+
+    /// Applies `dst`'s egress policy (link, port VLAN) and steering to frame `k` and queues
+    /// the delivery; drops are counted on `dst`.
+    fn queue_delivery(&mut self, k: usize, dst: usize) {
         let f = &self.frames[k];
         let Some(view) = self.views[dst].as_mut() else {
             return;
         };
-        let port = view.port.clone();
-        let c: &PortCounters = &port.counters;
-        let full = f.view();
-        let mut stripped_head = [0u8; HEADER_COPY_LEN + VLAN_TAG_LEN];
-        let fv = match policy::egress(&view.settings, view.is_vf, view.link_up(), full.head) {
+        if view.enabled.is_empty() {
+            // Views are refreshed once per pass (every POLL_SYNC_ROUNDS when polling): look
+            // again before dropping, the guest may have just enabled its first queue.
+            view.refresh_enabled();
+        }
+        let c = &view.port.counters.totals;
+        let strip = match policy::egress(
+            &view.settings,
+            view.is_vf,
+            view.link_up(),
+            &f.head[..f.head_len],
+        ) {
             Err(d) => {
-                count_policy_drop(&c.totals, d);
+                count_policy_drop(c, d);
                 return;
             }
-            Ok(Egress::Pass) => full,
-            Ok(Egress::StripTag) => {
-                let n = full.head.len() - VLAN_TAG_LEN;
-                stripped_head[..12].copy_from_slice(&full.head[..12]);
-                stripped_head[12..n].copy_from_slice(&full.head[12 + VLAN_TAG_LEN..]);
-                FrameView {
-                    head: &stripped_head[..n],
-                    len: full.len - VLAN_TAG_LEN,
-                    ..full
-                }
-            }
+            Ok(Egress::Pass) => false,
+            Ok(Egress::StripTag) => true,
         };
-        match deliver(view, &fv, &f.tuple, src_mem, src_hdr, &mut self.rx, pass) {
-            Ok(q) => {
-                c.totals.rx_packets.inc();
-                c.totals.rx_bytes.add(fv.len as u64);
-                if let Some(qc) = c.queue(q) {
-                    qc.rx_packets.inc();
-                    qc.rx_bytes.add(fv.len as u64);
+        if view.enabled.is_empty() {
+            c.drop_no_rx_buffer.inc();
+            return;
+        }
+        let decision = view.port.rss().decide(&f.tuple, &view.enabled);
+        self.deliveries.push(Delivery {
+            frame: k as u16,
+            dst: dst as u16,
+            queue: decision.queue,
+            strip,
+            by: decision.by,
+            fell_back: decision.fell_back,
+            done: false,
+        });
+    }
+
+    /// Delivers the queued deliveries, one lock per destination RX ring.
+    fn deliver_batch(&mut self) {
+        for i in 0..self.deliveries.len() {
+            if !self.deliveries[i].done {
+                self.deliver_group(i);
+            }
+        }
+        self.deliveries.clear();
+    }
+
+    /// Delivers, in order, every pending delivery to the RX ring of `deliveries[first]`.
+    fn deliver_group(&mut self, first: usize) {
+        let dst = usize::from(self.deliveries[first].dst);
+        let qi = usize::from(self.deliveries[first].queue);
+        let mut tally = RxTally::default();
+        let members =
+            |d: &Delivery| !d.done && usize::from(d.dst) == dst && usize::from(d.queue) == qi;
+        let Some(view) = self.views[dst].as_mut() else {
+            self.deliveries[first..]
+                .iter_mut()
+                .filter(|d| members(d))
+                .for_each(|d| d.done = true);
+            return;
+        };
+        let PortView {
+            port, conn, rings, ..
+        } = view;
+        let mut group = RxGroup::open(conn.as_deref(), rings, qi);
+        for d in self.deliveries[first..].iter_mut() {
+            if !members(d) {
+                continue;
+            }
+            d.done = true;
+            let f = &self.frames[usize::from(d.frame)];
+            let mut stripped = [0u8; HEADER_COPY_LEN + VLAN_TAG_LEN];
+            let fv = FrameView::of(f, d.strip, &mut stripped);
+            let result = match group.as_mut() {
+                Some(g) => g.deliver(&fv, &mut self.rx),
+                None => Err(RxDrop::NoBuffer),
+            };
+            match result {
+                Ok(()) => {
+                    tally.packets += 1;
+                    tally.bytes += fv.len as u64;
+                    tally.steered(d.by, d.fell_back);
+                }
+                Err(RxDrop::NoBuffer) => tally.no_buffer += 1,
+                Err(RxDrop::Oversize) => tally.oversize += 1,
+            }
+        }
+        if let Some(g) = group {
+            g.close();
+        }
+        tally.flush(&port.counters, qi);
+    }
+
+    /// Returns the `n` TX chains to the guest and notifies it if it asked. Nothing is returned
+    /// if the ring was reset or reconfigured since the pop: the chains are gone with it.
+    fn complete_tx(
+        &mut self,
+        src: usize,
+        conn: &Connection,
+        vring: &Vring,
+        qp: usize,
+        n: usize,
+        addrs: RingAddrs,
+    ) {
+        let Some(view) = self.views[src].as_mut() else {
+            return;
+        };
+        let mut st = vring.get_mut();
+        if !st.is_enabled() || !st.get_queue().ready() || RingAddrs::of(st.get_queue()) != addrs {
+            return;
+        }
+        let q = st.get_queue_mut();
+        let Some((_, ring, _)) = view.rings.get(conn, 2 * qp + 1, q) else {
+            return;
+        };
+        let old = q.next_used();
+        let mut used = old;
+        for f in self.frames[..n].iter().filter(|f| f.returnable) {
+            ring.write_used(used, f.segs.head, 0);
+            used = used.wrapping_add(1);
+        }
+        ring.publish_used(used);
+        q.set_next_used(used);
+        if ring.needs_notification(old, used) {
+            let _ = st.signal_used_queue();
+        }
+    }
+}
+
+/// One destination RX ring, locked while a group of frames is written into it.
+struct RxGroup<'a> {
+    state: RwLockWriteGuard<'a, VringState<GuestMemAtomic>>,
+    map: &'a GuestMap,
+    ring: &'a SplitRing,
+    cur: RxCursor,
+    old_used: u16,
+    hdr_len: usize,
+    mergeable: bool,
+}
+
+impl<'a> RxGroup<'a> {
+    /// Locks RX queue `qi` of `conn`; `None` if the queue cannot take frames now.
+    fn open(conn: Option<&'a Connection>, rings: &'a mut GuestRings, qi: usize) -> Option<Self> {
+        let conn = conn?;
+        let vring = conn.vring(2 * qi)?;
+        let features = conn.acked_features();
+        let state = vring.get_mut();
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return None;
+        }
+        let q = state.get_queue();
+        let (map, ring, fresh) = rings.get(conn, 2 * qi, q)?;
+        if fresh {
+            // Frames never wait for RX buffers, so the guest need not kick when it refills:
+            // each RX kick would only wake a vhost-user thread for nothing.
+            ring.disable_notification();
+        }
+        let cur = RxCursor {
+            next_avail: q.next_avail(),
+            avail_idx: ring.avail_idx(),
+            next_used: q.next_used(),
+        };
+        Some(RxGroup {
+            old_used: cur.next_used,
+            cur,
+            state,
+            map,
+            ring,
+            hdr_len: vnet_hdr_len(features),
+            mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+        })
+    }
+
+    /// The next chain the driver made available, if any.
+    #[inline]
+    fn pop(&mut self) -> Option<u16> {
+        if self.cur.next_avail == self.cur.avail_idx {
+            let idx = self.ring.avail_idx();
+            // An index further ahead than the ring is a broken driver: take nothing.
+            if idx.wrapping_sub(self.cur.next_avail) > self.ring.size() {
+                return None;
+            }
+            self.cur.avail_idx = idx;
+            if idx == self.cur.next_avail {
+                return None;
+            }
+        }
+        let head = self.ring.avail_entry(self.cur.next_avail);
+        self.cur.next_avail = self.cur.next_avail.wrapping_add(1);
+        Some(head)
+    }
+
+    #[inline]
+    fn push_used(&mut self, head: u16, len: u32) {
+        self.ring.write_used(self.cur.next_used, head, len);
+        self.cur.next_used = self.cur.next_used.wrapping_add(1);
+    }
+
+    /// Writes one frame into the ring: its buffers (several with mergeable RX buffers) get
+    /// the virtio-net header and the frame.
+    fn deliver(&mut self, f: &FrameView<'_>, rx: &mut RxScratch) -> Result<(), RxDrop> {
+        let hdr_len = self.hdr_len;
+        let need = hdr_len + f.len;
+        let size = self.ring.size();
+        let mut nused = 0;
+        let mut written = 0;
+        // Chains completed with length 0 because the guest posted them broken: once one is in
+        // the frame, the popped chains cannot be put back and are completed empty instead.
+        let mut poisoned = false;
+        let result = loop {
+            if written == need {
+                break Ok(());
+            }
+            if nused == MAX_RX_CHAINS {
+                break Err(RxDrop::NoBuffer);
+            }
+            let Some(head) = self.pop() else {
+                break Err(RxDrop::NoBuffer);
+            };
+            let segs = if nused == 0 {
+                &mut rx.first
+            } else {
+                &mut rx.cur
+            };
+            let walk_ok = self
+                .ring
+                .walk(self.map, head, Direction::Write, segs)
+                .is_ok();
+            let cap = segs.total();
+            if !walk_ok || (nused == 0 && cap < hdr_len) || cap == 0 {
+                if head < size {
+                    self.push_used(head, 0);
+                }
+                poisoned = true;
+                continue;
+            }
+            if !self.mergeable && cap < need {
+                rx.used[nused] = (head, 0);
+                nused += 1;
+                break Err(RxDrop::Oversize);
+            }
+            let take = cap.min(need - written);
+            let (from, dst_off) = if nused == 0 {
+                (0, hdr_len)
+            } else {
+                (written - hdr_len, 0)
+            };
+            let to = written + take - hdr_len;
+            // SAFETY: `segs` were translated with `self.map` and the frame's with the sender's
+            // map, both alive for this batch.
+            if unsafe { copy_frame_range(f, from, to, segs, dst_off) }.is_err() {
+                rx.used[nused] = (head, 0);
+                nused += 1;
+                break Err(RxDrop::NoBuffer);
+            }
+            rx.used[nused] = (head, take as u32);
+            nused += 1;
+            written += take;
+        };
+        match result {
+            Ok(()) => {
+                let hdr = rx_header(nused as u16);
+                // SAFETY: as above.
+                let hdr_ok =
+                    unsafe { write_segments(rx.first.as_slice(), 0, &hdr[..hdr_len]) }.is_ok();
+                for &(head, len) in &rx.used[..nused] {
+                    // Without a valid header the frame is unusable: hand the buffers back empty.
+                    self.push_used(head, if hdr_ok { len } else { 0 });
+                }
+                if hdr_ok {
+                    Ok(())
+                } else {
+                    Err(RxDrop::NoBuffer)
                 }
             }
-            Err(RxDrop::NoBuffer) => c.totals.drop_no_rx_buffer.inc(),
-            Err(RxDrop::Oversize) => c.totals.drop_oversize_rx.inc(),
+            Err(e) => {
+                if poisoned {
+                    for &(head, _) in &rx.used[..nused] {
+                        self.push_used(head, 0);
+                    }
+                } else {
+                    // Put the chains back for the next frame.
+                    self.cur.next_avail = self.cur.next_avail.wrapping_sub(nused as u16);
+                }
+                Err(e)
+            }
         }
     }
 
-    /// Notifies the guests whose RX queues got frames this pass.
-    fn flush_rx_signals(&mut self) {
-        for v in self.views.iter_mut().flatten() {
-            let mut mask = std::mem::take(&mut v.rx_signal);
-            let Some(conn) = &v.conn else { continue };
-            if mask == 0 {
-                continue;
-            }
-            let mem = conn.mem.memory();
-            while mask != 0 {
-                let q = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                if let Some(vring) = conn.vring(2 * q) {
-                    signal_if_needed(vring, &mem);
-                }
-            }
+    /// Publishes the used buffers, stores the indices back in the queue, notifies the guest
+    /// if it asked, and unlocks.
+    fn close(mut self) {
+        let used = self.cur.next_used;
+        if used != self.old_used {
+            self.ring.publish_used(used);
+        }
+        let q = self.state.get_queue_mut();
+        q.set_next_avail(self.cur.next_avail);
+        q.set_next_used(used);
+        if self.ring.needs_notification(self.old_used, used) {
+            let _ = self.state.signal_used_queue();
         }
     }
 }
 
 /// Pins the calling thread to one CPU; a failure is logged, not fatal.
-fn pin_to_cpu(cpu: usize) {
+fn pin_to_cpu(worker: usize, cpu: usize) {
     // SAFETY: cpu_set_t is plain data, zeroed is a valid empty set; CPU_SET and
     // sched_setaffinity(0 = this thread) only read and write that set.
     let r = unsafe {
@@ -730,12 +1198,13 @@ fn pin_to_cpu(cpu: usize) {
     };
     if r != 0 {
         tracing::warn!(
+            worker,
             cpu,
-            "cannot pin the data plane: {}",
+            "cannot pin the data-plane worker: {}",
             io::Error::last_os_error()
         );
     } else {
-        tracing::info!(cpu, "data plane pinned");
+        tracing::info!(worker, cpu, "data-plane worker pinned");
     }
 }
 
@@ -748,180 +1217,34 @@ fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
     }
 }
 
-/// Returns the TX chains to the guest and notifies it if it asked.
-fn complete_tx(vring: &Vring, mem: &GuestMem, frames: &[TxFrame]) {
-    let mut st = vring.get_mut();
-    let q = st.get_queue_mut();
-    for f in frames {
-        // A failure here means the ring was reset under us; the frames are gone with it.
-        let _ = q.add_used(mem, f.segs.head, 0);
-    }
-    let notify = q.needs_notification(mem).unwrap_or(true);
-    if notify {
-        let _ = st.signal_used_queue();
-    }
-}
-
-fn signal_if_needed(vring: &Vring, mem: &GuestMem) {
-    let mut st = vring.get_mut();
-    if st.get_queue_mut().needs_notification(mem).unwrap_or(true) {
-        let _ = st.signal_used_queue();
-    }
-}
-
 /// Copies frame bytes `[from, to)` into `dst` at `dst_off`: the part covered by the header
 /// copy from that copy, the rest guest to guest.
-#[allow(clippy::too_many_arguments)]
-fn copy_frame_range(
+///
+/// # Safety
+/// `dst` and the frame's segments must be translated with guest maps that are still alive.
+unsafe fn copy_frame_range(
     f: &FrameView<'_>,
-    src_mem: &GuestMem,
-    src_hdr: usize,
     from: usize,
     to: usize,
-    dst_mem: &GuestMem,
     dst: &Segments,
     dst_off: usize,
-) -> bool {
+) -> Result<(), CopyError> {
     let split = f.head.len().clamp(from, to);
-    if from < split
-        && write_segments(dst_mem, dst.as_slice(), dst_off, &f.head[from..split]).is_err()
-    {
-        return false;
+    if from < split {
+        // SAFETY: the caller's contract.
+        unsafe { write_segments(dst.as_slice(), dst_off, &f.head[from..split])? };
     }
     if split < to {
-        let r = copy_segments(
-            src_mem,
-            f.segs.as_slice(),
-            src_hdr + f.tail_off + (split - f.head.len()),
-            dst_mem,
-            dst.as_slice(),
-            dst_off + (split - from),
-            to - split,
-        );
-        return r.is_ok();
-    }
-    true
-}
-
-/// Writes one frame into the RX queue of `view` chosen by its flow hash. Returns the queue.
-fn deliver(
-    view: &mut PortView,
-    f: &FrameView<'_>,
-    tuple: &FlowTuple,
-    src_mem: &GuestMem,
-    src_hdr: usize,
-    rx: &mut RxScratch,
-    pass: u64,
-) -> Result<usize, RxDrop> {
-    view.refresh_rx(pass);
-    if view.enabled.is_empty() {
-        return Err(RxDrop::NoBuffer);
-    }
-    let decision = view.port.rss().decide(tuple, &view.enabled);
-    let c = &view.port.counters.totals;
-    match decision.by {
-        Steering::Rss => c.rx_steer_rss.inc(),
-        Steering::FlowRule => c.rx_steer_flow_rule.inc(),
-        Steering::FlowLearned => c.rx_steer_flow_learned.inc(),
-        Steering::NonIp => c.rx_steer_non_ip.inc(),
-    }
-    if decision.fell_back {
-        c.rx_steer_fallback.inc();
-    }
-    let qi = usize::from(decision.queue);
-    let conn = view.conn.as_ref().ok_or(RxDrop::NoBuffer)?;
-    let vring = conn.vring(2 * qi).ok_or(RxDrop::NoBuffer)?;
-    let features = conn.acked_features();
-    let hdr_len = vnet_hdr_len(features);
-    let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
-    let mem_guard = conn.mem.memory();
-    let dmem: &GuestMem = &mem_guard;
-    let need = hdr_len + f.len;
-
-    let mut st = vring.get_mut();
-    if !st.is_enabled() || !st.get_queue().ready() {
-        return Err(RxDrop::NoBuffer);
-    }
-    let q = st.get_queue_mut();
-    let mut nused = 0;
-    let mut written = 0;
-    // Chains completed with length 0 because the guest posted them broken: once one is in the
-    // frame, the popped chains cannot be put back and are completed empty instead.
-    let mut poisoned = false;
-    let result = loop {
-        if written == need {
-            break Ok(());
-        }
-        if nused == MAX_RX_CHAINS {
-            break Err(RxDrop::NoBuffer);
-        }
-        let Some(chain) = q.pop_descriptor_chain(dmem) else {
-            break Err(RxDrop::NoBuffer);
+        // SAFETY: the caller's contract.
+        unsafe {
+            copy_segments(
+                f.segs.as_slice(),
+                f.tail_base + (split - f.head.len()),
+                dst.as_slice(),
+                dst_off + (split - from),
+                to - split,
+            )?
         };
-        let segs = if nused == 0 {
-            &mut rx.first
-        } else {
-            &mut rx.cur
-        };
-        let head = chain.head_index();
-        let fill_ok = segs.fill(chain, Direction::Write, dmem).is_ok();
-        let cap = segs.total();
-        if !fill_ok || (nused == 0 && cap < hdr_len) || cap == 0 {
-            let _ = q.add_used(dmem, head, 0);
-            poisoned = true;
-            continue;
-        }
-        if !mergeable && cap < need {
-            rx.used[nused] = (head, 0);
-            nused += 1;
-            break Err(RxDrop::Oversize);
-        }
-        let take = cap.min(need - written);
-        let (from, dst_off) = if nused == 0 {
-            (0, hdr_len)
-        } else {
-            (written - hdr_len, 0)
-        };
-        let to = written + take - hdr_len;
-        if !copy_frame_range(f, src_mem, src_hdr, from, to, dmem, segs, dst_off) {
-            rx.used[nused] = (head, 0);
-            nused += 1;
-            break Err(RxDrop::NoBuffer);
-        }
-        rx.used[nused] = (head, take as u32);
-        nused += 1;
-        written += take;
-        if !mergeable && written < need {
-            break Err(RxDrop::Oversize);
-        }
-    };
-    match result {
-        Ok(()) => {
-            let hdr = rx_header(nused as u16);
-            let hdr_ok = write_segments(dmem, rx.first.as_slice(), 0, &hdr[..hdr_len]).is_ok();
-            for &(head, len) in &rx.used[..nused] {
-                // Without a valid header the frame is unusable: hand the buffers back empty.
-                let _ = q.add_used(dmem, head, if hdr_ok { len } else { 0 });
-            }
-            view.rx_signal |= 1 << qi;
-            if hdr_ok {
-                Ok(qi)
-            } else {
-                Err(RxDrop::NoBuffer)
-            }
-        }
-        Err(e) => {
-            if poisoned {
-                for &(head, _) in &rx.used[..nused] {
-                    let _ = q.add_used(dmem, head, 0);
-                }
-                view.rx_signal |= 1 << qi;
-            } else {
-                // Put the chains back for the next frame.
-                let back = q.next_avail().wrapping_sub(nused as u16);
-                q.set_next_avail(back);
-            }
-            Err(e)
-        }
     }
+    Ok(())
 }

@@ -151,7 +151,7 @@ impl VhostUserBackend for NetBackend {
         // Odd queues are TX. RX kicks (new buffers) need nothing: frames are never held back
         // waiting for buffers, so there is nothing to resume.
         if queue % 2 == 1 && self.conn.mark_tx_pending(queue / 2) {
-            self.waker.wake();
+            self.waker.wake_tx(self.port.spec.id.index(), queue / 2);
         }
         Ok(())
     }

@@ -93,10 +93,15 @@ impl Connection {
         self.pending_tx.fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
-    /// Takes the set of kicked TX queue pairs.
+    /// Marks every TX queue pair of `mask` as kicked.
+    pub fn mark_tx_pending_mask(&self, mask: u64) {
+        self.pending_tx.fetch_or(mask, Ordering::AcqRel);
+    }
+
+    /// Takes the kicked TX queue pairs among `mask` (the ones a worker owns).
     #[inline]
-    pub fn take_tx_pending(&self) -> u64 {
-        self.pending_tx.swap(0, Ordering::AcqRel)
+    pub fn take_tx_pending(&self, mask: u64) -> u64 {
+        self.pending_tx.fetch_and(!mask, Ordering::AcqRel) & mask
     }
 }
 

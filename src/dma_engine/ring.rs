@@ -1,0 +1,442 @@
+//! A split virtqueue (virtio 1.x, 2.6) read and written through host pointers.
+//!
+//! The vhost-user handler keeps each ring's configuration in a virtio-queue `Queue` (addresses,
+//! size, EVENT_IDX, and the device's `next_avail` / `next_used`). The data plane maps the three
+//! rings once into a `SplitRing` and then touches them directly: an avail index load, a ring
+//! entry and 16-byte descriptor reads, used element writes and one index store per batch, with
+//! no address translation or bounds check per access beyond the index masks. The indices stay
+//! in the `Queue`, read and written back under the vring lock, so GET_VRING_BASE sees them.
+//!
+//! Guest memory is shared with a running guest: every read of a ring field is a single volatile
+//! or atomic access, and every value read is validated before use (indices masked or checked,
+//! descriptor ranges translated through the `GuestMap`).
+
+use super::guest_map::GuestMap;
+use super::segments::{ChainError, Direction, Segments};
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use virtio_queue::{Queue, QueueT};
+
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Bytes of one descriptor.
+const DESC_SIZE: u64 = 16;
+/// Most descriptors in an indirect table (the largest ring size).
+const MAX_INDIRECT: u64 = 32768;
+
+/// One descriptor as read from guest memory.
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// The guest-physical identity of a ring, to notice when the handler reconfigures it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingAddrs {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    size: u16,
+    event_idx: bool,
+}
+
+impl RingAddrs {
+    pub fn of(q: &Queue) -> Self {
+        RingAddrs {
+            desc: q.desc_table(),
+            avail: q.avail_ring(),
+            used: q.used_ring(),
+            size: q.size(),
+            event_idx: q.event_idx_enabled(),
+        }
+    }
+}
+
+/// A mapped split ring. Valid while the `GuestMap` it was mapped with is alive and unchanged:
+/// the data plane keeps both together and remaps when either changes.
+#[derive(Debug)]
+pub struct SplitRing {
+    addrs: RingAddrs,
+    desc: usize,
+    avail: usize,
+    used: usize,
+    mask: u16,
+}
+
+impl SplitRing {
+    /// Maps the rings of `q`; `None` if the size is not a power of two or a ring is not
+    /// mapped, contiguous and aligned in `map`.
+    pub fn map(q: &Queue, map: &GuestMap) -> Option<Self> {
+        let addrs = RingAddrs::of(q);
+        let size = u64::from(addrs.size);
+        if size == 0 || !size.is_power_of_two() {
+            return None;
+        }
+        let desc = map.contiguous(addrs.desc, DESC_SIZE * size)?;
+        // flags, idx, ring[size], used_event
+        let avail = map.contiguous(addrs.avail, 6 + 2 * size)?;
+        // flags, idx, ring[size] of (id u32, len u32), avail_event
+        let used = map.contiguous(addrs.used, 6 + 8 * size)?;
+        if !desc.is_multiple_of(16) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
+            return None;
+        }
+        Some(SplitRing {
+            addrs,
+            desc,
+            avail,
+            used,
+            mask: addrs.size - 1,
+        })
+    }
+
+    /// True if `q` still describes this ring.
+    #[inline]
+    pub fn is_of(&self, q: &Queue) -> bool {
+        self.addrs == RingAddrs::of(q)
+    }
+
+    /// The queue configuration this ring was mapped from.
+    #[inline]
+    pub fn addrs(&self) -> RingAddrs {
+        self.addrs
+    }
+
+    #[inline]
+    pub fn size(&self) -> u16 {
+        self.addrs.size
+    }
+
+    #[inline]
+    fn u16_at(&self, host: usize) -> &AtomicU16 {
+        // SAFETY: `host` is inside a ring validated by `map` (mapped, 2-aligned) and the
+        // mapping outlives `self` (see the type's contract). Guest memory is shared, so every
+        // access is atomic.
+        unsafe { &*(host as *const AtomicU16) }
+    }
+
+    /// The driver's avail index (acquire: the entries before it are visible).
+    #[inline]
+    pub fn avail_idx(&self) -> u16 {
+        u16::from_le(self.u16_at(self.avail + 2).load(Ordering::Acquire))
+    }
+
+    #[inline]
+    fn avail_flags(&self) -> u16 {
+        u16::from_le(self.u16_at(self.avail).load(Ordering::Relaxed))
+    }
+
+    /// The head index at avail position `pos`.
+    #[inline]
+    pub fn avail_entry(&self, pos: u16) -> u16 {
+        let at = self.avail + 4 + 2 * usize::from(pos & self.mask);
+        u16::from_le(self.u16_at(at).load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn used_event(&self) -> u16 {
+        let at = self.avail + 4 + 2 * usize::from(self.addrs.size);
+        u16::from_le(self.u16_at(at).load(Ordering::Relaxed))
+    }
+
+    /// Writes used element `pos`: chain `head` with `len` bytes written.
+    #[inline]
+    pub fn write_used(&self, pos: u16, head: u16, len: u32) {
+        let at = self.used + 4 + 8 * usize::from(pos & self.mask);
+        let v = u64::from(head) | (u64::from(len) << 32);
+        // SAFETY: inside the used ring validated by `map`, 4-aligned; a volatile write as the
+        // guest may read the ring concurrently (it only looks once the index is published).
+        unsafe { std::ptr::write_volatile(at as *mut [u32; 2], [v as u32, (v >> 32) as u32]) };
+    }
+
+    /// Publishes the used elements before `idx` (release: their contents first).
+    #[inline]
+    pub fn publish_used(&self, idx: u16) {
+        self.u16_at(self.used + 2)
+            .store(idx.to_le(), Ordering::Release);
+    }
+
+    /// Whether the driver wants an interrupt after the used index moved from `old` to `new`.
+    pub fn needs_notification(&self, old: u16, new: u16) -> bool {
+        if old == new {
+            return false;
+        }
+        // The used index store must be visible before the driver's event field is read.
+        fence(Ordering::SeqCst);
+        if self.addrs.event_idx {
+            let event = self.used_event();
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+
+    /// Asks the driver not to kick for new buffers. With EVENT_IDX that is the default once
+    /// `avail_event` is left behind, so nothing is written.
+    pub fn disable_notification(&self) {
+        if !self.addrs.event_idx {
+            self.u16_at(self.used)
+                .store(VRING_USED_F_NO_NOTIFY.to_le(), Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the driver to kick for buffers after `next_avail`; returns true if some are
+    /// already there (the caller keeps going instead of sleeping).
+    pub fn enable_notification(&self, next_avail: u16) -> bool {
+        if self.addrs.event_idx {
+            let at = self.used + 4 + 8 * usize::from(self.addrs.size);
+            self.u16_at(at).store(next_avail.to_le(), Ordering::Relaxed);
+        } else {
+            self.u16_at(self.used).store(0, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        self.avail_idx() != next_avail
+    }
+
+    #[inline]
+    fn read_desc(table: usize, i: u16) -> Desc {
+        // SAFETY: `table` is a descriptor table validated by the caller (`map` for the ring's
+        // own table, `GuestMap::contiguous` for an indirect one) and `i` is below its length.
+        let raw =
+            unsafe { std::ptr::read_volatile((table + 16 * usize::from(i)) as *const [u64; 2]) };
+        let (w0, w1) = (u64::from_le(raw[0]), u64::from_le(raw[1]));
+        Desc {
+            addr: w0,
+            len: w1 as u32,
+            flags: (w1 >> 32) as u16,
+            next: (w1 >> 48) as u16,
+        }
+    }
+
+    /// Walks the chain at `head` (direct or one level of indirect) into `segs`, checking
+    /// direction, bounds, loops and length. `segs.head` is set even on error, so the chain
+    /// can be returned to the guest.
+    pub fn walk(
+        &self,
+        map: &GuestMap,
+        head: u16,
+        dir: Direction,
+        segs: &mut Segments,
+    ) -> Result<(), ChainError> {
+        segs.reset(head);
+        if head >= self.addrs.size {
+            return Err(ChainError::BadIndex);
+        }
+        let mut table = self.desc;
+        let mut table_len = u32::from(self.addrs.size);
+        let mut in_indirect = false;
+        let mut idx = head;
+        // Descriptors visited in the current table: more than its length means a loop.
+        let mut visited = 0u32;
+        loop {
+            visited += 1;
+            if visited > table_len {
+                return Err(ChainError::Loop);
+            }
+            let d = Self::read_desc(table, idx);
+            if d.flags & VRING_DESC_F_INDIRECT != 0 {
+                if in_indirect || d.flags & VRING_DESC_F_NEXT != 0 {
+                    return Err(ChainError::BadIndirect);
+                }
+                let len = u64::from(d.len);
+                if len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > MAX_INDIRECT {
+                    return Err(ChainError::BadIndirect);
+                }
+                table = map.contiguous(d.addr, len).ok_or(ChainError::OutOfBounds)?;
+                if !table.is_multiple_of(8) {
+                    return Err(ChainError::BadIndirect);
+                }
+                table_len = (len / DESC_SIZE) as u32;
+                in_indirect = true;
+                idx = 0;
+                visited = 0;
+                continue;
+            }
+            if (d.flags & VRING_DESC_F_WRITE != 0) != (dir == Direction::Write) {
+                return Err(ChainError::WrongDirection);
+            }
+            segs.push_guest(map, d.addr, d.len)?;
+            if d.flags & VRING_DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            idx = d.next;
+            if u32::from(idx) >= table_len {
+                return Err(ChainError::BadIndex);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vf::GuestMem;
+    use std::sync::Arc;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const MEM: u64 = 0x10_0000;
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    struct Fixture {
+        mem: Arc<GuestMem>,
+        q: Queue,
+    }
+
+    /// A 16-entry queue whose descriptor table holds `descs` as given and whose avail ring
+    /// offers head 0.
+    fn fixture(descs: &[RawDescriptor]) -> Fixture {
+        let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());
+        let vq = MockSplitQueue::new(&*mem, 16);
+        for (i, d) in descs.iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        let q: Queue = vq.create_queue().unwrap();
+        Fixture { mem, q }
+    }
+
+    fn walk(descs: &[RawDescriptor], dir: Direction) -> (Result<(), ChainError>, Segments) {
+        let f = fixture(descs);
+        let map = GuestMap::new(f.mem.clone());
+        let ring = SplitRing::map(&f.q, &map).unwrap();
+        assert_eq!(ring.avail_idx(), 1);
+        let head = ring.avail_entry(0);
+        let mut segs = Segments::default();
+        let r = ring.walk(&map, head, dir, &mut segs);
+        (r, segs)
+    }
+
+    const NEXT: u16 = VRING_DESC_F_NEXT;
+    const WRITE: u16 = VRING_DESC_F_WRITE;
+
+    #[test]
+    fn readable_chain_with_header_and_data() {
+        let (r, s) = walk(
+            &[desc(0x1000, 12, NEXT, 1), desc(0x2000, 1500, 0, 0)],
+            Direction::Read,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(s.total(), 1512);
+        assert_eq!(s.as_slice().len(), 2);
+        assert_eq!(s.head, 0);
+    }
+
+    #[test]
+    fn write_only_descriptor_on_tx_is_refused() {
+        let (r, _) = walk(&[desc(0x1000, 100, WRITE, 0)], Direction::Read);
+        assert_eq!(r, Err(ChainError::WrongDirection));
+    }
+
+    #[test]
+    fn readable_descriptor_on_rx_is_refused() {
+        let (r, _) = walk(&[desc(0x1000, 100, 0, 0)], Direction::Write);
+        assert_eq!(r, Err(ChainError::WrongDirection));
+    }
+
+    #[test]
+    fn region_past_the_end_of_memory_is_refused() {
+        let (r, _) = walk(&[desc(MEM - 10, 100, WRITE, 0)], Direction::Write);
+        assert_eq!(r, Err(ChainError::OutOfBounds));
+    }
+
+    #[test]
+    fn looped_chain_is_refused() {
+        let (r, _) = walk(
+            &[desc(0x1000, 10, NEXT, 1), desc(0x2000, 10, NEXT, 0)],
+            Direction::Read,
+        );
+        assert_eq!(r, Err(ChainError::Loop));
+    }
+
+    #[test]
+    fn next_past_the_table_is_refused() {
+        let (r, _) = walk(&[desc(0x1000, 10, NEXT, 40)], Direction::Read);
+        assert_eq!(r, Err(ChainError::BadIndex));
+    }
+
+    #[test]
+    fn empty_descriptors_are_skipped() {
+        let (r, s) = walk(
+            &[desc(0x1000, 0, NEXT, 1), desc(0x2000, 10, 0, 0)],
+            Direction::Read,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(s.as_slice().len(), 1);
+        assert_eq!(s.total(), 10);
+    }
+
+    #[test]
+    fn indirect_table_is_followed() {
+        let f = fixture(&[desc(0x8000, 32, VRING_DESC_F_INDIRECT, 0)]);
+        f.mem
+            .write_obj(desc(0x1000, 12, NEXT, 1), GuestAddress(0x8000))
+            .unwrap();
+        f.mem
+            .write_obj(desc(0x2000, 100, 0, 0), GuestAddress(0x8010))
+            .unwrap();
+        let map = GuestMap::new(f.mem.clone());
+        let ring = SplitRing::map(&f.q, &map).unwrap();
+        let mut segs = Segments::default();
+        assert_eq!(ring.walk(&map, 0, Direction::Read, &mut segs), Ok(()));
+        assert_eq!(segs.total(), 112);
+        // An indirect descriptor inside an indirect table is refused.
+        f.mem
+            .write_obj(
+                desc(0x8000, 32, VRING_DESC_F_INDIRECT, 0),
+                GuestAddress(0x8010),
+            )
+            .unwrap();
+        assert_eq!(
+            ring.walk(&map, 0, Direction::Read, &mut segs),
+            Err(ChainError::BadIndirect)
+        );
+    }
+
+    #[test]
+    fn used_ring_and_notification_follow_the_driver() {
+        let f = fixture(&[desc(0x1000, 10, 0, 0)]);
+        let map = GuestMap::new(f.mem.clone());
+        let ring = SplitRing::map(&f.q, &map).unwrap();
+        ring.write_used(0, 0, 10);
+        ring.publish_used(1);
+        let used = f.q.used_ring();
+        let idx: u16 = f.mem.read_obj(GuestAddress(used + 2)).unwrap();
+        let elem: [u32; 2] = f.mem.read_obj(GuestAddress(used + 4)).unwrap();
+        assert_eq!((idx, elem), (1, [0, 10]));
+        // No EVENT_IDX, no NO_INTERRUPT flag: notify whenever something was used.
+        assert!(ring.needs_notification(0, 1));
+        assert!(!ring.needs_notification(1, 1));
+        let avail = f.q.avail_ring();
+        f.mem.write_obj(1u16, GuestAddress(avail)).unwrap();
+        assert!(!ring.needs_notification(0, 1), "NO_INTERRUPT is honoured");
+        // The rings moved: the mapping no longer describes the queue.
+        assert!(ring.is_of(&f.q));
+        let mut q = f.q;
+        q.set_desc_table_address(Some(0x4_0000), Some(0));
+        assert!(!ring.is_of(&q));
+    }
+
+    #[test]
+    fn rings_outside_guest_memory_are_not_mapped() {
+        let f = fixture(&[]);
+        let map = GuestMap::new(f.mem.clone());
+        let mut q = f.q;
+        assert!(SplitRing::map(&q, &map).is_some());
+        q.set_used_ring_address(Some((MEM - 8) as u32), Some(0));
+        assert!(SplitRing::map(&q, &map).is_none());
+        let f = fixture(&[]);
+        let mut q = f.q;
+        q.set_avail_ring_address(Some((MEM - 4) as u32), Some(0));
+        assert!(SplitRing::map(&q, &map).is_none());
+    }
+}
