@@ -197,6 +197,14 @@ impl SplitRing {
         self.avail_idx() != next_avail
     }
 
+    /// Starts loading the descriptor `head` refers to (the walk follows a batch later).
+    #[inline]
+    pub fn prefetch_desc(&self, head: u16) {
+        if head < self.addrs.size {
+            prefetch(self.desc + 16 * usize::from(head));
+        }
+    }
+
     #[inline]
     fn read_desc(table: usize, i: u16) -> Desc {
         // SAFETY: `table` is a descriptor table validated by the caller (`map` for the ring's
@@ -269,6 +277,18 @@ impl SplitRing {
             }
         }
     }
+}
+
+/// Starts loading the cache line at host address `addr` (a hint: never faults).
+#[inline]
+pub fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 #[cfg(test)]

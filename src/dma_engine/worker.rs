@@ -146,7 +146,8 @@ impl Default for TxFrame {
 }
 
 impl TxFrame {
-    fn read(
+    /// Walks chain `head` and checks its length; starts loading the frame's first bytes.
+    fn walk(
         &mut self,
         ring: &SplitRing,
         map: &GuestMap,
@@ -168,8 +169,25 @@ impl TxFrame {
             return;
         }
         self.len = total - hdr_len;
+        self.ok = true;
+        let mut off = hdr_len;
+        for s in self.segs.as_slice() {
+            if (s.len as usize) > off {
+                super::ring::prefetch(s.host + off);
+                break;
+            }
+            off -= s.len as usize;
+        }
+    }
+
+    /// Copies the first bytes of a walked frame and parses its flow tuple.
+    fn read_head(&mut self, hdr_len: usize) {
+        if !self.ok {
+            return;
+        }
+        self.ok = false;
         let want = self.len.min(HEADER_COPY_LEN);
-        // SAFETY: the segments were just translated with `map`, which the caller keeps alive.
+        // SAFETY: the segments were translated with the sender's map, alive for the batch.
         let n = unsafe { read_segments(self.segs.as_slice(), hdr_len, &mut self.head[..want]) };
         if n != want {
             return;
@@ -731,9 +749,20 @@ impl DataPlane {
             return None;
         }
         let n = usize::from(pending).min(TX_BATCH);
-        for f in &mut self.frames[..n] {
-            f.read(ring, map, ring.avail_entry(next), hdr_len, max_frame);
+        // In stages, so the cache misses of one frame overlap those of the others: heads
+        // (prefetching their descriptors), chain walks (prefetching frame data), then the
+        // header copies.
+        let mut heads = [0u16; TX_BATCH];
+        for h in &mut heads[..n] {
+            *h = ring.avail_entry(next);
+            ring.prefetch_desc(*h);
             next = next.wrapping_add(1);
+        }
+        for (f, &h) in self.frames[..n].iter_mut().zip(&heads[..n]) {
+            f.walk(ring, map, h, hdr_len, max_frame);
+        }
+        for f in &mut self.frames[..n] {
+            f.read_head(hdr_len);
         }
         let addrs = ring.addrs();
         q.set_next_avail(next);

@@ -94,6 +94,10 @@ impl FlowTable {
 
     /// Looks a flow up (rules first), refreshing a learned entry's recency.
     pub fn lookup(&mut self, flow: &FlowTuple) -> Option<(u16, FlowSource)> {
+        // The common case on the data path: no rules, no learning; skip hashing the tuple.
+        if self.rules.is_empty() && self.learned.is_empty() {
+            return None;
+        }
         if let Some(q) = self.rules.get(flow) {
             return Some((*q, FlowSource::Rule));
         }

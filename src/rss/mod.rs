@@ -32,6 +32,9 @@ pub struct EnabledQueues {
     list: [u8; MAX_QUEUES],
     n: usize,
     mask: u64,
+    /// The default indirection table over these queues: entry i is `list[i % n]`
+    /// (precomputed: a division per frame costs more than the rest of the lookup).
+    spread: [u8; TABLE_SIZE],
 }
 
 impl EnabledQueues {
@@ -39,6 +42,7 @@ impl EnabledQueues {
         list: [0; MAX_QUEUES],
         n: 0,
         mask: 0,
+        spread: [0; TABLE_SIZE],
     };
 
     pub fn from_mask(mask: u64) -> Self {
@@ -47,6 +51,11 @@ impl EnabledQueues {
             if mask & (1 << q) != 0 {
                 e.list[e.n] = q as u8;
                 e.n += 1;
+            }
+        }
+        if e.n > 0 {
+            for (i, s) in e.spread.iter_mut().enumerate() {
+                *s = e.list[i % e.n];
             }
         }
         e
@@ -253,7 +262,7 @@ impl VfRss {
             None if enabled.is_empty() => (0, 0, false),
             // Default: entry i -> i mod (enabled queues), over the enabled queues.
             None => {
-                let q = u16::from(enabled.as_slice()[i % enabled.len()]);
+                let q = u16::from(enabled.spread[i % TABLE_SIZE]);
                 (q, q, false)
             }
         }
@@ -300,6 +309,8 @@ impl VfRss {
     }
 
     /// Chooses the RX queue for a frame of `tuple` (refreshing a learned flow's recency).
+    /// When one queue is enabled and no rule or user table applies, the hash is not computed
+    /// (`hash` and `index` are `None`); `explain` always computes it.
     #[inline]
     pub fn decide(&mut self, tuple: &FlowTuple, enabled: &EnabledQueues) -> Decision {
         let hit = if tuple.is_ip() {
@@ -307,6 +318,19 @@ impl VfRss {
         } else {
             None
         };
+        if hit.is_none() && self.user_table.is_none() && enabled.len() == 1 && tuple.is_ip() {
+            // One enabled queue and the default table: the hash could only pick that queue.
+            let q = u16::from(enabled.list[0]);
+            return Decision {
+                tuple: *tuple,
+                hash: None,
+                index: None,
+                wanted: q,
+                queue: q,
+                by: Steering::Rss,
+                fell_back: false,
+            };
+        }
         self.choose(tuple, enabled, hit)
     }
 
