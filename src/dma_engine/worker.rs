@@ -22,7 +22,7 @@ use super::ring::{RingAddrs, SplitRing};
 use super::segments::{Direction, Segments};
 use crate::events::EventBus;
 use crate::pf::PortKind;
-use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering};
+use crate::rss::{default_steering, EnabledQueues, FlowTuple, Learn, Steering, ToeplitzTable};
 use crate::stats::{PortCounters, PortTotals};
 use crate::switch::{policy, Egress, Ingress, Learned, PolicyDrop, Switch, TokenBucket, Verdict};
 use crate::vf::{Connection, GuestMemAtomic, Port, PortTable, VfSettings, Vring};
@@ -125,8 +125,9 @@ struct TxFrame {
     head_len: usize,
     /// Offset in the chain (virtio-net header included) where the part not in `head` starts.
     tail_base: usize,
-    /// The RSS / flow steering view of the frame, parsed once from `head`.
-    tuple: FlowTuple,
+    /// The RSS / flow steering view of the frame, parsed from `head` when first needed
+    /// (one enabled queue and no rules need only `is_ip`).
+    tuple: Option<FlowTuple>,
     ok: bool,
 }
 
@@ -139,7 +140,7 @@ impl Default for TxFrame {
             head: [0; HEADER_COPY_LEN + VLAN_TAG_LEN],
             head_len: 0,
             tail_base: 0,
-            tuple: FlowTuple::NON_IP,
+            tuple: None,
             ok: false,
         }
     }
@@ -194,8 +195,21 @@ impl TxFrame {
         }
         self.head_len = n;
         self.tail_base = hdr_len + n;
-        self.tuple = FlowTuple::parse(&self.head[..self.head_len]);
+        self.tuple = None;
         self.ok = true;
+    }
+
+    /// The frame's flow tuple (parsed on first use).
+    fn tuple(&mut self) -> &FlowTuple {
+        self.tuple
+            .get_or_insert_with(|| FlowTuple::parse(&self.head[..self.head_len]))
+    }
+
+    fn is_ip(&self) -> bool {
+        match &self.tuple {
+            Some(t) => t.is_ip(),
+            None => FlowTuple::is_ip_frame(&self.head[..self.head_len]),
+        }
     }
 
     /// Inserts a VLAN tag after the MAC addresses (the frame's port VLAN).
@@ -299,6 +313,9 @@ struct PortView {
     static_mac: Option<MacAddr>,
     /// The TX queue pairs this worker owns (bit q).
     own_tx: u64,
+    /// Steering without the RSS lock (`VfRss::fast_path`), re-read when the generation moves.
+    rss_fast: Option<Arc<ToeplitzTable>>,
+    rss_gen: u64,
     /// A broken ring was reported (once per connection).
     warned: bool,
 }
@@ -319,6 +336,8 @@ impl PortView {
             port,
             own_tx,
             warned: false,
+            rss_fast: None,
+            rss_gen: u64::MAX,
         }
     }
 
@@ -440,6 +459,10 @@ pub struct DataPlane {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     frames: Box<[TxFrame]>,
+    /// The last forwarding decision of this batch: (source MAC, destination MAC, second,
+    /// verdict). A frame with the same addresses in the same second gets the same verdict
+    /// and its learning would only refresh the entry already refreshed: both are skipped.
+    last_forward: Option<(MacAddr, MacAddr, u64, Verdict)>,
     deliveries: Vec<Delivery>,
     rx: Box<RxScratch>,
     start: Instant,
@@ -466,6 +489,7 @@ impl DataPlane {
             waker,
             stop,
             frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
+            last_forward: None,
             deliveries: Vec::with_capacity(TX_BATCH * 4),
             rx: Box::new(RxScratch {
                 first: Segments::default(),
@@ -626,6 +650,11 @@ impl DataPlane {
         let switch = self.switch.clone();
         let manager = self.manages_fdb();
         for v in self.views.iter_mut().flatten() {
+            let rg = v.port.rss_generation();
+            if rg != v.rss_gen {
+                v.rss_gen = rg;
+                v.rss_fast = v.port.rss_data_path().fast_path();
+            }
             let sg = v.port.settings_generation();
             if sg != v.settings_gen {
                 v.settings_gen = sg;
@@ -780,6 +809,8 @@ impl DataPlane {
         );
         let mut bytes = 0u64;
         let mut forwarded = 0u64;
+        // The FDB may have changed since the last batch (other workers, the control plane).
+        self.last_forward = None;
         for k in 0..n {
             bytes += self.frames[k].len as u64;
             forwarded += u64::from(self.switch_frame(&mut sw, src, port, qp, k, now));
@@ -837,8 +868,8 @@ impl DataPlane {
             Ok(Ingress::InsertTag(tpid, tci)) => f.insert_tag(tpid, tci),
             Ok(Ingress::Pass) => {}
         }
-        if f.tuple.is_ip() {
-            match port.rss().learn_tx(&f.tuple, qp as u16) {
+        if view.rss_fast.is_none() && f.tuple().is_ip() {
+            match port.rss_data_path().learn_tx(f.tuple(), qp as u16) {
                 Some(Learn::Inserted) => c.totals.flow_learned.inc(),
                 Some(Learn::InsertedEvicting) => {
                     c.totals.flow_learned.inc();
@@ -847,10 +878,17 @@ impl DataPlane {
                 _ => {}
             }
         }
-        let (verdict, learned) = sw.forward(port.spec.id, &hdr, now);
-        if let Learned::Moved { from } = learned {
-            self.report_move(hdr.src, from, port);
-        }
+        let verdict = match self.last_forward {
+            Some((s, d, t, v)) if s == hdr.src && d == hdr.dst && t == now => v,
+            _ => {
+                let (verdict, learned) = sw.forward(port.spec.id, &hdr, now);
+                if let Learned::Moved { from } = learned {
+                    self.report_move(hdr.src, from, port);
+                }
+                self.last_forward = Some((hdr.src, hdr.dst, now, verdict));
+                verdict
+            }
+        };
         match verdict {
             Verdict::SamePort => {
                 c.totals.drop_same_port.inc();
@@ -909,7 +947,7 @@ impl DataPlane {
     /// Applies `dst`'s egress policy (link, port VLAN) and steering to frame `k` and queues
     /// the delivery; drops are counted on `dst`.
     fn queue_delivery(&mut self, k: usize, dst: usize) {
-        let f = &self.frames[k];
+        let f = &mut self.frames[k];
         let Some(view) = self.views[dst].as_mut() else {
             return;
         };
@@ -936,14 +974,24 @@ impl DataPlane {
             c.drop_no_rx_buffer.inc();
             return;
         }
-        let decision = view.port.rss().decide(&f.tuple, &view.enabled);
+        let (queue, by, fell_back) = match &view.rss_fast {
+            // One queue takes every IP frame: no need for its tuple.
+            Some(_) if view.enabled.len() == 1 && f.is_ip() => {
+                (u16::from(view.enabled.as_slice()[0]), Steering::Rss, false)
+            }
+            Some(t) => default_steering(t, f.tuple(), &view.enabled),
+            None => {
+                let d = view.port.rss_data_path().decide(f.tuple(), &view.enabled);
+                (d.queue, d.by, d.fell_back)
+            }
+        };
         self.deliveries.push(Delivery {
             frame: k as u16,
             dst: dst as u16,
-            queue: decision.queue,
+            queue,
             strip,
-            by: decision.by,
-            fell_back: decision.fell_back,
+            by,
+            fell_back,
             done: false,
         });
     }

@@ -112,6 +112,10 @@ impl FlowTable {
         self.learned.peek(flow).map(|q| (*q, FlowSource::Learned))
     }
 
+    pub fn rules_len(&self) -> usize {
+        self.rules.len()
+    }
+
     pub fn learned_len(&self) -> usize {
         self.learned.len()
     }

@@ -97,6 +97,28 @@ impl EnabledQueues {
     }
 }
 
+/// Steering with the default table and no flow rules: the Toeplitz hash of IP frames picks
+/// an enabled queue through the default spread (one enabled queue needs no hash); other frames
+/// go to queue 0 or its stand-in. Returns (queue, what chose it, fell back).
+#[inline]
+pub fn default_steering(
+    toeplitz: &ToeplitzTable,
+    tuple: &FlowTuple,
+    enabled: &EnabledQueues,
+) -> (u16, Steering, bool) {
+    if !tuple.is_ip() {
+        let (q, fb) = enabled.or_fallback(0);
+        return (q, Steering::NonIp, fb);
+    }
+    if enabled.len() <= 1 {
+        return (u16::from(enabled.list[0]), Steering::Rss, false);
+    }
+    let mut buf = [0u8; MAX_INPUT];
+    let n = tuple.hash_input(&mut buf);
+    let index = toeplitz.hash(&buf[..n]) as usize % TABLE_SIZE;
+    (u16::from(enabled.spread[index]), Steering::Rss, false)
+}
+
 /// What chose the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Steering {
@@ -191,6 +213,17 @@ impl VfRss {
 
     pub fn key(&self) -> RssKey {
         *self.toeplitz.key()
+    }
+
+    /// The hash table when steering needs nothing but the hash and the default spread (no
+    /// user table, no flow rules, no learning): the data path then steers with
+    /// `default_steering` on its own copy, without this lock.
+    pub fn fast_path(&self) -> Option<Arc<ToeplitzTable>> {
+        let plain = self.user_table.is_none()
+            && !self.learning
+            && self.flows.rules_len() == 0
+            && self.flows.learned_len() == 0;
+        plain.then(|| self.toeplitz.clone())
     }
 
     pub fn set_key(&mut self, key: RssKey) {
@@ -390,6 +423,36 @@ impl VfRss {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_steering_matches_the_full_decision() {
+        let mut rss = VfRss::new(8);
+        let t = rss.fast_path().expect("a new VF steers on the fast path");
+        for mask in [0b1u64, 0b10, 0b11, 0b1011, 0xff, 0b1000_0000] {
+            let en = EnabledQueues::from_mask(mask);
+            for sport in 0..200u16 {
+                for tuple in [tcp(sport), FlowTuple::NON_IP] {
+                    let d = rss.explain(&tuple, &en);
+                    assert_eq!(
+                        default_steering(&t, &tuple, &en),
+                        (d.queue, d.by, d.fell_back),
+                        "mask {mask:#b} sport {sport}"
+                    );
+                    let d2 = rss.decide(&tuple, &en);
+                    assert_eq!((d2.queue, d2.by), (d.queue, d.by));
+                }
+            }
+        }
+        rss.add_flow_rule(tcp(1), 3).unwrap();
+        assert!(rss.fast_path().is_none(), "a rule needs the table lookup");
+        rss.del_flow_rule(&tcp(1)).unwrap();
+        assert!(rss.fast_path().is_some());
+        rss.set_table(Some(&[1])).unwrap();
+        assert!(rss.fast_path().is_none(), "a user table needs the lock");
+        rss.set_table(None).unwrap();
+        rss.set_learning(true);
+        assert!(rss.fast_path().is_none(), "learning needs the lock");
+    }
 
     fn tcp(sport: u16) -> FlowTuple {
         FlowTuple::v4(

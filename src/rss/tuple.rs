@@ -98,33 +98,50 @@ impl FlowTuple {
     /// Parses the leading bytes of an Ethernet frame. VLAN tags (802.1Q, 802.1ad, up to two)
     /// are skipped; IPv4/IPv6 fragments and other protocols give the 2-tuple; anything that is
     /// not IP (or is cut short) gives `NON_IP`.
-    pub fn parse(head: &[u8]) -> FlowTuple {
+    /// Where an IPv4 or IPv6 header starts in `head` (after up to two VLAN tags), with its
+    /// EtherType, if the frame carries one `parse` can read.
+    fn ip_header(head: &[u8]) -> Option<(u16, usize)> {
         let be16 = |at: usize| -> Option<u16> {
             Some(u16::from_be_bytes([*head.get(at)?, *head.get(at + 1)?]))
         };
-        let Some(mut ethertype) = be16(12) else {
-            return Self::NON_IP;
-        };
+        let mut ethertype = be16(12)?;
         let mut l3 = 14;
         for _ in 0..2 {
             if ethertype != ETHERTYPE_VLAN && ethertype != ETHERTYPE_QINQ {
                 break;
             }
-            let Some(inner) = be16(l3 + 2) else {
-                return Self::NON_IP;
-            };
-            ethertype = inner;
+            ethertype = be16(l3 + 2)?;
             l3 += 4;
         }
+        let ok = match ethertype {
+            ETHERTYPE_IPV4 => head
+                .get(l3..l3 + 20)
+                .is_some_and(|ip| ip[0] >> 4 == 4 && usize::from(ip[0] & 0x0f) * 4 >= 20),
+            ETHERTYPE_IPV6 => head.get(l3..l3 + 40).is_some_and(|ip| ip[0] >> 4 == 6),
+            _ => false,
+        };
+        ok.then_some((ethertype, l3))
+    }
+
+    /// `parse(head).is_ip()`, without extracting the tuple.
+    #[inline]
+    pub fn is_ip_frame(head: &[u8]) -> bool {
+        Self::ip_header(head).is_some()
+    }
+
+    pub fn parse(head: &[u8]) -> FlowTuple {
+        let be16 = |at: usize| -> Option<u16> {
+            Some(u16::from_be_bytes([*head.get(at)?, *head.get(at + 1)?]))
+        };
+        let Some((ethertype, l3)) = Self::ip_header(head) else {
+            return Self::NON_IP;
+        };
         match ethertype {
             ETHERTYPE_IPV4 => {
                 let Some(ip) = head.get(l3..l3 + 20) else {
                     return Self::NON_IP;
                 };
                 let ihl = usize::from(ip[0] & 0x0f) * 4;
-                if ip[0] >> 4 != 4 || ihl < 20 {
-                    return Self::NON_IP;
-                }
                 let src = [ip[12], ip[13], ip[14], ip[15]];
                 let dst = [ip[16], ip[17], ip[18], ip[19]];
                 let fragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
@@ -140,9 +157,6 @@ impl FlowTuple {
                 let Some(ip) = head.get(l3..l3 + 40) else {
                     return Self::NON_IP;
                 };
-                if ip[0] >> 4 != 6 {
-                    return Self::NON_IP;
-                }
                 let mut src = [0u8; 16];
                 let mut dst = [0u8; 16];
                 src.copy_from_slice(&ip[8..24]);
@@ -261,6 +275,33 @@ mod tests {
         assert!(!FlowTuple::parse(&eth(0x86dd, &ip6)).has_ports());
         assert_eq!(FlowTuple::parse(&eth(0x0806, &[0; 28])), FlowTuple::NON_IP);
         assert_eq!(FlowTuple::parse(&[0u8; 10]), FlowTuple::NON_IP);
+    }
+
+    #[test]
+    fn is_ip_frame_agrees_with_parse_on_every_prefix_and_corruption() {
+        let mut ip6 = eth(0x86dd, &[0u8; 44]);
+        ip6[14] = 0x60;
+        let mut tagged = eth(0x8100, &[0x00, 0x05, 0x08, 0x00]);
+        tagged.extend_from_slice(&ipv4(IPPROTO_TCP, 0));
+        let frames = [eth(0x0800, &ipv4(IPPROTO_UDP, 0)), ip6, tagged];
+        let mut checked = 0;
+        for f in &frames {
+            for len in 0..=f.len() {
+                for corrupt in [None, Some(14usize), Some(18)] {
+                    let mut h = f[..len].to_vec();
+                    if let Some(at) = corrupt.filter(|&a| a < h.len()) {
+                        h[at] ^= 0xf3;
+                    }
+                    assert_eq!(
+                        FlowTuple::is_ip_frame(&h),
+                        FlowTuple::parse(&h).is_ip(),
+                        "{h:02x?}"
+                    );
+                    checked += usize::from(FlowTuple::is_ip_frame(&h));
+                }
+            }
+        }
+        assert!(checked > 30, "the IP cases are exercised: {checked}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod settings;
 mod table;
 
 pub use backend::{NetBackend, DEVICE_FEATURES, MAX_QUEUE_SIZE};
-pub use port::{Connection, Port};
+pub use port::{Connection, Port, RssGuard};
 pub use server::{port_event_data, PortServer, ServerError, ServerHandle};
 pub use settings::{
     LinkState, SettingsError, SettingsUpdate, VfSettings, VlanProto, MAX_QOS, MAX_RATE_MBPS,

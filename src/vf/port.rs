@@ -109,9 +109,11 @@ impl Connection {
 pub struct Port {
     pub spec: PortSpec,
     pub counters: PortCounters,
-    /// RSS key and table, flow steering. Locked by the data plane per frame (uncontended but
-    /// for configuration changes).
-    pub rss: Mutex<VfRss>,
+    /// RSS key and table, flow steering. The data plane locks it per frame only when flow
+    /// rules, learning or a user table are in use (`VfRss::fast_path`).
+    rss: Mutex<VfRss>,
+    /// Bumped whenever the control plane changes the RSS state through `rss()`.
+    rss_generation: AtomicU64,
     settings: Mutex<VfSettings>,
     /// Bumped on every settings change; the data plane keeps a copy and re-reads on change.
     settings_generation: AtomicU64,
@@ -136,6 +138,7 @@ impl Port {
             spec,
             counters,
             rss,
+            rss_generation: AtomicU64::new(0),
             settings: Mutex::new(settings),
             settings_generation: AtomicU64::new(0),
             conn: Mutex::new(None),
@@ -154,9 +157,25 @@ impl Port {
     }
 
     /// The RSS state, even if a panic poisoned the lock (the state stays consistent: every
-    /// method leaves it valid).
-    pub fn rss(&self) -> std::sync::MutexGuard<'_, VfRss> {
+    /// method leaves it valid). A change made through the guard bumps `rss_generation`, so
+    /// the data plane re-reads its steering shortcut.
+    pub fn rss(&self) -> RssGuard<'_> {
+        RssGuard {
+            guard: self.rss.lock().unwrap_or_else(|e| e.into_inner()),
+            generation: &self.rss_generation,
+            changed: false,
+        }
+    }
+
+    /// The RSS state for the data path's own updates (learned flows, their recency), which
+    /// never change what `VfRss::fast_path` returns: no generation bump.
+    pub fn rss_data_path(&self) -> std::sync::MutexGuard<'_, VfRss> {
         self.rss.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[inline]
+    pub fn rss_generation(&self) -> u64 {
+        self.rss_generation.load(Ordering::Acquire)
     }
 
     /// The current settings.
@@ -204,5 +223,34 @@ impl Port {
     pub fn set_connection(&self, conn: Option<Arc<Connection>>) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// `Port::rss`: the locked RSS state; a mutable use bumps the port's RSS generation on drop.
+pub struct RssGuard<'a> {
+    guard: std::sync::MutexGuard<'a, VfRss>,
+    generation: &'a AtomicU64,
+    changed: bool,
+}
+
+impl std::ops::Deref for RssGuard<'_> {
+    type Target = VfRss;
+    fn deref(&self) -> &VfRss {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for RssGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VfRss {
+        self.changed = true;
+        &mut self.guard
+    }
+}
+
+impl Drop for RssGuard<'_> {
+    fn drop(&mut self) {
+        if self.changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
