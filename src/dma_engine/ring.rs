@@ -205,6 +205,24 @@ impl SplitRing {
         }
     }
 
+    /// Starts loading the buffer of chain `head` (its first descriptor, if direct and in
+    /// guest memory): the copy into it follows shortly.
+    #[inline]
+    pub fn prefetch_buffer(&self, map: &GuestMap, head: u16) {
+        if head >= self.addrs.size {
+            return;
+        }
+        let d = Self::read_desc(self.desc, head);
+        if d.flags & VRING_DESC_F_INDIRECT == 0 {
+            if let Some((host, n)) = map.translate(d.addr, 128) {
+                prefetch(host);
+                if n > 64 {
+                    prefetch(host + 64);
+                }
+            }
+        }
+    }
+
     #[inline]
     fn read_desc(table: usize, i: u16) -> Desc {
         // SAFETY: `table` is a descriptor table validated by the caller (`map` for the ring's

@@ -17,7 +17,7 @@
 
 use super::copy::{copy_segments, read_segments, write_segments, CopyError};
 use super::guest_map::GuestMap;
-use super::net_hdr::{rx_header, vnet_hdr_len};
+use super::net_hdr::{rx_header, vnet_hdr_len, VNET_HDR_MAX};
 use super::ring::{RingAddrs, SplitRing};
 use super::segments::{Direction, Segments};
 use crate::events::EventBus;
@@ -42,6 +42,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const TX_BATCH: usize = 64;
 /// Frames taken from one TX queue per pass before other queues get their turn.
 const TX_BUDGET: usize = 256;
+/// RX descriptors prefetched when a group opens.
+const RX_PREFETCH: usize = 32;
 /// Most RX chains one (mergeable) frame may span.
 const MAX_RX_CHAINS: usize = 64;
 /// Room for VLAN tags on top of the MTU and the Ethernet header.
@@ -1023,7 +1025,11 @@ impl DataPlane {
         let PortView {
             port, conn, rings, ..
         } = view;
-        let mut group = RxGroup::open(conn.as_deref(), rings, qi);
+        let expected = self.deliveries[first..]
+            .iter()
+            .filter(|d| members(d))
+            .count();
+        let mut group = RxGroup::open(conn.as_deref(), rings, qi, expected);
         for d in self.deliveries[first..].iter_mut() {
             if !members(d) {
                 continue;
@@ -1101,7 +1107,12 @@ struct RxGroup<'a> {
 
 impl<'a> RxGroup<'a> {
     /// Locks RX queue `qi` of `conn`; `None` if the queue cannot take frames now.
-    fn open(conn: Option<&'a Connection>, rings: &'a mut GuestRings, qi: usize) -> Option<Self> {
+    fn open(
+        conn: Option<&'a Connection>,
+        rings: &'a mut GuestRings,
+        qi: usize,
+        expected: usize,
+    ) -> Option<Self> {
         let conn = conn?;
         let vring = conn.vring(2 * qi)?;
         let features = conn.acked_features();
@@ -1121,6 +1132,13 @@ impl<'a> RxGroup<'a> {
             avail_idx: ring.avail_idx(),
             next_used: q.next_used(),
         };
+        // The descriptors of the buffers the group will take, loading while frames are copied.
+        let ahead = usize::from(cur.avail_idx.wrapping_sub(cur.next_avail))
+            .min(expected)
+            .min(RX_PREFETCH);
+        for i in 0..ahead as u16 {
+            ring.prefetch_desc(ring.avail_entry(cur.next_avail.wrapping_add(i)));
+        }
         Some(RxGroup {
             old_used: cur.next_used,
             cur,
@@ -1201,15 +1219,20 @@ impl<'a> RxGroup<'a> {
                 break Err(RxDrop::Oversize);
             }
             let take = cap.min(need - written);
-            let (from, dst_off) = if nused == 0 {
-                (0, hdr_len)
-            } else {
-                (written - hdr_len, 0)
-            };
             let to = written + take - hdr_len;
             // SAFETY: `segs` were translated with `self.map` and the frame's with the sender's
             // map, both alive for this batch.
-            if unsafe { copy_frame_range(f, from, to, segs, dst_off) }.is_err() {
+            let copied = if nused == 0 {
+                // The next frame's buffer starts loading while this one is written.
+                if self.cur.next_avail != self.cur.avail_idx {
+                    let next = self.ring.avail_entry(self.cur.next_avail);
+                    self.ring.prefetch_buffer(self.map, next);
+                }
+                unsafe { copy_first_chain(f, to, segs, hdr_len) }
+            } else {
+                unsafe { copy_frame_range(f, written - hdr_len, to, segs, 0) }
+            };
+            if copied.is_err() {
                 rx.used[nused] = (head, 0);
                 nused += 1;
                 break Err(RxDrop::NoBuffer);
@@ -1220,10 +1243,12 @@ impl<'a> RxGroup<'a> {
         };
         match result {
             Ok(()) => {
-                let hdr = rx_header(nused as u16);
-                // SAFETY: as above.
-                let hdr_ok =
-                    unsafe { write_segments(rx.first.as_slice(), 0, &hdr[..hdr_len]) }.is_ok();
+                // The first chain got a header for one buffer; more need the real count.
+                let hdr_ok = nused == 1 || {
+                    let hdr = rx_header(nused as u16);
+                    // SAFETY: as above.
+                    unsafe { write_segments(rx.first.as_slice(), 0, &hdr[..hdr_len]) }.is_ok()
+                };
                 for &(head, len) in &rx.used[..nused] {
                     // Without a valid header the frame is unusable: hand the buffers back empty.
                     self.push_used(head, if hdr_ok { len } else { 0 });
@@ -1291,6 +1316,31 @@ fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
         PolicyDrop::SpoofChk => c.drop_spoofchk.inc(),
         PolicyDrop::VlanFilter => c.drop_vlan_filter.inc(),
         PolicyDrop::RateLimit => c.drop_rate_limit.inc(),
+    }
+}
+
+/// Writes the virtio-net header (for one buffer) and frame bytes `[0, to)` into the first RX
+/// chain `dst`: header and copied frame head in one write, the rest guest to guest.
+///
+/// # Safety
+/// As for `copy_frame_range`.
+unsafe fn copy_first_chain(
+    f: &FrameView<'_>,
+    to: usize,
+    dst: &Segments,
+    hdr_len: usize,
+) -> Result<(), CopyError> {
+    let mut buf = [0u8; VNET_HDR_MAX + HEADER_COPY_LEN + VLAN_TAG_LEN];
+    buf[..hdr_len].copy_from_slice(&rx_header(1)[..hdr_len]);
+    let split = f.head.len().min(to);
+    buf[hdr_len..hdr_len + split].copy_from_slice(&f.head[..split]);
+    // SAFETY: the caller's contract.
+    unsafe { write_segments(dst.as_slice(), 0, &buf[..hdr_len + split])? };
+    if split < to {
+        // SAFETY: the caller's contract.
+        unsafe { copy_frame_range(f, split, to, dst, hdr_len + split) }
+    } else {
+        Ok(())
     }
 }
 
