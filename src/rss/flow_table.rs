@@ -1,7 +1,8 @@
 //! Flow steering (RFS): exact-match 5-tuple -> RX queue, from explicit rules and from learning.
 
 use super::tuple::FlowTuple;
-use std::collections::HashMap;
+// hashbrown's seeded foldhash, not SipHash: a rule lookup runs per frame once rules exist.
+use hashbrown::HashMap;
 use std::num::NonZeroUsize;
 
 /// Default capacity of the learned table (like a Flow Director ATR table).
@@ -100,6 +101,9 @@ impl FlowTable {
         }
         if let Some(q) = self.rules.get(flow) {
             return Some((*q, FlowSource::Rule));
+        }
+        if self.learned.is_empty() {
+            return None;
         }
         self.learned.get(flow).map(|q| (*q, FlowSource::Learned))
     }
