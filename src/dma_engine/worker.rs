@@ -272,6 +272,26 @@ impl GuestRings {
         }
     }
 
+    /// Forgets the map and rings if SET_MEM_TABLE replaced the guest memory table.
+    fn drop_if_stale(&mut self, conn: &Connection) {
+        if self
+            .map
+            .as_ref()
+            .is_some_and(|m| !m.is_of(&conn.mem.memory()))
+        {
+            self.map = None;
+            self.rings.iter_mut().for_each(|r| *r = None);
+        }
+    }
+
+    /// The ring of vring `index` as mapped, if `q` still describes it. Its memory may be a
+    /// replaced table's (kept mapped by the map's `Arc`): good for a look at the avail index,
+    /// not for taking chains (`get` checks the table).
+    #[inline]
+    fn cached(&self, index: usize, q: &Queue) -> Option<&SplitRing> {
+        self.rings.get(index)?.as_ref().filter(|r| r.is_of(q))
+    }
+
     /// Under the vring's lock: the guest map and the ring of vring `index` as `q` describes
     /// it now, remapped if the memory table or the queue changed. The flag is true when the
     /// ring was (re)mapped by this call. `None` if the ring is not in guest memory.
@@ -460,6 +480,11 @@ pub struct DataPlane {
     switch: Arc<Mutex<Switch>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    /// The attached ports with TX queues this worker owns: (view index, connection, owned
+    /// queue pairs), rebuilt by `refresh_views` so a round clones no `Arc`.
+    active: Vec<(usize, Arc<Connection>, u64)>,
+    /// A view's connection or the table changed since `active` was built.
+    active_stale: bool,
     frames: Box<[TxFrame]>,
     /// The last forwarding decision of this batch: (source MAC, destination MAC, second,
     /// verdict). A frame with the same addresses in the same second gets the same verdict
@@ -490,6 +515,8 @@ impl DataPlane {
             switch,
             waker,
             stop,
+            active: Vec::new(),
+            active_stale: true,
             frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
             last_forward: None,
             deliveries: Vec::with_capacity(TX_BATCH * 4),
@@ -546,20 +573,16 @@ impl DataPlane {
             self.age_fdb();
             loop {
                 let mut worked = false;
-                for i in 0..self.views.len() {
-                    let Some((conn, own)) = self.views[i]
-                        .as_ref()
-                        .and_then(|v| Some((v.conn.clone()?, v.own_tx)))
-                    else {
-                        continue;
-                    };
-                    let mut mask = conn.take_tx_pending(own);
+                let active = std::mem::take(&mut self.active);
+                for (i, conn, own) in &active {
+                    let mut mask = conn.take_tx_pending(*own);
                     while mask != 0 {
                         let qp = mask.trailing_zeros() as usize;
                         mask &= mask - 1;
-                        worked |= self.process_tx(i, &conn, qp);
+                        worked |= self.process_tx(*i, conn, qp);
                     }
                 }
+                self.active = active;
                 if !worked {
                     break;
                 }
@@ -581,21 +604,17 @@ impl DataPlane {
                 }
             }
             let mut worked = false;
-            for i in 0..self.views.len() {
-                let Some((conn, own)) = self.views[i]
-                    .as_ref()
-                    .and_then(|v| Some((v.conn.clone()?, v.own_tx)))
-                else {
-                    continue;
-                };
-                conn.take_tx_pending(own);
-                let mut mask = own;
+            // Kicks are off and pending bits are not looked at: every owned queue is polled.
+            let active = std::mem::take(&mut self.active);
+            for (i, conn, own) in &active {
+                let mut mask = *own;
                 while mask != 0 {
                     let qp = mask.trailing_zeros() as usize;
                     mask &= mask - 1;
-                    worked |= self.process_tx(i, &conn, qp);
+                    worked |= self.process_tx(*i, conn, qp);
                 }
             }
+            self.active = active;
             if !worked {
                 std::hint::spin_loop();
             }
@@ -618,6 +637,7 @@ impl DataPlane {
             return;
         }
         self.table_generation = g;
+        self.active_stale = true;
         let slots = self.table.snapshot();
         self.views.resize_with(slots.len(), || None);
         let manager = self.manages_fdb();
@@ -651,6 +671,7 @@ impl DataPlane {
     fn refresh_views(&mut self) {
         let switch = self.switch.clone();
         let manager = self.manages_fdb();
+        let mut stale = false;
         for v in self.views.iter_mut().flatten() {
             let rg = v.port.rss_generation();
             if rg != v.rss_gen {
@@ -666,6 +687,9 @@ impl DataPlane {
                 }
                 v.settings = new;
             }
+            if let Some(c) = &v.conn {
+                v.rings.drop_if_stale(c);
+            }
             let g = v.port.generation();
             if g != v.generation {
                 v.generation = g;
@@ -676,6 +700,7 @@ impl DataPlane {
                         .port_down(v.port.spec.id);
                 }
                 v.conn = v.port.connection();
+                stale = true;
                 v.rings = GuestRings::new(v.conn.as_ref().map_or(0, |c| c.num_queues()));
                 v.warned = false;
                 if let Some(c) = &v.conn {
@@ -697,6 +722,21 @@ impl DataPlane {
                     sw.add_static(m, v.port.spec.id);
                 }
                 v.static_mac = want;
+            }
+        }
+        if std::mem::take(&mut self.active_stale) || stale {
+            self.active.clear();
+            for (i, v) in self.views.iter().enumerate() {
+                if let Some(PortView {
+                    conn: Some(c),
+                    own_tx,
+                    ..
+                }) = v
+                {
+                    if *own_tx != 0 {
+                        self.active.push((i, c.clone(), *own_tx));
+                    }
+                }
             }
         }
     }
@@ -757,6 +797,15 @@ impl DataPlane {
             return None;
         }
         let q = st.get_queue_mut();
+        if poll
+            && view
+                .rings
+                .cached(2 * qp + 1, q)
+                .is_some_and(|r| r.avail_idx() == q.next_avail())
+        {
+            // The common busy-poll answer, without looking up the memory table.
+            return None;
+        }
         let Some((map, ring, fresh)) = view.rings.get(conn, 2 * qp + 1, q) else {
             view.warn_broken_ring("a TX ring is outside guest memory");
             return None;
