@@ -11,7 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sriov_emu::dma_engine::{Direction, GuestMap, Segments, SplitRing};
 use sriov_emu::frontend::FrontendConfig;
 use sriov_emu::pf::default_vf_mac;
-use sriov_emu::rss::{toeplitz_reference, FlowTuple, ToeplitzTable, DEFAULT_KEY, MAX_INPUT};
+use sriov_emu::rss::{
+    toeplitz_reference, EnabledQueues, FlowTuple, ToeplitzTable, VfRss, DEFAULT_KEY, MAX_INPUT,
+};
 use sriov_emu::switch::{policy, PortId, Switch, TokenBucket};
 use sriov_emu::vf::VfSettings;
 use sriov_emu::wire::{FrameHeader, MacAddr};
@@ -91,6 +93,37 @@ fn parse_and_switch(c: &mut Criterion) {
     });
 }
 
+/// Choosing the RX queue of one frame on the data path: the lock-free snapshot with the
+/// default table (one or two enabled queues) and with a user table and 16 flow rules that do
+/// not match, against the locked decision (the path taken with flow learning on).
+fn steering(c: &mut Criterion) {
+    let tuple = FlowTuple::v4(17, [198, 18, 0, 1], [198, 18, 0, 2], 1000, 53);
+    let (one, two) = (EnabledQueues::first(1), EnabledQueues::first(2));
+    let mut rss = VfRss::new(2);
+    let plain = rss.snapshot().unwrap();
+    rss.set_table(Some(&[0, 1])).unwrap();
+    for i in 0..16u8 {
+        let f = FlowTuple::v4(17, [198, 19, 0, i], [198, 19, 9, i], 9, 9);
+        rss.add_flow_rule(f, 1).unwrap();
+    }
+    let configured = rss.snapshot().unwrap();
+    let locked = std::sync::Mutex::new(rss);
+    let mut g = c.benchmark_group("steering");
+    g.bench_function("snapshot_default_table_1_queue", |b| {
+        b.iter(|| plain.steer(black_box(&tuple), &one))
+    });
+    g.bench_function("snapshot_default_table_2_queues", |b| {
+        b.iter(|| plain.steer(black_box(&tuple), &two))
+    });
+    g.bench_function("snapshot_user_table_16_rules", |b| {
+        b.iter(|| configured.steer(black_box(&tuple), &two))
+    });
+    g.bench_function("locked_user_table_16_rules", |b| {
+        b.iter(|| locked.lock().unwrap().decide(black_box(&tuple), &two).queue)
+    });
+    g.finish();
+}
+
 fn chain_walk(c: &mut Criterion) {
     let mem =
         Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
@@ -166,5 +199,12 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, toeplitz, parse_and_switch, chain_walk, end_to_end);
+criterion_group!(
+    benches,
+    toeplitz,
+    parse_and_switch,
+    steering,
+    chain_walk,
+    end_to_end
+);
 criterion_main!(benches);

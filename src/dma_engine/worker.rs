@@ -22,7 +22,7 @@ use super::ring::{RingAddrs, SplitRing};
 use super::segments::{Direction, Segments};
 use crate::events::EventBus;
 use crate::pf::PortKind;
-use crate::rss::{default_steering, EnabledQueues, FlowTuple, Learn, Steering, ToeplitzTable};
+use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering, SteeringSnapshot};
 use crate::stats::{PortCounters, PortTotals};
 use crate::switch::{policy, Egress, Ingress, Learned, PolicyDrop, Switch, TokenBucket, Verdict};
 use crate::vf::{Connection, GuestMemAtomic, Port, PortTable, VfSettings, Vring};
@@ -335,8 +335,9 @@ struct PortView {
     static_mac: Option<MacAddr>,
     /// The TX queue pairs this worker owns (bit q).
     own_tx: u64,
-    /// Steering without the RSS lock (`VfRss::fast_path`), re-read when the generation moves.
-    rss_fast: Option<Arc<ToeplitzTable>>,
+    /// Steering without the RSS lock (`VfRss::snapshot`: learning off), taken again when the
+    /// port's RSS generation moves.
+    rss_fast: Option<Box<SteeringSnapshot>>,
     rss_gen: u64,
     /// A broken ring was reported (once per connection).
     warned: bool,
@@ -676,7 +677,7 @@ impl DataPlane {
             let rg = v.port.rss_generation();
             if rg != v.rss_gen {
                 v.rss_gen = rg;
-                v.rss_fast = v.port.rss_data_path().fast_path();
+                v.rss_fast = v.port.rss_data_path().snapshot().map(Box::new);
             }
             let sg = v.port.settings_generation();
             if sg != v.settings_gen {
@@ -1026,11 +1027,11 @@ impl DataPlane {
             return;
         }
         let (queue, by, fell_back) = match &view.rss_fast {
-            // One queue takes every IP frame: no need for its tuple.
-            Some(_) if view.enabled.len() == 1 && f.is_ip() => {
+            // One queue and no rules or table: every IP frame goes there, no need for its tuple.
+            Some(snap) if snap.is_plain() && view.enabled.len() == 1 && f.is_ip() => {
                 (u16::from(view.enabled.as_slice()[0]), Steering::Rss, false)
             }
-            Some(t) => default_steering(t, f.tuple(), &view.enabled),
+            Some(snap) => snap.steer(f.tuple(), &view.enabled),
             None => {
                 let d = view.port.rss_data_path().decide(f.tuple(), &view.enabled);
                 (d.queue, d.by, d.fell_back)

@@ -35,10 +35,13 @@ pub enum Learn {
     InsertedEvicting,
 }
 
+/// Explicit rules: flow -> RX queue.
+pub type RuleMap = HashMap<FlowTuple, u16>;
+
 /// The table of one VF.
 #[derive(Debug)]
 pub struct FlowTable {
-    rules: HashMap<FlowTuple, u16>,
+    rules: RuleMap,
     learned: lru::LruCache<FlowTuple, u16>,
     evictions: u64,
     learned_inserts: u64,
@@ -118,6 +121,11 @@ impl FlowTable {
 
     pub fn rules_len(&self) -> usize {
         self.rules.len()
+    }
+
+    /// The rules as a map (for `SteeringSnapshot`).
+    pub fn rule_map(&self) -> &RuleMap {
+        &self.rules
     }
 
     pub fn learned_len(&self) -> usize {

@@ -97,28 +97,6 @@ impl EnabledQueues {
     }
 }
 
-/// Steering with the default table and no flow rules: the Toeplitz hash of IP frames picks
-/// an enabled queue through the default spread (one enabled queue needs no hash); other frames
-/// go to queue 0 or its stand-in. Returns (queue, what chose it, fell back).
-#[inline]
-pub fn default_steering(
-    toeplitz: &ToeplitzTable,
-    tuple: &FlowTuple,
-    enabled: &EnabledQueues,
-) -> (u16, Steering, bool) {
-    if !tuple.is_ip() {
-        let (q, fb) = enabled.or_fallback(0);
-        return (q, Steering::NonIp, fb);
-    }
-    if enabled.len() <= 1 {
-        return (u16::from(enabled.list[0]), Steering::Rss, false);
-    }
-    let mut buf = [0u8; MAX_INPUT];
-    let n = tuple.hash_input(&mut buf);
-    let index = toeplitz.hash(&buf[..n]) as usize % TABLE_SIZE;
-    (u16::from(enabled.spread[index]), Steering::Rss, false)
-}
-
 /// What chose the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Steering {
@@ -215,15 +193,15 @@ impl VfRss {
         *self.toeplitz.key()
     }
 
-    /// The hash table when steering needs nothing but the hash and the default spread (no
-    /// user table, no flow rules, no learning): the data path then steers with
-    /// `default_steering` on its own copy, without this lock.
-    pub fn fast_path(&self) -> Option<Arc<ToeplitzTable>> {
-        let plain = self.user_table.is_none()
-            && !self.learning
-            && self.flows.rules_len() == 0
-            && self.flows.learned_len() == 0;
-        plain.then(|| self.toeplitz.clone())
+    /// A copy of what steering reads, when nothing in it changes on the data path (learning
+    /// off): the data path then steers with `SteeringSnapshot::steer` on its own copy, without
+    /// this lock, and takes a new snapshot when the control plane changes the configuration.
+    pub fn snapshot(&self) -> Option<SteeringSnapshot> {
+        (!self.learning && self.flows.learned_len() == 0).then(|| SteeringSnapshot {
+            toeplitz: self.toeplitz.clone(),
+            user_table: self.user_table.clone(),
+            rules: self.flows.rule_map().clone(),
+        })
     }
 
     pub fn set_key(&mut self, key: RssKey) {
@@ -284,23 +262,6 @@ impl VfRss {
             .collect()
     }
 
-    /// (queue delivered to, queue named before fallback, fell back).
-    #[inline]
-    fn table_entry(&self, i: usize, enabled: &EnabledQueues) -> (u16, u16, bool) {
-        match &self.user_table {
-            Some(t) => {
-                let (q, fb) = enabled.or_fallback(t[i]);
-                (q, t[i], fb)
-            }
-            None if enabled.is_empty() => (0, 0, false),
-            // Default: entry i -> i mod (enabled queues), over the enabled queues.
-            None => {
-                let q = u16::from(enabled.spread[i % TABLE_SIZE]);
-                (q, q, false)
-            }
-        }
-    }
-
     pub fn learning(&self) -> bool {
         self.learning
     }
@@ -351,20 +312,14 @@ impl VfRss {
         } else {
             None
         };
-        if hit.is_none() && self.user_table.is_none() && enabled.len() == 1 && tuple.is_ip() {
-            // One enabled queue and the default table: the hash could only pick that queue.
-            let q = u16::from(enabled.list[0]);
-            return Decision {
-                tuple: *tuple,
-                hash: None,
-                index: None,
-                wanted: q,
-                queue: q,
-                by: Steering::Rss,
-                fell_back: false,
-            };
-        }
-        self.choose(tuple, enabled, hit)
+        choose(
+            &self.toeplitz,
+            self.user_table.as_deref(),
+            tuple,
+            enabled,
+            hit,
+            false,
+        )
     }
 
     /// Like `decide`, without side effects: the debugging answer.
@@ -374,85 +329,136 @@ impl VfRss {
         } else {
             None
         };
-        self.choose(tuple, enabled, hit)
+        choose(
+            &self.toeplitz,
+            self.user_table.as_deref(),
+            tuple,
+            enabled,
+            hit,
+            true,
+        )
     }
 
-    fn choose(
-        &self,
-        tuple: &FlowTuple,
-        enabled: &EnabledQueues,
-        hit: Option<(u16, FlowSource)>,
-    ) -> Decision {
-        let hash = tuple.is_ip().then(|| {
-            let mut buf = [0u8; MAX_INPUT];
-            let n = tuple.hash_input(&mut buf);
-            self.toeplitz.hash(&buf[..n])
-        });
-        let index = hash.map(|h| h as usize % TABLE_SIZE);
-        let (queue, wanted, fell_back, by) = match (hit, index) {
-            (Some((q, src)), _) => {
-                let (queue, fb) = enabled.or_fallback(q);
-                let by = if src == FlowSource::Rule {
-                    Steering::FlowRule
-                } else {
-                    Steering::FlowLearned
-                };
-                (queue, q, fb, by)
-            }
-            (None, Some(i)) => {
-                let (q, w, fb) = self.table_entry(i, enabled);
-                (q, w, fb, Steering::Rss)
-            }
-            (None, None) => {
-                let (q, fb) = enabled.or_fallback(0);
-                (q, 0, fb, Steering::NonIp)
-            }
-        };
-        Decision {
-            tuple: *tuple,
-            hash,
-            index,
-            wanted,
-            queue,
-            by,
-            fell_back,
+    /// (queue delivered to, queue named before fallback, fell back).
+    #[inline]
+    fn table_entry(&self, i: usize, enabled: &EnabledQueues) -> (u16, u16, bool) {
+        table_entry(self.user_table.as_deref(), i, enabled)
+    }
+}
+
+/// Steering's view of a VF without learned flows: the hash table, the user table and the flow
+/// rules, copied for the data path (`VfRss::snapshot`).
+#[derive(Debug, Clone)]
+pub struct SteeringSnapshot {
+    toeplitz: Arc<ToeplitzTable>,
+    user_table: Option<Box<[u16; TABLE_SIZE]>>,
+    rules: flow_table::RuleMap,
+}
+
+impl SteeringSnapshot {
+    /// The RX queue for `tuple`: (queue, what chose it, fell back), as `VfRss::decide` does.
+    #[inline]
+    pub fn steer(&self, tuple: &FlowTuple, enabled: &EnabledQueues) -> (u16, Steering, bool) {
+        // `choose` without the parts of a `Decision` the data path does not use; the tests
+        // check that both agree.
+        if !tuple.is_ip() {
+            let (q, fb) = enabled.or_fallback(0);
+            return (q, Steering::NonIp, fb);
         }
+        if !self.rules.is_empty() {
+            if let Some(&q) = self.rules.get(tuple) {
+                let (q, fb) = enabled.or_fallback(q);
+                return (q, Steering::FlowRule, fb);
+            }
+        }
+        if self.user_table.is_none() && enabled.len() <= 1 {
+            return (u16::from(enabled.list[0]), Steering::Rss, false);
+        }
+        let i = self.toeplitz.hash_tuple(tuple) as usize % TABLE_SIZE;
+        let (q, _, fb) = table_entry(self.user_table.as_deref(), i, enabled);
+        (q, Steering::Rss, fb)
+    }
+
+    /// True when only the hash and the default spread are involved.
+    pub fn is_plain(&self) -> bool {
+        self.user_table.is_none() && self.rules.is_empty()
+    }
+}
+
+/// (queue delivered to, queue named before fallback, fell back) for table entry `i`.
+#[inline]
+fn table_entry(
+    user_table: Option<&[u16; TABLE_SIZE]>,
+    i: usize,
+    enabled: &EnabledQueues,
+) -> (u16, u16, bool) {
+    match user_table {
+        Some(t) => {
+            let (q, fb) = enabled.or_fallback(t[i]);
+            (q, t[i], fb)
+        }
+        None if enabled.is_empty() => (0, 0, false),
+        // Default: entry i -> i mod (enabled queues), over the enabled queues.
+        None => {
+            let q = u16::from(enabled.spread[i % TABLE_SIZE]);
+            (q, q, false)
+        }
+    }
+}
+
+/// The steering decision: a flow table hit, else RSS (hash and table) for IP, else queue 0.
+/// Without `need_hash`, one enabled queue under the default table skips the hash (it could
+/// only pick that queue).
+#[inline]
+fn choose(
+    toeplitz: &ToeplitzTable,
+    user_table: Option<&[u16; TABLE_SIZE]>,
+    tuple: &FlowTuple,
+    enabled: &EnabledQueues,
+    hit: Option<(u16, FlowSource)>,
+    need_hash: bool,
+) -> Decision {
+    let shortcut = !need_hash && hit.is_none() && user_table.is_none() && enabled.len() == 1;
+    let hash = (tuple.is_ip() && !shortcut).then(|| toeplitz.hash_tuple(tuple));
+    let index = hash.map(|h| h as usize % TABLE_SIZE);
+    let (queue, wanted, fell_back, by) = match (hit, index) {
+        (Some((q, src)), _) => {
+            let (queue, fb) = enabled.or_fallback(q);
+            let by = if src == FlowSource::Rule {
+                Steering::FlowRule
+            } else {
+                Steering::FlowLearned
+            };
+            (queue, q, fb, by)
+        }
+        (None, Some(i)) => {
+            let (q, w, fb) = table_entry(user_table, i, enabled);
+            (q, w, fb, Steering::Rss)
+        }
+        (None, None) if tuple.is_ip() => {
+            // The shortcut: the only enabled queue.
+            let q = u16::from(enabled.list[0]);
+            (q, q, false, Steering::Rss)
+        }
+        (None, None) => {
+            let (q, fb) = enabled.or_fallback(0);
+            (q, 0, fb, Steering::NonIp)
+        }
+    };
+    Decision {
+        tuple: *tuple,
+        hash,
+        index,
+        wanted,
+        queue,
+        by,
+        fell_back,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_steering_matches_the_full_decision() {
-        let mut rss = VfRss::new(8);
-        let t = rss.fast_path().expect("a new VF steers on the fast path");
-        for mask in [0b1u64, 0b10, 0b11, 0b1011, 0xff, 0b1000_0000] {
-            let en = EnabledQueues::from_mask(mask);
-            for sport in 0..200u16 {
-                for tuple in [tcp(sport), FlowTuple::NON_IP] {
-                    let d = rss.explain(&tuple, &en);
-                    assert_eq!(
-                        default_steering(&t, &tuple, &en),
-                        (d.queue, d.by, d.fell_back),
-                        "mask {mask:#b} sport {sport}"
-                    );
-                    let d2 = rss.decide(&tuple, &en);
-                    assert_eq!((d2.queue, d2.by), (d.queue, d.by));
-                }
-            }
-        }
-        rss.add_flow_rule(tcp(1), 3).unwrap();
-        assert!(rss.fast_path().is_none(), "a rule needs the table lookup");
-        rss.del_flow_rule(&tcp(1)).unwrap();
-        assert!(rss.fast_path().is_some());
-        rss.set_table(Some(&[1])).unwrap();
-        assert!(rss.fast_path().is_none(), "a user table needs the lock");
-        rss.set_table(None).unwrap();
-        rss.set_learning(true);
-        assert!(rss.fast_path().is_none(), "learning needs the lock");
-    }
 
     fn tcp(sport: u16) -> FlowTuple {
         FlowTuple::v4(
@@ -462,6 +468,56 @@ mod tests {
             sport,
             1766,
         )
+    }
+
+    #[test]
+    fn snapshot_steering_matches_the_full_decision() {
+        let mut rss = VfRss::new(8);
+        let check = |rss: &mut VfRss, what: &str| {
+            let snap = rss.snapshot().expect("learning is off");
+            for mask in [0b1u64, 0b10, 0b11, 0b1011, 0xff, 0b1000_0000] {
+                let en = EnabledQueues::from_mask(mask);
+                for sport in 0..200u16 {
+                    for tuple in [tcp(sport), FlowTuple::NON_IP] {
+                        let d = rss.explain(&tuple, &en);
+                        let want = (d.queue, d.by, d.fell_back);
+                        assert_eq!(snap.steer(&tuple, &en), want, "{what}: {mask:#b} {sport}");
+                        let d2 = rss.decide(&tuple, &en);
+                        assert_eq!((d2.queue, d2.by, d2.fell_back), want, "{what}");
+                    }
+                }
+            }
+        };
+        check(&mut rss, "default");
+        assert!(rss.snapshot().unwrap().is_plain());
+        rss.add_flow_rule(tcp(7), 3).unwrap();
+        rss.add_flow_rule(tcp(9), 6).unwrap();
+        check(&mut rss, "rules");
+        rss.set_table(Some(&[1, 5, 2])).unwrap();
+        check(&mut rss, "rules and a user table");
+        assert!(!rss.snapshot().unwrap().is_plain());
+        rss.set_learning(true);
+        assert!(
+            rss.snapshot().is_none(),
+            "learned flows change on the data path"
+        );
+    }
+
+    #[test]
+    fn hash_of_a_tuple_in_place_matches_the_input_bytes() {
+        let t = ToeplitzTable::new(DEFAULT_KEY);
+        let v6 = FlowTuple::v6(IPPROTO_UDP, [0x20; 16], [0x21; 16], 7, 9);
+        let v6_two = FlowTuple::v6(0, [0x20; 16], [0x22; 16], 0, 0);
+        for tuple in [
+            tcp(2794),
+            v6,
+            v6_two,
+            FlowTuple::v4(0, [1, 2, 3, 4], [5, 6, 7, 8], 0, 0),
+        ] {
+            let mut buf = [0u8; MAX_INPUT];
+            let n = tuple.hash_input(&mut buf);
+            assert_eq!(t.hash_tuple(&tuple), t.hash(&buf[..n]), "{tuple}");
+        }
     }
 
     #[test]

@@ -125,6 +125,14 @@ impl ToeplitzTable {
         &self.key
     }
 
+    /// The hash of a flow (its `FlowTuple::hash_input` bytes).
+    #[inline]
+    pub fn hash_tuple(&self, t: &super::FlowTuple) -> u32 {
+        let mut buf = [0u8; MAX_INPUT];
+        let n = t.hash_input(&mut buf);
+        self.hash(&buf[..n])
+    }
+
     /// Hash of `input` (at most `MAX_INPUT` bytes; more are ignored).
     #[inline]
     pub fn hash(&self, input: &[u8]) -> u32 {

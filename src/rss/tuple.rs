@@ -55,9 +55,16 @@ impl FlowTuple {
 
     /// The Toeplitz input: source, destination, [source port, destination port].
     pub fn hash_input(&self, buf: &mut [u8; MAX_INPUT]) -> usize {
-        let alen = if self.family == 4 { 4 } else { 16 };
-        buf[..alen].copy_from_slice(&self.src[..alen]);
-        buf[alen..2 * alen].copy_from_slice(&self.dst[..alen]);
+        // Fixed-size copies per family (a variable length would be two memcpy calls).
+        let alen = if self.family == 4 {
+            buf[..4].copy_from_slice(&self.src[..4]);
+            buf[4..8].copy_from_slice(&self.dst[..4]);
+            4
+        } else {
+            buf[..16].copy_from_slice(&self.src);
+            buf[16..32].copy_from_slice(&self.dst);
+            16
+        };
         let mut n = 2 * alen;
         if self.has_ports() {
             buf[n..n + 2].copy_from_slice(&self.sport.to_be_bytes());
