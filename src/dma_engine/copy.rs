@@ -52,23 +52,24 @@ impl<'s> Cursor<'s> {
 /// # Safety
 /// `src..src + n` readable, `dst..dst + n` writable, not overlapping.
 #[inline(always)]
-unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+pub(super) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     use std::ptr::{read_unaligned as rd, write_unaligned as wr};
     // SAFETY (all arms): every access is inside `[0, n)` of both ranges, per the contract.
     unsafe {
         if n > 128 {
             std::ptr::copy_nonoverlapping(src, dst, n);
         } else if n >= 16 {
-            let mut i = 0;
-            while i + 16 < n {
-                wr(dst.add(i) as *mut u128, rd(src.add(i) as *const u128));
-                i += 16;
+            // Straight-line 16-byte moves (as a loop, LLVM turns them back into a memcpy
+            // call), then the last 16 bytes, overlapping the previous move when n is not a
+            // multiple of 16.
+            let mv = |i: usize| wr(dst.add(i) as *mut u128, rd(src.add(i) as *const u128));
+            for i in [0, 16, 32, 48, 64, 80, 96] {
+                if i + 16 >= n {
+                    break;
+                }
+                mv(i);
             }
-            // The last 16 bytes, overlapping the previous move when n is not a multiple.
-            wr(
-                dst.add(n - 16) as *mut u128,
-                rd(src.add(n - 16) as *const u128),
-            );
+            mv(n - 16);
         } else if n >= 8 {
             wr(dst as *mut u64, rd(src as *const u64));
             wr(dst.add(n - 8) as *mut u64, rd(src.add(n - 8) as *const u64));

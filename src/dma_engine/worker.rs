@@ -15,7 +15,7 @@
 //! Rings are read and written through host pointers (`ring.rs`); counters are summed per
 //! batch or group and added once. Only one ring lock is held at a time.
 
-use super::copy::{copy_segments, read_segments, write_segments, CopyError};
+use super::copy::{copy_segments, copy_short, read_segments, write_segments, CopyError};
 use super::guest_map::GuestMap;
 use super::net_hdr::{rx_header, vnet_hdr_len, VNET_HDR_MAX};
 use super::ring::{RingAddrs, SplitRing};
@@ -1381,9 +1381,13 @@ unsafe fn copy_first_chain(
     hdr_len: usize,
 ) -> Result<(), CopyError> {
     let mut buf = [0u8; VNET_HDR_MAX + HEADER_COPY_LEN + VLAN_TAG_LEN];
-    buf[..hdr_len].copy_from_slice(&rx_header(1)[..hdr_len]);
+    // Fixed-size header copy, then the head over whatever of it is not part of this layout:
+    // no memcpy calls for these few bytes.
+    buf[..VNET_HDR_MAX].copy_from_slice(&rx_header(1));
     let split = f.head.len().min(to);
-    buf[hdr_len..hdr_len + split].copy_from_slice(&f.head[..split]);
+    let room = &mut buf[hdr_len..hdr_len + split];
+    // SAFETY: `room` and `f.head[..split]` are both `split` bytes of distinct Rust buffers.
+    unsafe { copy_short(f.head.as_ptr(), room.as_mut_ptr(), split) };
     // SAFETY: the caller's contract.
     unsafe { write_segments(dst.as_slice(), 0, &buf[..hdr_len + split])? };
     if split < to {
