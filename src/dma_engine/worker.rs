@@ -262,6 +262,11 @@ struct GuestRings {
     map: Option<GuestMap>,
     /// Indexed like the vrings: RX of pair q at 2q, TX at 2q + 1.
     rings: Box<[Option<SplitRing>]>,
+    /// Per TX vring, busy-poll only: the `next_avail` this worker last left in the queue. An
+    /// avail index still equal to it means nothing new, seen without taking the vring lock.
+    /// Forgotten on every refresh, so a queue the handler reset is looked at under the lock
+    /// again within `POLL_SYNC_ROUNDS`.
+    seen_avail: Box<[Option<u16>]>,
 }
 
 impl GuestRings {
@@ -269,6 +274,7 @@ impl GuestRings {
         GuestRings {
             map: None,
             rings: (0..vrings).map(|_| None).collect(),
+            seen_avail: vec![None; vrings].into_boxed_slice(),
         }
     }
 
@@ -282,14 +288,7 @@ impl GuestRings {
             self.map = None;
             self.rings.iter_mut().for_each(|r| *r = None);
         }
-    }
-
-    /// The ring of vring `index` as mapped, if `q` still describes it. Its memory may be a
-    /// replaced table's (kept mapped by the map's `Arc`): good for a look at the avail index,
-    /// not for taking chains (`get` checks the table).
-    #[inline]
-    fn cached(&self, index: usize, q: &Queue) -> Option<&SplitRing> {
-        self.rings.get(index)?.as_ref().filter(|r| r.is_of(q))
+        self.seen_avail.iter_mut().for_each(|s| *s = None);
     }
 
     /// Under the vring's lock: the guest map and the ring of vring `index` as `q` describes
@@ -793,20 +792,23 @@ impl DataPlane {
     ) -> Option<(usize, RingAddrs)> {
         let poll = self.poll;
         let view = self.views[src].as_mut()?;
+        let index = 2 * qp + 1;
+        if poll {
+            if let (Some(Some(ring)), Some(Some(seen))) = (
+                view.rings.rings.get(index),
+                view.rings.seen_avail.get(index),
+            ) {
+                if ring.avail_idx() == *seen {
+                    // The common busy-poll answer: no lock, no memory-table lookup.
+                    return None;
+                }
+            }
+        }
         let mut st = vring.get_mut();
         if !st.is_enabled() || !st.get_queue().ready() {
             return None;
         }
         let q = st.get_queue_mut();
-        if poll
-            && view
-                .rings
-                .cached(2 * qp + 1, q)
-                .is_some_and(|r| r.avail_idx() == q.next_avail())
-        {
-            // The common busy-poll answer, without looking up the memory table.
-            return None;
-        }
         let Some((map, ring, fresh)) = view.rings.get(conn, 2 * qp + 1, q) else {
             view.warn_broken_ring("a TX ring is outside guest memory");
             return None;
@@ -817,7 +819,11 @@ impl DataPlane {
         let mut next = q.next_avail();
         let mut avail = ring.avail_idx();
         if avail == next {
-            if poll || !ring.enable_notification(next) {
+            if poll {
+                view.rings.seen_avail[index] = Some(next);
+                return None;
+            }
+            if !ring.enable_notification(next) {
                 return None;
             }
             avail = ring.avail_idx();
@@ -847,6 +853,9 @@ impl DataPlane {
         }
         let addrs = ring.addrs();
         q.set_next_avail(next);
+        if poll {
+            view.rings.seen_avail[index] = Some(next);
+        }
         Some((n, addrs))
     }
 
