@@ -307,36 +307,16 @@ impl VfRss {
     /// (`hash` and `index` are `None`); `explain` always computes it.
     #[inline]
     pub fn decide(&mut self, tuple: &FlowTuple, enabled: &EnabledQueues) -> Decision {
-        let hit = if tuple.is_ip() {
-            self.flows.lookup(tuple)
-        } else {
-            None
-        };
-        choose(
-            &self.toeplitz,
-            self.user_table.as_deref(),
-            tuple,
-            enabled,
-            hit,
-            false,
-        )
+        let hit = tuple.is_ip().then(|| self.flows.lookup(tuple)).flatten();
+        let table = self.user_table.as_deref();
+        choose(&self.toeplitz, table, tuple, enabled, hit, false)
     }
 
-    /// Like `decide`, without side effects: the debugging answer.
+    /// Like `decide`, without side effects, and always with the hash: the debugging answer.
     pub fn explain(&self, tuple: &FlowTuple, enabled: &EnabledQueues) -> Decision {
-        let hit = if tuple.is_ip() {
-            self.flows.peek(tuple)
-        } else {
-            None
-        };
-        choose(
-            &self.toeplitz,
-            self.user_table.as_deref(),
-            tuple,
-            enabled,
-            hit,
-            true,
-        )
+        let hit = tuple.is_ip().then(|| self.flows.peek(tuple)).flatten();
+        let table = self.user_table.as_deref();
+        choose(&self.toeplitz, table, tuple, enabled, hit, true)
     }
 
     /// (queue delivered to, queue named before fallback, fell back).
