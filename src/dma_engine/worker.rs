@@ -42,6 +42,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const TX_BATCH: usize = 64;
 /// Frames taken from one TX queue per pass before other queues get their turn.
 const TX_BUDGET: usize = 256;
+/// `Delivery::queue` of a delivery still to be steered under the destination's RSS lock.
+const STEER_PENDING: u16 = u16::MAX;
 /// RX descriptors prefetched when a group opens.
 const RX_PREFETCH: usize = 32;
 /// Most RX chains one (mergeable) frame may span.
@@ -127,6 +129,8 @@ struct TxFrame {
     head_len: usize,
     /// Offset in the chain (virtio-net header included) where the part not in `head` starts.
     tail_base: usize,
+    /// Passed the sender's edge policy: its flow may be learned (flow learning on).
+    learn: bool,
     /// The RSS / flow steering view of the frame, parsed from `head` when first needed
     /// (one enabled queue and no rules need only `is_ip`).
     tuple: Option<FlowTuple>,
@@ -142,6 +146,7 @@ impl Default for TxFrame {
             head: [0; HEADER_COPY_LEN + VLAN_TAG_LEN],
             head_len: 0,
             tail_base: 0,
+            learn: false,
             tuple: None,
             ok: false,
         }
@@ -159,6 +164,7 @@ impl TxFrame {
         max_frame: usize,
     ) {
         self.ok = false;
+        self.learn = false;
         self.len = 0;
         self.returnable = head < ring.size();
         if ring
@@ -874,9 +880,11 @@ impl DataPlane {
         self.last_forward = None;
         for k in 0..n {
             bytes += self.frames[k].len as u64;
-            forwarded += u64::from(self.switch_frame(&mut sw, src, port, qp, k, now));
+            forwarded += u64::from(self.switch_frame(&mut sw, src, port, k, now));
         }
         drop(sw);
+        self.learn_flows(port, qp, n);
+        self.steer_pending();
         let c = &port.counters;
         c.totals.tx_packets.add(n as u64);
         c.totals.tx_bytes.add(bytes);
@@ -889,13 +897,60 @@ impl DataPlane {
         }
     }
 
+    /// Flow learning (the sender's RSS state needs its lock): the flows of the batch's frames
+    /// that passed the edge policy, under one lock.
+    fn learn_flows(&mut self, port: &Port, qp: usize, n: usize) {
+        if !self.frames[..n].iter().any(|f| f.learn) {
+            return;
+        }
+        let c = &port.counters.totals;
+        let mut rss = port.rss_data_path();
+        for f in self.frames[..n].iter_mut().filter(|f| f.learn) {
+            if !f.tuple().is_ip() {
+                continue;
+            }
+            match rss.learn_tx(f.tuple(), qp as u16) {
+                Some(Learn::Inserted) => c.flow_learned.inc(),
+                Some(Learn::InsertedEvicting) => {
+                    c.flow_learned.inc();
+                    c.flow_evictions.inc();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Steers the deliveries left for the locked path (destinations with flow learning on):
+    /// one lock per destination port and batch.
+    fn steer_pending(&mut self) {
+        for i in 0..self.deliveries.len() {
+            if self.deliveries[i].queue != STEER_PENDING {
+                continue;
+            }
+            let dst = self.deliveries[i].dst;
+            let Some(view) = self.views[usize::from(dst)].as_ref() else {
+                continue;
+            };
+            let mut rss = view.port.rss_data_path();
+            for d in self.deliveries[i..]
+                .iter_mut()
+                .filter(|d| d.dst == dst && d.queue == STEER_PENDING)
+            {
+                let f = &mut self.frames[usize::from(d.frame)];
+                let decision = rss.decide(f.tuple(), &view.enabled);
+                d.queue = decision.queue;
+                d.by = decision.by;
+                d.fell_back = decision.fell_back;
+            }
+        }
+    }
+
     /// Decides where frame `k` goes and queues its deliveries; true if it goes somewhere.
     fn switch_frame(
         &mut self,
         sw: &mut Switch,
         src: usize,
         port: &Port,
-        qp: usize,
         k: usize,
         (now, now_ns): (u64, u64),
     ) -> bool {
@@ -929,16 +984,8 @@ impl DataPlane {
             Ok(Ingress::InsertTag(tpid, tci)) => f.insert_tag(tpid, tci),
             Ok(Ingress::Pass) => {}
         }
-        if view.rss_fast.is_none() && f.tuple().is_ip() {
-            match port.rss_data_path().learn_tx(f.tuple(), qp as u16) {
-                Some(Learn::Inserted) => c.totals.flow_learned.inc(),
-                Some(Learn::InsertedEvicting) => {
-                    c.totals.flow_learned.inc();
-                    c.totals.flow_evictions.inc();
-                }
-                _ => {}
-            }
-        }
+        // Learned after the batch's decisions, under one lock (`learn_flows`).
+        f.learn = view.rss_fast.is_none();
         let verdict = match self.last_forward {
             Some((s, d, t, v)) if s == hdr.src && d == hdr.dst && t == now => v,
             _ => {
@@ -1041,10 +1088,8 @@ impl DataPlane {
                 (u16::from(view.enabled.as_slice()[0]), Steering::Rss, false)
             }
             Some(snap) => snap.steer(f.tuple(), &view.enabled),
-            None => {
-                let d = view.port.rss_data_path().decide(f.tuple(), &view.enabled);
-                (d.queue, d.by, d.fell_back)
-            }
+            // Decided after the batch's switching, one lock per destination (`steer_pending`).
+            None => (STEER_PENDING, Steering::Rss, false),
         };
         self.deliveries.push(Delivery {
             frame: k as u16,
