@@ -119,10 +119,6 @@ impl FlowTable {
         self.learned.peek(flow).map(|q| (*q, FlowSource::Learned))
     }
 
-    pub fn rules_len(&self) -> usize {
-        self.rules.len()
-    }
-
     /// The rules as a map (for `SteeringSnapshot`).
     pub fn rule_map(&self) -> &RuleMap {
         &self.rules
