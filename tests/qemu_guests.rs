@@ -105,6 +105,30 @@ impl Drop for Emulator {
         // SAFETY: kill(2) on our own child's PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+    }
+}
+
+impl Emulator {
+    /// Copies the emulator's and the guests' logs out of the temporary directory (removed
+    /// next) into `target/tmp/guests/failed-<pid>-<n>/`, for a look after a failure.
+    fn keep_logs(&self) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let keep = qemu::scratch_dir().join(format!("failed-{}-{n}", std::process::id()));
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(&keep);
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(&p, keep.join(e.file_name()));
+            }
+        }
+        eprintln!("logs kept in {}", keep.display());
     }
 }
 
