@@ -577,22 +577,7 @@ impl DataPlane {
             self.sync_table();
             self.refresh_views();
             self.age_fdb();
-            loop {
-                let mut worked = false;
-                let active = std::mem::take(&mut self.active);
-                for (i, conn, own) in &active {
-                    let mut mask = conn.take_tx_pending(*own);
-                    while mask != 0 {
-                        let qp = mask.trailing_zeros() as usize;
-                        mask &= mask - 1;
-                        worked |= self.process_tx(*i, conn, qp);
-                    }
-                }
-                self.active = active;
-                if !worked {
-                    break;
-                }
-            }
+            while self.tx_round(false) {}
         }
     }
 
@@ -609,22 +594,31 @@ impl DataPlane {
                     self.age_fdb();
                 }
             }
-            let mut worked = false;
-            // Kicks are off and pending bits are not looked at: every owned queue is polled.
-            let active = std::mem::take(&mut self.active);
-            for (i, conn, own) in &active {
-                let mut mask = *own;
-                while mask != 0 {
-                    let qp = mask.trailing_zeros() as usize;
-                    mask &= mask - 1;
-                    worked |= self.process_tx(*i, conn, qp);
-                }
-            }
-            self.active = active;
-            if !worked {
+            if !self.tx_round(true) {
                 std::hint::spin_loop();
             }
         }
+    }
+
+    /// One pass over the TX queues this worker owns: every one when polling (kicks are off
+    /// and pending bits are not looked at), else the kicked ones. True if any had frames.
+    fn tx_round(&mut self, polling: bool) -> bool {
+        let mut worked = false;
+        let active = std::mem::take(&mut self.active);
+        for (i, conn, own) in &active {
+            let mut mask = if polling {
+                *own
+            } else {
+                conn.take_tx_pending(*own)
+            };
+            while mask != 0 {
+                let qp = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                worked |= self.process_tx(*i, conn, qp);
+            }
+        }
+        self.active = active;
+        worked
     }
 
     /// The TX queue pairs of `port` this worker owns.
