@@ -514,9 +514,19 @@ fn two_workers_split_the_queues_and_keep_every_frame_and_count() {
             let ba = udp_frame(vf_mac(0), vf_mac(1), 2000 + (i % 64) as u16, 53, i, len);
             a.send_wait(qp, &ab, WAIT).unwrap();
             b.send_wait(1 - qp, &ba, WAIT).unwrap();
-            let (_, got) = b.recv_any(WAIT).expect("a -> b delivered");
+            let Some((_, got)) = b.recv_any(WAIT) else {
+                panic!(
+                    "a -> b frame {i} not delivered (poll {poll}): {}",
+                    nonzero_counters(&d, &["vf0", "vf1"])
+                );
+            };
             assert!(got == ab, "a -> b frame {i} differs (poll {poll})");
-            let (_, got) = a.recv_any(WAIT).expect("b -> a delivered");
+            let Some((_, got)) = a.recv_any(WAIT) else {
+                panic!(
+                    "b -> a frame {i} not delivered (poll {poll}): {}",
+                    nonzero_counters(&d, &["vf0", "vf1"])
+                );
+            };
             assert!(got == ba, "b -> a frame {i} differs (poll {poll})");
             bytes[0] += len as u64;
             bytes[1] += len as u64;

@@ -374,6 +374,25 @@ impl PortView {
         self.settings.link_up(true)
     }
 
+    /// Follows an attach or detach of the port's frontend: takes the current connection and
+    /// forgets the old rings. False if nothing changed since the last look.
+    fn sync_connection(&mut self) -> bool {
+        let g = self.port.generation();
+        if g == self.generation {
+            return false;
+        }
+        self.generation = g;
+        self.conn = self.port.connection();
+        self.rings = GuestRings::new(self.conn.as_ref().map_or(0, |c| c.num_queues()));
+        self.warned = false;
+        if let Some(c) = &self.conn {
+            // Frames may have been queued before this view saw the connection.
+            c.mark_tx_pending_mask(self.own_tx);
+        }
+        self.refresh_enabled();
+        true
+    }
+
     /// Re-reads which RX queues the guest has enabled.
     fn refresh_enabled(&mut self) {
         let qp = usize::from(self.port.spec.queue_pairs);
@@ -690,22 +709,14 @@ impl DataPlane {
             if let Some(c) = &v.conn {
                 v.rings.drop_if_stale(c);
             }
-            let g = v.port.generation();
-            if g != v.generation {
-                v.generation = g;
-                if v.conn.is_some() && manager {
+            let had_conn = v.conn.is_some();
+            if v.sync_connection() {
+                stale = true;
+                if had_conn && manager {
                     switch
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .port_down(v.port.spec.id);
-                }
-                v.conn = v.port.connection();
-                stale = true;
-                v.rings = GuestRings::new(v.conn.as_ref().map_or(0, |c| c.num_queues()));
-                v.warned = false;
-                if let Some(c) = &v.conn {
-                    // Frames may have been queued before this view saw the connection.
-                    c.mark_tx_pending_mask(v.own_tx);
                 }
             }
             v.refresh_enabled();
@@ -1003,13 +1014,7 @@ impl DataPlane {
             }
             Verdict::Unicast(dst) => {
                 let d = dst.index();
-                if d != src
-                    && self
-                        .views
-                        .get(d)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|v| v.conn.is_some())
-                {
+                if d != src && self.attached(d) {
                     self.queue_delivery(k, d);
                     true
                 } else {
@@ -1020,7 +1025,7 @@ impl DataPlane {
             Verdict::Flood => {
                 let mut any = false;
                 for j in 0..self.views.len() {
-                    if j == src || self.views[j].as_ref().is_none_or(|v| v.conn.is_none()) {
+                    if j == src || !self.attached(j) {
                         continue;
                     }
                     any = true;
@@ -1032,6 +1037,19 @@ impl DataPlane {
                 any
             }
         }
+    }
+
+    /// Whether destination `d` has a frontend. A view that looks detached is checked against
+    /// the port first: a frontend that attached since the last refresh (which the control
+    /// plane and the guest already see) must not lose frames to a stale view.
+    fn attached(&mut self, d: usize) -> bool {
+        let Some(v) = self.views.get_mut(d).and_then(Option::as_mut) else {
+            return false;
+        };
+        if v.conn.is_none() && v.sync_connection() {
+            self.active_stale = true;
+        }
+        v.conn.is_some()
     }
 
     fn report_move(&self, mac: MacAddr, from: crate::switch::PortId, port: &Port) {

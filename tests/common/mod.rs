@@ -155,6 +155,25 @@ pub fn counter(d: &Daemon, port: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
+/// The non-zero counters of `ports`, for a failure message that says where frames went.
+pub fn nonzero_counters(d: &Daemon, ports: &[&str]) -> String {
+    ports
+        .iter()
+        .map(|p| {
+            let c: Vec<String> = d
+                .port(p)
+                .map(|port| port.counters.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, v)| *v != 0)
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            format!("{p}: {}", c.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Receives exactly `n` frames from any queue pair (or fails after `timeout`).
 pub fn recv_n(fe: &mut VirtioNetFrontend, n: usize, timeout: Duration) -> Vec<(usize, Vec<u8>)> {
     let end = std::time::Instant::now() + timeout;
