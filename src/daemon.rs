@@ -175,7 +175,12 @@ impl Daemon {
         for spec in specs {
             let port = Arc::new(Port::new(spec));
             port.rss().set_learning(self.flow_learning);
-            match PortServer::bind(port, self.waker.clone(), self.events.clone()) {
+            match PortServer::bind(
+                port,
+                self.waker.clone(),
+                self.events.clone(),
+                self.switch.clone(),
+            ) {
                 Ok(s) => bound.push(s),
                 Err(e) => {
                     // Dropping an unstarted server closes its listener; remove its socket.
@@ -288,6 +293,12 @@ impl Daemon {
     pub fn vf_set(&self, vf: u32, update: &SettingsUpdate) -> Result<VfSettings, DaemonError> {
         let port = self.vf_port(vf)?;
         let (old, new) = port.update_settings(update)?;
+        if old.mac != new.mac {
+            self.switch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .vf_mac_changed(port.spec.id, new.mac);
+        }
         self.waker.wake();
         let (was_up, is_up) = (old.link_up(true), new.link_up(true));
         if was_up != is_up {

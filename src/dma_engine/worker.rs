@@ -336,8 +336,6 @@ struct PortView {
     /// max_tx_rate state.
     bucket: TokenBucket,
     is_vf: bool,
-    /// The VF MAC pinned in the FDB while the VF is attached (worker 0 manages it).
-    static_mac: Option<MacAddr>,
     /// The TX queue pairs this worker owns (bit q).
     own_tx: u64,
     /// Steering without the RSS lock (`VfRss::snapshot`: learning off), taken again when the
@@ -359,7 +357,6 @@ impl PortView {
             settings_gen: port.settings_generation(),
             bucket: TokenBucket::new(settings.max_tx_rate),
             is_vf: matches!(port.spec.kind, PortKind::Vf(_)),
-            static_mac: None,
             settings,
             port,
             own_tx,
@@ -491,7 +488,7 @@ impl RxTally {
 
 /// One data-plane worker's state.
 pub struct DataPlane {
-    /// This worker's index; worker 0 also manages the FDB (static MACs, aging, detach).
+    /// This worker's index; worker 0 also ages the FDB.
     worker: usize,
     /// Busy-poll instead of sleeping on kicks.
     poll: bool,
@@ -659,7 +656,6 @@ impl DataPlane {
         self.active_stale = true;
         let slots = self.table.snapshot();
         self.views.resize_with(slots.len(), || None);
-        let manager = self.manages_fdb();
         for (k, slot) in slots.into_iter().enumerate() {
             let same = match (&self.views[k], &slot) {
                 (Some(v), Some(p)) => Arc::ptr_eq(&v.port, p),
@@ -669,15 +665,6 @@ impl DataPlane {
             if same {
                 continue;
             }
-            if let Some(old) = self.views[k].take() {
-                if manager {
-                    let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(m) = old.static_mac {
-                        sw.remove_static(m, old.port.spec.id);
-                    }
-                    sw.port_down(old.port.spec.id);
-                }
-            }
             self.views[k] = slot.map(|p| {
                 let own = self.own_mask(&p);
                 PortView::new(p, own)
@@ -685,11 +672,9 @@ impl DataPlane {
         }
     }
 
-    /// Picks up attach/detach of frontends, enabled RX queues and changed settings; worker 0
-    /// also keeps each attached VF's MAC pinned in the FDB.
+    /// Picks up attach/detach of frontends, enabled RX queues and changed settings (the switch
+    /// learns of attaches and detaches from the port servers, before they are visible).
     fn refresh_views(&mut self) {
-        let switch = self.switch.clone();
-        let manager = self.manages_fdb();
         let mut stale = false;
         for v in self.views.iter_mut().flatten() {
             let rg = v.port.rss_generation();
@@ -709,31 +694,8 @@ impl DataPlane {
             if let Some(c) = &v.conn {
                 v.rings.drop_if_stale(c);
             }
-            let had_conn = v.conn.is_some();
-            if v.sync_connection() {
-                stale = true;
-                if had_conn && manager {
-                    switch
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .port_down(v.port.spec.id);
-                }
-            }
+            stale |= v.sync_connection();
             v.refresh_enabled();
-            if !manager {
-                continue;
-            }
-            let want = (v.is_vf && v.conn.is_some()).then_some(v.settings.mac);
-            if want != v.static_mac {
-                let mut sw = switch.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(m) = v.static_mac {
-                    sw.remove_static(m, v.port.spec.id);
-                }
-                if let Some(m) = want {
-                    sw.add_static(m, v.port.spec.id);
-                }
-                v.static_mac = want;
-            }
         }
         if std::mem::take(&mut self.active_stale) || stale {
             self.active.clear();

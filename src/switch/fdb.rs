@@ -120,16 +120,19 @@ impl Fdb {
         );
     }
 
-    /// Removes a static entry of `port` for `mac`, if there is one.
-    pub fn remove_static(&mut self, mac: MacAddr, port: PortId) -> bool {
-        match self.entries.get(&mac) {
-            Some(e) if e.is_static && e.port == port => {
-                self.entries.remove(&mac);
-                self.remember_departure(mac, port);
-                true
-            }
-            _ => false,
+    /// Removes every static entry of `port` (remembered as departures); returns how many.
+    pub fn remove_statics_of(&mut self, port: PortId) -> usize {
+        let gone: Vec<MacAddr> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.is_static && e.port == port)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in &gone {
+            self.entries.remove(m);
+            self.remember_departure(*m, port);
         }
+        gone.len()
     }
 
     /// The port for `mac`, if known and not aged out at `now`.
@@ -213,7 +216,7 @@ mod tests {
     fn a_withdrawn_mac_learned_elsewhere_is_a_move() {
         let mut f = Fdb::new(300);
         f.add_static(mac(1), PortId(0));
-        assert!(f.remove_static(mac(1), PortId(0)));
+        assert_eq!(f.remove_statics_of(PortId(0)), 1);
         assert_eq!(
             f.learn(mac(1), PortId(254), 1),
             Learned::Moved { from: PortId(0) }
@@ -233,7 +236,7 @@ mod tests {
         f.add_static(mac(1), PortId(0));
         assert_eq!(f.learn(mac(1), PortId(4), 1), Learned::Static);
         assert_eq!(f.lookup(mac(1), 1), Some(PortId(0)));
-        assert!(f.remove_static(mac(1), PortId(0)));
+        assert_eq!(f.remove_statics_of(PortId(0)), 1);
         assert_eq!(f.lookup(mac(1), 1), None);
     }
 }

@@ -85,24 +85,33 @@ impl Switch {
         (verdict, learned)
     }
 
-    /// Pins `mac` to `port` (a VF's MAC while the VF is attached).
-    pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
-        self.fdb.add_static(mac, port);
+    /// A port's frontend attached: a VF's MAC (`vf_mac`) is pinned to it from now on. Called
+    /// before the attach is visible to anyone else, so no frame to that MAC floods meanwhile.
+    pub fn port_attached(&mut self, port: PortId, vf_mac: Option<MacAddr>) {
+        self.fdb.remove_statics_of(port);
+        if let Some(m) = vf_mac {
+            self.fdb.add_static(m, port);
+        }
     }
 
-    /// Withdraws a static entry; the MAC can then be learned elsewhere (reported as a move).
-    pub fn remove_static(&mut self, mac: MacAddr, port: PortId) -> bool {
-        self.fdb.remove_static(mac, port)
+    /// A port's frontend left: its pinned MAC is withdrawn (learning it elsewhere next is
+    /// reported as a move: the plug-in model's failover) and what was learned on it forgotten.
+    pub fn port_detached(&mut self, port: PortId) {
+        self.fdb.remove_statics_of(port);
+        self.fdb.flush_port(port);
+    }
+
+    /// A VF's MAC changed: if the port has a pinned MAC (it is attached or attaching), `mac`
+    /// replaces it.
+    pub fn vf_mac_changed(&mut self, port: PortId, mac: MacAddr) {
+        if self.fdb.remove_statics_of(port) > 0 {
+            self.fdb.add_static(mac, port);
+        }
     }
 
     /// Forgets every learned entry (static ones stay).
     pub fn flush(&mut self) {
         self.fdb.flush();
-    }
-
-    /// A port went down (frontend gone): forget what was learned on it.
-    pub fn port_down(&mut self, port: PortId) {
-        self.fdb.flush_port(port);
     }
 
     /// Drops entries older than the aging time.
@@ -150,6 +159,34 @@ mod tests {
     }
 
     #[test]
+    fn an_attached_vf_mac_is_pinned_until_detach_then_moves() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        let (vf, pv) = (PortId(1), PortId(254));
+        let m: MacAddr = "02:00:00:00:00:02".parse().unwrap();
+        sw.port_attached(vf, Some(m));
+        // The pinned MAC neither floods nor moves when another port sends with it.
+        let to_vf = hdr("02:00:00:00:00:02", "02:00:00:00:00:09");
+        assert_eq!(sw.forward(PortId(0), &to_vf, 0).0, Verdict::Unicast(vf));
+        let from_pv = hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:00:02");
+        assert_eq!(sw.forward(pv, &from_pv, 0).1, Learned::Static);
+        // A new MAC replaces the pinned one.
+        let m2: MacAddr = "02:00:00:00:00:22".parse().unwrap();
+        sw.vf_mac_changed(vf, m2);
+        assert_eq!(sw.fdb().lookup(m2, 0), Some(vf));
+        assert_eq!(sw.fdb().lookup(m, 0), None);
+        // Detached: the PV port sending with the VF's MAC is a move (failover).
+        sw.port_detached(vf);
+        assert_eq!(
+            sw.forward(pv, &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:00:22"), 1)
+                .1,
+            Learned::Moved { from: vf }
+        );
+        // A detached VF's MAC change pins nothing.
+        sw.vf_mac_changed(vf, m);
+        assert_eq!(sw.fdb().lookup(m, 1), None);
+    }
+
+    #[test]
     fn multicast_sources_are_not_learned() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
         let (_, l) = sw.forward(PortId(0), &hdr("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"), 0);
@@ -161,10 +198,10 @@ mod tests {
     }
 
     #[test]
-    fn port_down_forgets_its_macs() {
+    fn a_detached_port_forgets_its_macs() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
         sw.forward(PortId(3), &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:03:01"), 0);
-        sw.port_down(PortId(3));
+        sw.port_detached(PortId(3));
         assert_eq!(
             sw.forward(PortId(0), &hdr("02:00:00:00:03:01", "02:00:00:00:00:01"), 0)
                 .0,

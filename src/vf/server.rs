@@ -6,6 +6,7 @@ use super::{GuestMem, GuestMemAtomic};
 use crate::dma_engine::Waker;
 use crate::events::EventBus;
 use crate::pf::PortKind;
+use crate::switch::Switch;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,8 @@ pub struct PortServer {
     listener: Listener,
     waker: Arc<Waker>,
     events: Arc<EventBus>,
+    /// Told of every attach and detach before anyone else sees it (static VF MACs).
+    switch: Arc<Mutex<Switch>>,
     stop: Arc<AtomicBool>,
     /// Ends the current frontend's session, if one is being served.
     session: Arc<Mutex<Option<ShutdownHandle>>>,
@@ -112,6 +115,7 @@ impl PortServer {
         port: Arc<Port>,
         waker: Arc<Waker>,
         events: Arc<EventBus>,
+        switch: Arc<Mutex<Switch>>,
     ) -> Result<Self, ServerError> {
         let path = port.spec.socket.clone();
         claim_socket_path(&path)?;
@@ -122,6 +126,7 @@ impl PortServer {
             listener,
             waker,
             events,
+            switch,
             stop: Arc::new(AtomicBool::new(false)),
             session: Arc::new(Mutex::new(None)),
         })
@@ -157,6 +162,28 @@ impl PortServer {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Publishes the frontend's connection. The switch pins a VF's MAC first (the MAC read
+    /// under the switch lock, so a concurrent `vf N set mac` is not lost): once the control
+    /// plane or a guest can see the port attached, frames to it never flood.
+    fn attach(&self, conn: Arc<Connection>) {
+        {
+            let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+            let mac =
+                matches!(self.port.spec.kind, PortKind::Vf(_)).then(|| self.port.settings().mac);
+            sw.port_attached(self.port.spec.id, mac);
+        }
+        self.port.set_connection(Some(conn));
+    }
+
+    /// Withdraws the connection, then the switch forgets the port's MACs.
+    fn detach(&self) {
+        self.port.set_connection(None);
+        self.switch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .port_detached(self.port.spec.id);
     }
 
     /// Serves one frontend after another, until stopped.
@@ -208,7 +235,7 @@ impl PortServer {
                 continue;
             }
             tracing::info!(port = %name, "frontend connected");
-            self.port.set_connection(Some(conn));
+            self.attach(conn);
             self.waker.wake();
             self.emit("VF_ATTACHED", "connected");
             match daemon.wait() {
@@ -219,7 +246,7 @@ impl PortServer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            self.port.set_connection(None);
+            self.detach();
             self.waker.wake();
             self.emit("VF_DETACHED", "gone");
         }
