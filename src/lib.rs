@@ -15,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod datapath;
 pub mod dma_engine;
 pub mod events;
 pub mod frontend;

@@ -98,9 +98,8 @@ fn run(poll: bool) {
             "sending took too long (poll {poll}): {}",
             nonzero_counters(&d, &names.iter().map(String::as_str).collect::<Vec<_>>())
         );
-        for src in 0..VFS {
-            for qp in 0..QUEUE_PAIRS {
-                let q = &mut queued[src][qp];
+        for (src, queues) in queued.iter_mut().enumerate() {
+            for (qp, q) in queues.iter_mut().enumerate() {
                 let batch: Vec<Vec<u8>> = q.iter().take(BURST).map(|&s| frame(s).3).collect();
                 if batch.is_empty() {
                     continue;

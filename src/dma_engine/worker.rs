@@ -20,6 +20,7 @@ use super::guest_map::GuestMap;
 use super::net_hdr::{rx_header, vnet_hdr_len, VNET_HDR_MAX};
 use super::ring::{RingAddrs, SplitRing};
 use super::segments::{Direction, Segments};
+use crate::datapath::groups::{Group, Groups};
 use crate::events::EventBus;
 use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, Learn, Steering, SteeringSnapshot};
@@ -422,7 +423,6 @@ struct Delivery {
     strip: bool,
     by: Steering,
     fell_back: bool,
-    done: bool,
 }
 
 /// Scratch space for RX chains, reused for every frame.
@@ -513,6 +513,8 @@ pub struct DataPlane {
     /// and its learning would only refresh the entry already refreshed: both are skipped.
     last_forward: Option<(MacAddr, MacAddr, u64, Verdict)>,
     deliveries: Vec<Delivery>,
+    /// `deliveries` grouped by destination RX ring (or by port, to steer under RSS locks).
+    groups: Groups,
     rx: Box<RxScratch>,
     start: Instant,
     last_age: u64,
@@ -542,6 +544,7 @@ impl DataPlane {
             frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
             last_forward: None,
             deliveries: Vec::with_capacity(TX_BATCH * 4),
+            groups: Groups::new(crate::pf::PORT_SLOTS),
             rx: Box::new(RxScratch {
                 first: Segments::default(),
                 cur: Segments::default(),
@@ -895,26 +898,42 @@ impl DataPlane {
     /// Steers the deliveries left for the locked path (destinations with flow learning on):
     /// one lock per destination port and batch.
     fn steer_pending(&mut self) {
-        for i in 0..self.deliveries.len() {
-            if self.deliveries[i].queue != STEER_PENDING {
-                continue;
-            }
-            let dst = self.deliveries[i].dst;
-            let Some(view) = self.views[usize::from(dst)].as_ref() else {
+        if !self.deliveries.iter().any(|d| d.queue == STEER_PENDING) {
+            return;
+        }
+        let DataPlane {
+            groups,
+            deliveries,
+            views,
+            frames,
+            ..
+        } = self;
+        groups.clear();
+        for d in deliveries.iter() {
+            // Already steered ones go to no port's group.
+            groups.add(
+                if d.queue == STEER_PENDING {
+                    d.dst
+                } else {
+                    u16::MAX
+                },
+                0,
+            );
+        }
+        for g in groups.groups() {
+            let Some(view) = views[usize::from(g.port)].as_ref() else {
                 continue;
             };
             let mut rss = view.port.rss_data_path();
-            for d in self.deliveries[i..]
-                .iter_mut()
-                .filter(|d| d.dst == dst && d.queue == STEER_PENDING)
-            {
-                let f = &mut self.frames[usize::from(d.frame)];
-                let decision = rss.decide(f.tuple(), &view.enabled);
+            for i in groups.members(g) {
+                let d = &mut deliveries[i];
+                let decision = rss.decide(frames[usize::from(d.frame)].tuple(), &view.enabled);
                 d.queue = decision.queue;
                 d.by = decision.by;
                 d.fell_back = decision.fell_back;
             }
         }
+        groups.clear();
     }
 
     /// Decides where frame `k` goes and queues its deliveries; true if it goes somewhere.
@@ -1077,47 +1096,35 @@ impl DataPlane {
             strip,
             by,
             fell_back,
-            done: false,
         });
     }
 
     /// Delivers the queued deliveries, one lock per destination RX ring.
     fn deliver_batch(&mut self) {
-        for i in 0..self.deliveries.len() {
-            if !self.deliveries[i].done {
-                self.deliver_group(i);
-            }
+        for d in &self.deliveries {
+            self.groups.add(d.dst, d.queue);
         }
+        for gi in 0..self.groups.groups().len() {
+            let g = self.groups.groups()[gi];
+            self.deliver_group(&g);
+        }
+        self.groups.clear();
         self.deliveries.clear();
     }
 
-    /// Delivers, in order, every pending delivery to the RX ring of `deliveries[first]`.
-    fn deliver_group(&mut self, first: usize) {
-        let dst = usize::from(self.deliveries[first].dst);
-        let qi = usize::from(self.deliveries[first].queue);
+    /// Delivers, in order, the deliveries of group `g` (one destination RX ring).
+    fn deliver_group(&mut self, g: &Group) {
+        let (dst, qi) = (usize::from(g.port), usize::from(g.queue));
         let mut tally = RxTally::default();
-        let members =
-            |d: &Delivery| !d.done && usize::from(d.dst) == dst && usize::from(d.queue) == qi;
         let Some(view) = self.views[dst].as_mut() else {
-            self.deliveries[first..]
-                .iter_mut()
-                .filter(|d| members(d))
-                .for_each(|d| d.done = true);
             return;
         };
         let PortView {
             port, conn, rings, ..
         } = view;
-        let expected = self.deliveries[first..]
-            .iter()
-            .filter(|d| members(d))
-            .count();
-        let mut group = RxGroup::open(conn.as_deref(), rings, qi, expected);
-        for d in self.deliveries[first..].iter_mut() {
-            if !members(d) {
-                continue;
-            }
-            d.done = true;
+        let mut group = RxGroup::open(conn.as_deref(), rings, qi, g.len as usize);
+        for i in self.groups.members(g) {
+            let d = &self.deliveries[i];
             let f = &self.frames[usize::from(d.frame)];
             let mut stripped = [0u8; HEADER_COPY_LEN + VLAN_TAG_LEN];
             let fv = FrameView::of(f, d.strip, &mut stripped);
