@@ -1,6 +1,7 @@
 //! Smoke test of the QEMU guest harness: boots the test guest (no NIC) under TCG, runs a
 //! command, and checks the markers, the tools and the kernel modules the other QEMU tests need.
-//! Skipped (with a message) when QEMU 10 is not installed: run ./scripts/setup.
+//! A missing QEMU 10 fails it (install it with ./scripts/setup); SRIOV_SKIP_QEMU=1 skips it
+//! with a `SKIPPED:` line instead. Also tests that decision (tests/common/skip.rs).
 
 #[path = "common/qemu.rs"]
 mod qemu;
@@ -8,9 +9,34 @@ mod qemu;
 use qemu::{Guest, GuestConfig};
 use std::time::Duration;
 
+/// Without QEMU a test fails, naming what is missing, how to install it and how to opt out;
+/// only SRIOV_SKIP_QEMU=1 makes it skip. (The decision takes the variable's value as an
+/// argument: tests run in parallel threads and must not change the process environment.)
+#[test]
+fn missing_qemu_fails_unless_skipping_is_asked_for() {
+    use qemu::skip::decide;
+    let missing = "QEMU >= 10 is not installed";
+    for env in [None, Some(""), Some("0"), Some("yes"), Some("true")] {
+        let msg = decide("t", missing, env).expect_err("fails");
+        assert!(
+            msg.starts_with("t cannot run: QEMU >= 10 is not installed."),
+            "{msg}"
+        );
+        assert!(msg.contains("./scripts/setup"), "{msg}");
+        assert!(msg.contains("SRIOV_SKIP_QEMU=1"), "{msg}");
+    }
+    assert!(decide("t", missing, Some("yes"))
+        .unwrap_err()
+        .contains(r#"SRIOV_SKIP_QEMU="yes" is not 1"#));
+    assert_eq!(
+        decide("t", missing, Some("1")),
+        Ok("SKIPPED: t: QEMU >= 10 is not installed (SRIOV_SKIP_QEMU=1)".to_string())
+    );
+}
+
 #[test]
 fn guest_boots_and_runs_script() {
-    if !qemu::qemu_or_skip("guest_boots_and_runs_script") {
+    if !qemu::require_qemu("guest_boots_and_runs_script") {
         return;
     }
     let guest = Guest::spawn(
@@ -55,7 +81,7 @@ fn guest_boots_and_runs_script() {
 /// so a failing vhost-user test can be told apart from broken guest tooling.
 #[test]
 fn two_guests_ping_over_qemu_stream_netdev() {
-    if !qemu::qemu_or_skip("two_guests_ping_over_qemu_stream_netdev") {
+    if !qemu::require_qemu("two_guests_ping_over_qemu_stream_netdev") {
         return;
     }
     let sock = std::env::temp_dir().join(format!("sriov-smoke-net-{}.sock", std::process::id()));

@@ -1,6 +1,9 @@
 //! The control socket with a real, unmodified QMP client library: Python's `qemu.qmp` from
 //! PyPI (installed by scripts/setup into target/qmp-venv) connects, runs query-vfs and vf-set,
 //! receives an event, gets an error for bad input, and keeps going.
+//!
+//! A missing venv fails the test (install it with ./scripts/setup); SRIOV_SKIP_QEMU=1 skips it
+//! with a `SKIPPED:` line instead (tests/common/skip.rs).
 
 mod common;
 
@@ -8,27 +11,36 @@ use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn qmp_python() -> Option<PathBuf> {
-    let p = std::env::var_os("SRIOV_QMP_VENV")
+/// The venv's python if it can `import qemu.qmp`, else what is missing.
+fn qmp_python() -> Result<PathBuf, String> {
+    let venv = std::env::var_os("SRIOV_QMP_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qmp-venv"))
-        .join("bin/python");
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qmp-venv"));
+    let p = venv.join("bin/python");
     let ok = Command::new(&p)
         .args(["-c", "import qemu.qmp"])
         .output()
         .is_ok_and(|o| o.status.success());
-    ok.then_some(p)
+    if ok {
+        Ok(p)
+    } else {
+        Err(format!(
+            "the Python qemu.qmp client is not installed in {} (`{} -c 'import qemu.qmp'` fails; \
+             SRIOV_QMP_VENV names another venv)",
+            venv.display(),
+            p.display()
+        ))
+    }
 }
 
 #[test]
 fn python_qemu_qmp_client_works_unchanged() {
-    let Some(python) = qmp_python() else {
-        assert!(
-            std::env::var("SRIOV_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "qemu.qmp is required but missing: run ./scripts/setup"
-        );
-        eprintln!("skipping: qemu.qmp not installed (run ./scripts/setup)");
-        return;
+    let python = match qmp_python() {
+        Ok(python) => python,
+        Err(missing) => {
+            skip::skip_or_fail("python_qemu_qmp_client_works_unchanged", &missing);
+            return;
+        }
     };
     let emu = Emu::start(&["--vfs", "2"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/qmp_client.py");

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum ClientError {
     Qmp { class: String, desc: String },
     #[error("{0}")]
     Usage(String),
+    #[error("no event from the control socket within {0:?}")]
+    Timeout(Duration),
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -31,6 +34,9 @@ pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     events: Vec<Value>,
+    /// The start of a line whose end has not arrived yet: a read that times out in the middle
+    /// of a line leaves its bytes here for the next read.
+    partial: Vec<u8>,
 }
 
 impl Client {
@@ -39,11 +45,7 @@ impl Client {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut c = Client {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-            events: Vec::new(),
-        };
+        let mut c = Client::over(s)?;
         let greeting = c.read()?;
         if greeting.get("QMP").is_none() {
             return Err(ClientError::Protocol(format!(
@@ -54,12 +56,34 @@ impl Client {
         Ok(c)
     }
 
+    /// A client on a connected stream, before the greeting is read.
+    fn over(s: UnixStream) -> Result<Client> {
+        Ok(Client {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            events: Vec::new(),
+            partial: Vec::new(),
+        })
+    }
+
+    /// The next line as JSON. An I/O error (a read timeout) keeps what was read of the line.
     fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(ClientError::Protocol("connection closed".into()));
+        self.reader.read_until(b'\n', &mut self.partial)?;
+        if !self.partial.ends_with(b"\n") {
+            let msg = if self.partial.is_empty() {
+                "connection closed".to_string()
+            } else {
+                format!(
+                    "connection closed in the middle of a line: {}",
+                    String::from_utf8_lossy(&self.partial)
+                )
+            };
+            self.partial.clear();
+            return Err(ClientError::Protocol(msg));
         }
-        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line}")))
+        let line = std::mem::take(&mut self.partial);
+        serde_json::from_slice(&line)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&line))))
     }
 
     /// Runs a command; events that arrive meanwhile are kept for `next_event`.
@@ -88,7 +112,8 @@ impl Client {
         }
     }
 
-    /// The next asynchronous event (blocks).
+    /// The next asynchronous event; blocks until one arrives (`ctl events`). Tests use
+    /// [`Client::next_event_timeout`].
     pub fn next_event(&mut self) -> Result<Value> {
         if !self.events.is_empty() {
             return Ok(self.events.remove(0));
@@ -97,6 +122,48 @@ impl Client {
             let v = self.read()?;
             if v.get("event").is_some() {
                 return Ok(v);
+            }
+        }
+    }
+
+    /// The next asynchronous event, or [`ClientError::Timeout`] if none arrives within
+    /// `timeout`. Uses the socket's read timeout and restores it afterwards; a line cut by the
+    /// timeout is kept and completed by the next read, so no event is lost or garbled.
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Result<Value> {
+        if !self.events.is_empty() {
+            return Ok(self.events.remove(0));
+        }
+        let before = self.reader.get_ref().read_timeout()?;
+        let result = self.next_event_until(Instant::now() + timeout, timeout);
+        match (result, self.reader.get_ref().set_read_timeout(before)) {
+            (Ok(ev), Err(e)) => {
+                // Keep the event for the next call rather than lose it.
+                self.events.insert(0, ev);
+                Err(e.into())
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn next_event_until(&mut self, deadline: Instant, timeout: Duration) -> Result<Value> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(timeout));
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            match self.read() {
+                Ok(v) if v.get("event").is_some() => return Ok(v),
+                Ok(_) => {}
+                Err(ClientError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout(timeout))
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -411,6 +478,85 @@ mod tests {
         );
         assert!(a.get("dst-port").is_none());
         assert!(vf_command(1, &words("flow add udp 1.2.3.4")).is_err());
+    }
+
+    /// A client on one end of a socket pair; the test plays the server on the other end.
+    fn pair() -> (Client, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (Client::over(ours).unwrap(), theirs)
+    }
+
+    #[test]
+    fn event_timeout_keeps_a_line_cut_by_the_timeout() {
+        let (mut c, mut server) = pair();
+        server
+            .write_all(br#"{"event": "VF_LINK_CHANGE", "da"#)
+            .unwrap();
+        let t = Instant::now();
+        let err = c
+            .next_event_timeout(Duration::from_millis(100))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert_eq!(c.reader.get_ref().read_timeout().unwrap(), None, "restored");
+        server
+            .write_all(b"ta\": {\"vf\": 1}}\n{\"event\": \"FDB_MOVE\"}\n")
+            .unwrap();
+        let ev = c.next_event_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(ev, json!({"event": "VF_LINK_CHANGE", "data": {"vf": 1}}));
+        // The second line came in the same read: it is buffered, not lost.
+        let ev = c.next_event_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(ev["event"], "FDB_MOVE");
+        // The blocking variant reads from the same place.
+        server.write_all(b"{\"event\": \"A\"}\n").unwrap();
+        assert_eq!(c.next_event().unwrap()["event"], "A");
+    }
+
+    #[test]
+    fn event_timeout_restores_the_read_timeout_and_skips_replies() {
+        let (mut c, mut server) = pair();
+        let earlier = Some(Duration::from_secs(7));
+        c.reader.get_ref().set_read_timeout(earlier).unwrap();
+        // Not an event: skipped, and the deadline covers the whole wait.
+        server.write_all(b"{\"return\": {}}\n").unwrap();
+        let err = c.next_event_timeout(Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+        assert_eq!(c.reader.get_ref().read_timeout().unwrap(), earlier);
+        // A zero timeout is a poll, not an error of the socket.
+        let err = c.next_event_timeout(Duration::ZERO).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "no event from the control socket within 0ns"
+        );
+    }
+
+    #[test]
+    fn event_seen_during_a_command_is_returned_at_once() {
+        let (mut c, mut server) = pair();
+        server
+            .write_all(b"{\"event\": \"VF_ATTACHED\"}\n{\"return\": 5}\n")
+            .unwrap();
+        assert_eq!(c.execute("query-x", json!({})).unwrap(), json!(5));
+        let ev = c.next_event_timeout(Duration::ZERO).unwrap();
+        assert_eq!(ev["event"], "VF_ATTACHED");
+    }
+
+    #[test]
+    fn closed_connection_is_an_error_not_a_timeout() {
+        let (mut c, mut server) = pair();
+        server.write_all(b"{\"event\": \"X\"").unwrap();
+        drop(server);
+        let err = c.next_event_timeout(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("middle of a line")),
+            "{err:?}"
+        );
+        let err = c.next_event_timeout(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m == "connection closed"),
+            "{err:?}"
+        );
     }
 
     #[test]

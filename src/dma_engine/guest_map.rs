@@ -72,28 +72,49 @@ impl GuestMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn translates_within_and_across_regions() {
-        let mem = GuestMem::from_ranges(&[
-            (GuestAddress(0), 0x1000),
-            (GuestAddress(0x1000), 0x1000),
-            (GuestAddress(0x10_0000), 0x2000),
-        ])
-        .unwrap();
-        let map = GuestMap::new(Arc::new(mem));
+        let mem = Arc::new(
+            GuestMem::from_ranges(&[
+                (GuestAddress(0), 0x1000),
+                (GuestAddress(0x1000), 0x1000),
+                (GuestAddress(0x10_0000), 0x2000),
+            ])
+            .unwrap(),
+        );
+        // A different pattern at each address (and at every byte), written through vm-memory's
+        // own translation: reading it back through `translate` catches a wrong region or offset.
+        let pattern = |seed: u8, n: usize| -> Vec<u8> {
+            (0..n).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
+        };
+        let (p0, p1, p2) = (pattern(1, 0x800), pattern(101, 0x40), pattern(201, 0x10));
+        mem.write_slice(&p0, GuestAddress(0x800)).unwrap();
+        mem.write_slice(&p1, GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&p2, GuestAddress(0x10_1ff0)).unwrap();
+        let map = GuestMap::new(mem.clone());
         let (h0, n0) = map.translate(0x800, 0x1000).unwrap();
         assert_eq!(n0, 0x800, "stops at the end of the first region");
-        let (h1, _) = map.translate(0x1000, 1).unwrap();
-        assert_ne!(h0 + 0x800, 0);
+        // SAFETY: `translate` returned n0 mapped bytes at h0; `map` and `mem` keep them
+        // mapped until the end of the test, and nothing writes to them meanwhile.
+        let got = unsafe { std::slice::from_raw_parts(h0 as *const u8, n0 as usize) };
+        assert_eq!(got, &p0[..]);
+        let (h1, n1) = map.translate(0x1000, 0x40).unwrap();
+        assert_eq!(n1, 0x40);
+        // SAFETY: as above, n1 mapped bytes at h1.
+        let got = unsafe { std::slice::from_raw_parts(h1 as *const u8, n1 as usize) };
+        assert_eq!(got, &p1[..]);
         assert!(map.contiguous(0x1000, 0x1000).is_some());
         assert_eq!(map.contiguous(0x1800, 0x1000), None);
         assert_eq!(map.translate(0x5000, 1), None);
         assert_eq!(map.translate(0x10_2000, 1), None);
         let (h2, n2) = map.translate(0x10_1ff0, 0x100).unwrap();
         assert_eq!(n2, 0x10);
-        assert!(h1 != h2);
+        // SAFETY: as above, n2 mapped bytes at h2.
+        let got = unsafe { std::slice::from_raw_parts(h2 as *const u8, n2 as usize) };
+        assert_eq!(got, &p2[..]);
+        assert_eq!(map.contiguous(0x10_1ff8, 8), Some(h2 + 8));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: an in-process emulator, frontends, frames.
 #![allow(dead_code)]
 
+/// A missing QEMU / qemu.qmp venv fails a test, or skips it with SRIOV_SKIP_QEMU=1.
+pub mod skip;
+
 use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use sriov_emu::pf::{default_vf_mac, PfConfig};

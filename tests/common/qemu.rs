@@ -36,19 +36,38 @@ pub const DONE_MARKER: &str = "SRIOV-GUEST-DONE rc=";
 const MAX_CMDLINE_CMD: usize = 1024;
 const LOG_TAIL_LINES: usize = 40;
 
-/// True when QEMU >= 10 is installed. Otherwise prints why the test is skipped and returns
-/// false, unless SRIOV_REQUIRE_QEMU=1 (set by scripts/test after installing QEMU): then a
-/// missing QEMU fails the test instead of skipping it silently.
-pub fn qemu_or_skip(test: &str) -> bool {
-    if qemu_available() {
+#[path = "skip.rs"]
+pub mod skip;
+
+/// True when QEMU >= 10 is installed. When it is not, `test` FAILS with what is missing and how
+/// to install it, unless SRIOV_SKIP_QEMU=1: then it prints `SKIPPED: <test>: ...` and this
+/// returns false, and the test returns early (see `skip.rs`).
+pub fn require_qemu(test: &str) -> bool {
+    let Some(missing) = qemu_missing() else {
         return true;
-    }
-    assert!(
-        std::env::var("SRIOV_REQUIRE_QEMU").as_deref() != Ok("1"),
-        "{test}: QEMU >= 10 is required (SRIOV_REQUIRE_QEMU=1) but not installed: run ./scripts/setup"
-    );
-    eprintln!("skipping {test}: qemu-system-x86_64 >= 10 not found (run ./scripts/setup)");
+    };
+    skip::skip_or_fail(test, &missing);
     false
+}
+
+/// Why QEMU cannot be used (not found, or older than 10), or `None` if it can.
+pub fn qemu_missing() -> Option<String> {
+    match qemu_version() {
+        Some((major, _)) if major >= 10 => None,
+        Some((major, minor)) => Some(format!(
+            "{} is QEMU {major}.{minor}, the tests need QEMU >= 10 (Debian bookworm-backports)",
+            qemu_binary()
+        )),
+        None => Some(format!(
+            "QEMU >= 10 is not installed ({} --version cannot be run{})",
+            qemu_binary(),
+            if std::env::var_os("SRIOV_QEMU").is_some() {
+                ", from $SRIOV_QEMU"
+            } else {
+                ""
+            }
+        )),
+    }
 }
 
 /// Root of the repository (the crate's manifest directory).
@@ -82,7 +101,7 @@ pub fn qemu_version() -> Option<(u32, u32)> {
 
 /// True when `qemu-system-x86_64` is installed and is version 10 or newer.
 pub fn qemu_available() -> bool {
-    matches!(qemu_version(), Some((major, _)) if major >= 10)
+    qemu_missing().is_none()
 }
 
 /// Directory for guest logs and scratch files (`target/tmp/guests` for integration tests).
