@@ -379,11 +379,11 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), String> {
                 // The config file may give this VF its own channels and MAC.
                 let c = vf_conf(i);
                 let channels = c
-                    .and_then(|c| c.channels)
+                    .and_then(|c| c.knobs.channels)
                     .and_then(|n| u16::try_from(n).ok());
                 let mut spec = pf.vf_spec(i, channels.unwrap_or(pf.channels_per_vf));
                 if let Some(m) = c
-                    .and_then(|c| c.mac.as_deref())
+                    .and_then(|c| c.knobs.settings.mac.as_deref())
                     .and_then(|m| m.parse().ok())
                 {
                     spec.mac = Some(m);

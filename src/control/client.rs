@@ -1,6 +1,7 @@
 //! The `sriov-emu ctl` client: a small QMP client, the `ip link ... vf N ...` vocabulary, and
 //! the human-readable and OpenMetrics renderings.
 
+use crate::vf::knobs::{self, KnobError};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -25,6 +26,8 @@ pub enum ClientError {
     Usage(String),
     #[error("no event from the control socket within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Knob(#[from] KnobError),
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -229,24 +232,15 @@ pub fn vf_command(vf: u32, words: &[String]) -> Result<(&'static str, Value)> {
             if rest.is_empty() {
                 return Err(usage("vf N set: nothing to set"));
             }
-            let mut i = 0;
-            while i < rest.len() {
-                let key = rest[i];
-                let val = *rest.get(i + 1).ok_or_else(|| usage(format!("{key} needs a value")))?;
-                match key {
-                    "mac" => args.insert("mac".into(), json!(val)),
-                    "vlan" => args.insert("vlan".into(), json!(int(val, "vlan")?)),
-                    "qos" => args.insert("qos".into(), json!(int(val, "qos")?)),
-                    "proto" => args.insert("proto".into(), json!(val)),
-                    "spoofchk" => args.insert("spoofchk".into(), json!(on_off(val, "spoofchk")?)),
-                    "trust" => args.insert("trust".into(), json!(on_off(val, "trust")?)),
-                    "state" => args.insert("link-state".into(), json!(val)),
-                    "max_tx_rate" | "rate" => args.insert("max-tx-rate".into(), json!(int(val, key)?)),
-                    "min_tx_rate" => args.insert("min-tx-rate".into(), json!(int(val, key)?)),
-                    "channels" => args.insert("channels".into(), json!(int(val, key)?)),
-                    _ => return Err(usage(format!("unknown VF setting {key:?}"))),
-                };
-                i += 2;
+            // WORD VALUE pairs; the words and value types are those of `vf::KNOBS`.
+            for pair in rest.chunks(2) {
+                let [word, value @ ..] = pair else { continue };
+                let knob =
+                    knobs::by_word(word).ok_or_else(|| KnobError::UnknownWord(word.to_string()))?;
+                let value = value
+                    .first()
+                    .ok_or_else(|| KnobError::NoValue(word.to_string()))?;
+                args.insert(knob.qmp.into(), knob.word_value(word, value)?);
             }
             Ok(("vf-set", Value::Object(args)))
         }
@@ -444,9 +438,56 @@ mod tests {
             json!({"vf": 3, "mac": "02:00:00:00:03:09", "vlan": 10, "qos": 3, "proto": "802.1ad", "spoofchk": false,
                    "trust": true, "link-state": "disable", "max-tx-rate": 100, "min-tx-rate": 10, "channels": 4})
         );
-        assert!(vf_command(0, &words("set spoofchk maybe")).is_err());
-        assert!(vf_command(0, &words("set vlan")).is_err());
-        assert!(vf_command(0, &words("set colour blue")).is_err());
+        assert_eq!(
+            vf_command(0, &words("set rate 50")).unwrap().1,
+            json!({"vf": 0, "max-tx-rate": 50})
+        );
+        let err = |w| vf_command(0, &words(w)).unwrap_err().to_string();
+        assert_eq!(
+            err("set spoofchk maybe"),
+            "spoofchk takes on or off, not \"maybe\""
+        );
+        assert_eq!(err("set vlan ten"), "vlan takes a number, not \"ten\"");
+        assert_eq!(err("set vlan"), "vlan needs a value");
+        assert_eq!(err("set trust on vlan"), "vlan needs a value");
+        assert_eq!(
+            err("set colour blue"),
+            "unknown VF setting \"colour\" (the settings are mac, vlan, qos, proto, spoofchk, \
+             trust, state, max_tx_rate|rate, min_tx_rate, channels)"
+        );
+        assert_eq!(err("set"), "vf N set: nothing to set");
+    }
+
+    /// `ctl show` shows every knob: changing any one of them changes the VF's line.
+    #[test]
+    fn show_renders_every_knob() {
+        use crate::vf::{knobs, SettingsUpdate, VfSettings, KNOBS};
+        // A port VLAN and a rate, so that qos and min_tx_rate are shown too.
+        let s = SettingsUpdate {
+            vlan: Some(100),
+            max_tx_rate: Some(1000),
+            ..Default::default()
+        }
+        .apply(&VfSettings::new("02:00:00:00:00:01".parse().unwrap()))
+        .unwrap();
+        let mut vf = knobs::json_fields(&s, 2);
+        vf.insert("vf".into(), json!(0));
+        vf.insert("attached".into(), json!(false));
+        let pf = json!({"numvfs": 1, "totalvfs": 254, "mtu": 1500,
+                        "channels": {"used": 2, "free": 2046, "total": 2048}});
+        let show = |vf: &Map<String, Value>| render_show(&pf, &json!([vf]));
+        let before = show(&vf);
+        assert_eq!(
+            before.lines().nth(1).unwrap(),
+            "    vf 0     link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff, vlan 100, qos 0, \
+             spoof checking on, link-state auto, trust off, max_tx_rate 1000Mbps, \
+             min_tx_rate 0Mbps, channels 2, detached"
+        );
+        for k in KNOBS {
+            let mut changed = vf.clone();
+            changed.insert(k.qmp.into(), k.other_value(&vf[k.qmp]));
+            assert_ne!(show(&changed), before, "ctl show does not show {}", k.qmp);
+        }
     }
 
     #[test]

@@ -8,14 +8,18 @@
 //!   accepts the next frontend after the old one left; stoppable when the port goes away.
 //! - `table.rs`: the port table the data plane follows.
 //! - `settings.rs`: the host's knobs of a VF (MAC, VLAN, spoofchk, trust, link, rates).
+//! - `knobs.rs`: the one list of VF knobs with their names in QMP, the config file and the
+//!   `ip link` words, their types, and where each value goes and comes from.
 
 mod backend;
+pub mod knobs;
 mod port;
 mod server;
 mod settings;
 mod table;
 
 pub use backend::{NetBackend, DEVICE_FEATURES, MAX_QUEUE_SIZE};
+pub use knobs::{Knob, KnobError, KnobValues, KNOBS};
 pub use port::{Connection, Port, RssGuard};
 pub use server::{port_event_data, PortServer, ServerError, ServerHandle};
 pub use settings::{

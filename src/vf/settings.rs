@@ -147,7 +147,8 @@ impl VfSettings {
     }
 }
 
-/// A change to some of the settings, in raw form as a user gave it.
+/// A change to some of the settings, in raw form as a user gave it (filled through
+/// `knobs::KNOBS` by the control commands and the config file).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SettingsUpdate {
     pub mac: Option<String>,
