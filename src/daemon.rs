@@ -1,9 +1,10 @@
 //! `sriov-emu run`: the PF's ports, their sockets, the data plane; numvfs and channel changes
 //! at run time.
 
-use crate::dma_engine::{DataPlane, Waker};
+use crate::datapath::DataPlane;
 use crate::events::EventBus;
 use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
+use crate::port::Waker;
 use crate::switch::{PortId, Switch};
 use crate::vf::{
     port_event_data, Port, PortServer, PortTable, ServerError, ServerHandle, SettingsError,

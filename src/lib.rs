@@ -20,6 +20,7 @@ pub mod dma_engine;
 pub mod events;
 pub mod frontend;
 pub mod pf;
+pub mod port;
 pub mod rss;
 pub mod stats;
 pub mod switch;

@@ -1,5 +1,24 @@
-//! The pipeline between ports: what happens to a batch of frames after it leaves a TX ring and
-//! before it is written into RX rings.
+//! The pipeline between ports: a batch of frames from one port's TX queue, through the switch,
+//! into other ports' RX queues, on data-plane worker threads.
 //!
+//! - `worker.rs`: the worker threads: sleeping on kicks or busy-polling, CPU pinning, which TX
+//!   queues each worker serves, FDB aging.
+//! - `views.rs`: a worker's view of the ports (attached or not, settings as the switch enforces
+//!   them, RSS steering), following the port table without locks on the fast path.
+//! - `ports.rs`: every port kind behind one enum (static dispatch over `port::TxQueues` and
+//!   `port::RxQueues`).
+//! - `pipeline.rs`: one TX batch: pop, edge policy, FDB (one switch lock), fan-out, egress
+//!   policy and steering, completion.
 //! - `groups.rs`: deliveries grouped by destination RX ring in one pass, in order.
+//! - `deliver.rs`: the groups written into RX rings, counted once per group.
+//!
+//! A capture tap (a later issue) is a hook on `pipeline.rs`, not a port.
+
+mod deliver;
 pub mod groups;
+mod pipeline;
+mod ports;
+mod views;
+mod worker;
+
+pub use worker::DataPlane;

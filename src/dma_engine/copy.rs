@@ -158,7 +158,7 @@ mod tests {
     use super::*;
     use crate::dma_engine::guest_map::GuestMap;
     use crate::dma_engine::segments::Segments;
-    use crate::vf::GuestMem;
+    use crate::dma_engine::GuestMem;
     use std::sync::Arc;
     use vm_memory::{Bytes, GuestAddress};
 

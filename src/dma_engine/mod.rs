@@ -1,27 +1,33 @@
-//! The DMA engine: virtqueue processing and guest-to-guest copies.
+//! The DMA engine: guest rings and copies. It knows guest memory and virtqueues, nothing of
+//! ports, switching or vhost-user connections.
 //!
 //! - `net_hdr.rs`: the virtio-net header layouts (10 or 12 bytes) and the RX header.
-//! - `guest_map.rs`: guest-physical to host address translation (a snapshot of the memory
-//!   table).
+//! - `guest_map.rs`: guest memory types, and guest-physical to host address translation (a
+//!   snapshot of the memory table).
 //! - `ring.rs`: split virtqueues read and written through host pointers: avail and used
 //!   rings, descriptor chain walks (direct and indirect), notification suppression.
-//! - `segments.rs`: a descriptor chain validated into a fixed array of host segments.
-//! - `copy.rs`: copies between segment lists of two guests' memories.
-//! - `worker.rs`: the data-plane workers: TX pop, switch, RX fill with mergeable buffers,
-//!   used-ring updates and notifications, all batched.
+//! - `segments.rs`: a descriptor chain validated into a fixed array of host segments (or a
+//!   host buffer of a port's own).
+//! - `copy.rs`: copies between segment lists and Rust buffers.
+//! - `frame.rs`: a frame as a destination receives it (copied head + the rest where the sender
+//!   left it), and the copies that write it into RX buffers.
+//! - `tx.rs`: a TX chain walked and its head copied out once.
+//! - `rx.rs`: a group of frames written into an RX ring (mergeable buffers).
 //!
-//! Only this module and `vf` touch guest memory.
+//! Only this module and the vhost-user glue in `vf` touch guest memory.
 
 mod copy;
+pub mod frame;
 mod guest_map;
 mod net_hdr;
 mod ring;
+pub mod rx;
 mod segments;
-mod worker;
+pub mod tx;
 
 pub use copy::CopyError;
-pub use guest_map::GuestMap;
+pub use frame::FrameView;
+pub use guest_map::{GuestBitmap, GuestMap, GuestMem, GuestMemAtomic};
 pub use net_hdr::{rx_header, vnet_hdr_len, VNET_HDR_MAX};
-pub use ring::SplitRing;
+pub use ring::{prefetch, RingAddrs, SplitRing};
 pub use segments::{ChainError, Direction, Segment, Segments, MAX_SEGMENTS};
-pub use worker::{DataPlane, Waker};

@@ -258,10 +258,18 @@ impl SplitRing {
         let mut idx = head;
         // Descriptors visited in the current table: more than its length means a loop.
         let mut visited = 0u32;
+        // Descriptors of the whole chain, indirect ones included: a driver must not make a
+        // chain longer than the queue (virtio 1.2, 2.7.5.3.1), however many are empty.
+        let mut chain = 0u32;
+        let max_chain = u32::from(self.addrs.size);
         loop {
             visited += 1;
             if visited > table_len {
                 return Err(ChainError::Loop);
+            }
+            chain += 1;
+            if chain > max_chain {
+                return Err(ChainError::TooLong);
             }
             let d = Self::read_desc(table, idx);
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
@@ -278,6 +286,7 @@ impl SplitRing {
                 }
                 table_len = (len / DESC_SIZE) as u32;
                 in_indirect = true;
+                chain -= 1;
                 idx = 0;
                 visited = 0;
                 continue;
@@ -312,7 +321,7 @@ pub fn prefetch(addr: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vf::GuestMem;
+    use crate::dma_engine::GuestMem;
     use std::sync::Arc;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -411,6 +420,42 @@ mod tests {
         assert_eq!(r, Ok(()));
         assert_eq!(s.as_slice().len(), 1);
         assert_eq!(s.total(), 10);
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_queue_is_refused_even_if_its_descriptors_are_empty() {
+        // 16-entry queue; an indirect table of 17 descriptors, 16 of them empty.
+        let f = fixture(&[desc(0x8000, 17 * 16, VRING_DESC_F_INDIRECT, 0)]);
+        let write_table = |n: u16| {
+            for i in 0..n {
+                let d = if i + 1 < n {
+                    desc(0x1000, 0, NEXT, i + 1)
+                } else {
+                    desc(0x2000, 60, 0, 0)
+                };
+                f.mem
+                    .write_obj(d, GuestAddress(0x8000 + 16 * u64::from(i)))
+                    .unwrap();
+            }
+        };
+        write_table(17);
+        let map = GuestMap::new(f.mem.clone());
+        let ring = SplitRing::map(&f.q, &map).unwrap();
+        let mut segs = Segments::default();
+        assert_eq!(
+            ring.walk(&map, 0, Direction::Read, &mut segs),
+            Err(ChainError::TooLong)
+        );
+        // The queue's size is allowed.
+        f.mem
+            .write_obj(
+                desc(0x8000, 16 * 16, VRING_DESC_F_INDIRECT, 0),
+                GuestAddress(f.q.desc_table()),
+            )
+            .unwrap();
+        write_table(16);
+        assert_eq!(ring.walk(&map, 0, Direction::Read, &mut segs), Ok(()));
+        assert_eq!(segs.total(), 60);
     }
 
     #[test]

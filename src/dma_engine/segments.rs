@@ -32,6 +32,8 @@ pub enum ChainError {
     Loop,
     #[error("malformed indirect descriptor")]
     BadIndirect,
+    #[error("chain has more descriptors than the queue size")]
+    TooLong,
 }
 
 /// One contiguous buffer, as a host address in a guest memory mapping.
@@ -96,6 +98,22 @@ impl Segments {
         Ok(())
     }
 
+    /// Appends a host buffer of the port's own (a frame read from a socket, for instance), so
+    /// one segment list describes a frame wherever it is.
+    ///
+    /// # Safety
+    /// `[host, host + len)` must stay valid memory for as long as the segments are used.
+    pub unsafe fn push_host(&mut self, host: usize, len: usize) -> Result<(), ChainError> {
+        if self.n == MAX_SEGMENTS {
+            return Err(ChainError::TooManySegments);
+        }
+        let len32 = u32::try_from(len).map_err(|_| ChainError::Overflow)?;
+        self.segs[self.n] = Segment { host, len: len32 };
+        self.n += 1;
+        self.total = self.total.checked_add(len).ok_or(ChainError::Overflow)?;
+        Ok(())
+    }
+
     /// Total bytes in the chain.
     #[inline]
     pub fn total(&self) -> usize {
@@ -115,7 +133,7 @@ impl Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vf::GuestMem;
+    use crate::dma_engine::GuestMem;
     use std::sync::Arc;
     use vm_memory::GuestAddress;
 

@@ -6,6 +6,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 const DESC_SIZE: u64 = 16;
 const VIRTQ_DESC_F_NEXT: u16 = 1;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
 /// Longest chain `add` builds.
 pub const MAX_CHAIN: usize = 8;
@@ -120,15 +121,54 @@ impl DriverRing {
             let _ = mem.write_obj(flags.to_le(), GuestAddress(at + 12));
             let _ = mem.write_obj(next.to_le(), GuestAddress(at + 14));
         }
+        self.publish(mem, ids[0]);
+        Some(ids[0])
+    }
+
+    /// Publishes one chain made of a single indirect descriptor pointing at a table of
+    /// `table_len` bytes at `table` (the caller wrote the table); returns its head.
+    pub fn add_indirect(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        table: u64,
+        table_len: u32,
+    ) -> Option<u16> {
+        let id = self.free.pop()?;
+        let at = self.layout.desc + u64::from(id) * DESC_SIZE;
+        let _ = mem.write_obj(table.to_le(), GuestAddress(at));
+        let _ = mem.write_obj(table_len.to_le(), GuestAddress(at + 8));
+        let _ = mem.write_obj(VIRTQ_DESC_F_INDIRECT.to_le(), GuestAddress(at + 12));
+        let _ = mem.write_obj(0u16, GuestAddress(at + 14));
+        self.publish(mem, id);
+        Some(id)
+    }
+
+    fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
         let slot = self.layout.avail + 4 + 2 * u64::from(self.avail_idx % self.layout.size);
-        let _ = mem.write_obj(ids[0].to_le(), GuestAddress(slot));
+        let _ = mem.write_obj(head.to_le(), GuestAddress(slot));
         self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.store_avail_idx(mem, self.avail_idx);
+    }
+
+    /// Writes `idx` as the avail index the device sees (a hostile driver's index when it is
+    /// not the ring's own).
+    pub fn store_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
         let _ = mem.store(
-            self.avail_idx.to_le(),
+            idx.to_le(),
             GuestAddress(self.layout.avail + 2),
             Ordering::Release,
         );
-        Some(ids[0])
+    }
+
+    /// The driver's own avail index.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The used index the device published.
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.load(GuestAddress(self.layout.used + 2), Ordering::Acquire)
+            .unwrap_or(0)
     }
 
     /// Whether the device wants a kick for what was added since the last kick.

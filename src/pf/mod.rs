@@ -69,6 +69,13 @@ pub enum PortKind {
     Pv(u16),
 }
 
+impl PortKind {
+    /// A VF (the VF knobs apply), not a PV port.
+    pub fn is_vf(self) -> bool {
+        matches!(self, PortKind::Vf(_))
+    }
+}
+
 /// The static description of one switch port.
 #[derive(Debug, Clone)]
 pub struct PortSpec {

@@ -97,6 +97,10 @@ counters! {
         flow_learned,
         /// Learned flows evicted (least recently used) to make room.
         flow_evictions,
+        /// A queue the guest left unusable (an avail index more than the ring size ahead, a
+        /// ring outside its memory), found while sending or delivering; the queue is skipped
+        /// while it lasts and the frames for it count as `drop_no_rx_buffer`.
+        queue_faults,
     }
 }
 

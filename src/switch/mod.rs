@@ -1,18 +1,26 @@
-//! The embedded L2 switch (VEB): forwarding decisions on parsed headers.
+//! The embedded L2 switch (VEB): every forwarding decision, on frame header copies.
 //!
+//! - this file: `Switch` (the FDB and its upkeep: learning, static VF MACs pinned at attach,
+//!   withdrawn at detach, aging) and the per-frame `forward` verdict.
 //! - `fdb.rs`: the forwarding database: learning, aging, static entries, moves.
-//! - `policy.rs`: per-VF edge policy: link state, spoofchk, trust, port VLANs, rate limits.
+//! - `forward.rs`: fan-out of a verdict to ports (unicast, flood), FDB moves announced.
+//! - `policy.rs`: per-port edge policy: link state, spoofchk, trust, port VLANs, rate limits.
+//! - `vlan.rs`: port VLAN tags inserted into and stripped from head copies.
 //! - `rate.rs`: the token bucket behind `max_tx_rate`.
 //!
-//! The switch never touches guest memory: the data plane (dma_engine) gives it a parsed
-//! `FrameHeader` and the ingress port, and gets back a `Verdict`.
+//! The switch never touches guest memory and imports no transport: the pipeline (`datapath`)
+//! gives it a parsed `FrameHeader`, a head copy and port ids, and gets back verdicts, edits and
+//! drop reasons.
 
 mod fdb;
+pub mod forward;
 pub mod policy;
 mod rate;
+pub mod vlan;
 
 pub use fdb::{Fdb, FdbEntry, Learned};
-pub use policy::{Egress, Ingress, PolicyDrop};
+pub use forward::{fan_out, FdbMove};
+pub use policy::{EdgePolicy, Egress, Ingress, PolicyDrop};
 pub use rate::TokenBucket;
 
 use crate::wire::{FrameHeader, MacAddr};

@@ -1,12 +1,46 @@
-//! Per-VF policy at the switch's edge: link state, spoof checking, port VLANs and rate limits.
-//! Pure decisions on a frame's header; the data plane applies them.
+//! Per-port policy at the switch's edge: link state, spoof checking, port VLANs and rate
+//! limits. Pure decisions on a frame's header copy; the pipeline applies them.
 
 use super::rate::TokenBucket;
-use crate::vf::{VfSettings, VlanProto};
-use crate::wire::FrameHeader;
+use crate::wire::{FrameHeader, MacAddr};
 
-const TPID_8021Q: u16 = 0x8100;
-const TPID_8021AD: u16 = 0x88a8;
+pub const TPID_8021Q: u16 = 0x8100;
+pub const TPID_8021AD: u16 = 0x88a8;
+
+/// What the switch enforces at one port's edge: the VF knobs as the switch sees them (the
+/// management plane's settings are turned into this by the port's owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgePolicy {
+    /// The VF knobs apply (a PV port has none: any source MAC, no port VLAN).
+    pub is_vf: bool,
+    pub link_up: bool,
+    /// The VF's MAC, for spoof checking.
+    pub mac: MacAddr,
+    pub spoofchk: bool,
+    pub trust: bool,
+    /// Port VLAN id; 0 = none.
+    pub vlan: u16,
+    pub qos: u8,
+    /// TPID of the port VLAN's tag (802.1Q or 802.1ad).
+    pub tpid: u16,
+    /// Mbit/s; 0 = unlimited.
+    pub max_tx_rate: u32,
+}
+
+impl EdgePolicy {
+    /// A port with no knobs and its link up (a PV port).
+    pub const OPEN: EdgePolicy = EdgePolicy {
+        is_vf: false,
+        link_up: true,
+        mac: MacAddr::ZERO,
+        spoofchk: false,
+        trust: false,
+        vlan: 0,
+        qos: 0,
+        tpid: TPID_8021Q,
+        max_tx_rate: 0,
+    };
+}
 
 /// Why the edge policy dropped a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,64 +81,54 @@ pub fn outer_tag(head: &[u8]) -> Option<(u16, u16)> {
     Some((tpid, tci & 0x0fff))
 }
 
-fn tpid(p: VlanProto) -> u16 {
-    p.tpid()
-}
-
-/// Checks a frame from a port with settings `s` (`is_vf`: VF knobs apply). `bits` and `now_ns`
-/// feed the rate limiter.
+/// Checks a frame entering the switch from a port with policy `p`. `bits` and `now_ns` feed
+/// the rate limiter.
 pub fn ingress(
-    s: &VfSettings,
-    is_vf: bool,
-    link_up: bool,
+    p: &EdgePolicy,
     hdr: &FrameHeader,
     bucket: &mut TokenBucket,
     bits: u64,
     now_ns: u64,
 ) -> Result<Ingress, PolicyDrop> {
-    if !link_up {
+    if !p.link_up {
         return Err(PolicyDrop::LinkDown);
     }
-    if !is_vf {
+    if !p.is_vf {
         return Ok(Ingress::Pass);
     }
     // With trust the VF may use another MAC (a guest changing its address).
-    if s.spoofchk && !s.trust && hdr.src != s.mac {
+    if p.spoofchk && !p.trust && hdr.src != p.mac {
         return Err(PolicyDrop::SpoofChk);
     }
-    if s.vlan != 0 && is_tagged(hdr.ethertype) {
+    if p.vlan != 0 && is_tagged(hdr.ethertype) {
         // Port VLAN (VST): the guest must not tag.
-        return Err(if s.spoofchk {
+        return Err(if p.spoofchk {
             PolicyDrop::SpoofChk
         } else {
             PolicyDrop::VlanFilter
         });
     }
-    if s.max_tx_rate != 0 && !bucket.take(bits, now_ns) {
+    if p.max_tx_rate != 0 && !bucket.take(bits, now_ns) {
         return Err(PolicyDrop::RateLimit);
     }
-    if s.vlan != 0 {
-        let tci = (u16::from(s.qos) << 13) | s.vlan;
-        return Ok(Ingress::InsertTag(tpid(s.proto), tci));
+    if p.vlan != 0 {
+        let tci = (u16::from(p.qos) << 13) | p.vlan;
+        return Ok(Ingress::InsertTag(p.tpid, tci));
     }
     Ok(Ingress::Pass)
 }
 
-/// Checks a frame (its header bytes, after any ingress tag) going to a port with settings `s`.
-pub fn egress(
-    s: &VfSettings,
-    is_vf: bool,
-    link_up: bool,
-    head: &[u8],
-) -> Result<Egress, PolicyDrop> {
-    if !link_up {
+/// Checks a frame (its header bytes, after any ingress tag) leaving the switch towards a port
+/// with policy `p`.
+pub fn egress(p: &EdgePolicy, head: &[u8]) -> Result<Egress, PolicyDrop> {
+    if !p.link_up {
         return Err(PolicyDrop::LinkDown);
     }
-    if !is_vf || s.vlan == 0 {
+    if !p.is_vf || p.vlan == 0 {
         return Ok(Egress::Pass);
     }
     match outer_tag(head) {
-        Some((t, vid)) if t == tpid(s.proto) && vid == s.vlan => Ok(Egress::StripTag),
+        Some((t, vid)) if t == p.tpid && vid == p.vlan => Ok(Egress::StripTag),
         _ => Err(PolicyDrop::VlanFilter),
     }
 }
@@ -112,11 +136,14 @@ pub fn egress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vf::LinkState;
-    use crate::wire::MacAddr;
 
-    fn vf() -> VfSettings {
-        VfSettings::new("02:00:00:00:00:01".parse().unwrap())
+    fn vf() -> EdgePolicy {
+        EdgePolicy {
+            is_vf: true,
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            spoofchk: true,
+            ..EdgePolicy::OPEN
+        }
     }
 
     fn hdr(src: &str, ethertype: u16) -> FrameHeader {
@@ -137,21 +164,18 @@ mod tests {
         let b = &mut unlimited();
         let own = hdr("02:00:00:00:00:01", 0x0800);
         let other = hdr("02:00:00:00:99:01", 0x0800);
-        assert_eq!(ingress(&s, true, true, &own, b, 0, 0), Ok(Ingress::Pass));
+        assert_eq!(ingress(&s, &own, b, 0, 0), Ok(Ingress::Pass));
+        assert_eq!(ingress(&s, &other, b, 0, 0), Err(PolicyDrop::SpoofChk));
         assert_eq!(
-            ingress(&s, true, true, &other, b, 0, 0),
-            Err(PolicyDrop::SpoofChk)
-        );
-        assert_eq!(
-            ingress(&s, false, true, &other, b, 0, 0),
+            ingress(&EdgePolicy::OPEN, &other, b, 0, 0),
             Ok(Ingress::Pass),
             "PV ports have no knobs"
         );
         s.trust = true;
-        assert_eq!(ingress(&s, true, true, &other, b, 0, 0), Ok(Ingress::Pass));
+        assert_eq!(ingress(&s, &other, b, 0, 0), Ok(Ingress::Pass));
         s.trust = false;
         s.spoofchk = false;
-        assert_eq!(ingress(&s, true, true, &other, b, 0, 0), Ok(Ingress::Pass));
+        assert_eq!(ingress(&s, &other, b, 0, 0), Ok(Ingress::Pass));
     }
 
     #[test]
@@ -159,43 +183,37 @@ mod tests {
         let mut s = vf();
         s.vlan = 100;
         s.qos = 5;
-        s.proto = VlanProto::Dot1Ad;
+        s.tpid = TPID_8021AD;
         let b = &mut unlimited();
         let own = hdr("02:00:00:00:00:01", 0x0800);
         assert_eq!(
-            ingress(&s, true, true, &own, b, 0, 0),
+            ingress(&s, &own, b, 0, 0),
             Ok(Ingress::InsertTag(0x88a8, (5 << 13) | 100))
         );
         let tagged = hdr("02:00:00:00:00:01", 0x8100);
-        assert_eq!(
-            ingress(&s, true, true, &tagged, b, 0, 0),
-            Err(PolicyDrop::SpoofChk)
-        );
+        assert_eq!(ingress(&s, &tagged, b, 0, 0), Err(PolicyDrop::SpoofChk));
         let mut head = [0u8; 18];
         head[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
         head[14..16].copy_from_slice(&((5u16 << 13) | 100).to_be_bytes());
-        assert_eq!(egress(&s, true, true, &head), Ok(Egress::StripTag));
+        assert_eq!(egress(&s, &head), Ok(Egress::StripTag));
         head[15] = 101;
-        assert_eq!(egress(&s, true, true, &head), Err(PolicyDrop::VlanFilter));
+        assert_eq!(egress(&s, &head), Err(PolicyDrop::VlanFilter));
         head[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         assert_eq!(
-            egress(&s, true, true, &head),
+            egress(&s, &head),
             Err(PolicyDrop::VlanFilter),
             "untagged to a VLAN VF"
         );
-        assert_eq!(egress(&vf(), true, true, &head), Ok(Egress::Pass));
+        assert_eq!(egress(&vf(), &head), Ok(Egress::Pass));
     }
 
     #[test]
     fn link_down_drops_both_ways() {
         let mut s = vf();
-        s.link_state = LinkState::Disable;
-        let up = s.link_up(true);
+        s.link_up = false;
         assert_eq!(
             ingress(
                 &s,
-                true,
-                up,
                 &hdr("02:00:00:00:00:01", 0x0800),
                 &mut unlimited(),
                 0,
@@ -203,7 +221,7 @@ mod tests {
             ),
             Err(PolicyDrop::LinkDown)
         );
-        assert_eq!(egress(&s, true, up, &[0u8; 14]), Err(PolicyDrop::LinkDown));
+        assert_eq!(egress(&s, &[0u8; 14]), Err(PolicyDrop::LinkDown));
     }
 
     #[test]
@@ -215,7 +233,7 @@ mod tests {
         let mut passed = 0u64;
         // 1 s of 1500-byte frames offered at 1 Gbit/s.
         for i in 0..83_333u64 {
-            if ingress(&s, true, true, &own, &mut b, 12_000, i * 12_000).is_ok() {
+            if ingress(&s, &own, &mut b, 12_000, i * 12_000).is_ok() {
                 passed += 12_000;
             }
         }

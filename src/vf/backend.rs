@@ -4,14 +4,14 @@
 //! on a kick, tell the data plane which queue has work. All ring processing happens in the
 //! data plane (dma_engine), which owns the rings for the connection's lifetime.
 
-use super::port::{Connection, Port, VRINGS_PER_THREAD};
+use super::port::{port_event_data, Connection, Port, VRINGS_PER_THREAD};
 use super::{GuestBitmap, GuestMemAtomic, Vring};
-use crate::dma_engine::Waker;
 use crate::events::EventBus;
+use crate::port::Waker;
 use std::io;
 use std::sync::Arc;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::VhostUserBackend;
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
@@ -23,6 +23,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+
+/// How long GET_VRING_BASE waits for an in-flight TX batch (microseconds in practice).
+const TX_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest ring the device accepts (QEMU's rx/tx_queue_size maximum).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -129,6 +132,29 @@ impl VhostUserBackend for NetBackend {
         }
     }
 
+    /// GET_VRING_BASE: the handler has marked the ring not ready, so no new batch is popped;
+    /// a TX batch already popped is completed before the index is reported, so no buffer the
+    /// guest handed over is lost across a stop (migration, reconnect).
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let index = queue_index as usize;
+        if index.is_multiple_of(2) || index >= self.num_queues() {
+            return Ok(());
+        }
+        let qp = index / 2;
+        if !self.conn.wait_tx_idle(qp, TX_STOP_WAIT) {
+            if let Some(v) = self.conn.vring(index) {
+                let _guard = v.get_mut();
+                self.conn.abandon_tx(qp);
+            }
+            tracing::warn!(
+                port = %self.port.spec.name,
+                queue = index,
+                "stopping a TX queue: the data plane did not complete its batch in {TX_STOP_WAIT:?}; its buffers are not returned"
+            );
+        }
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
@@ -141,7 +167,7 @@ impl VhostUserBackend for NetBackend {
         }
         if self.conn.set_thread_vrings(thread_id, vrings) && thread_id == 0 {
             // The first ring enabled: the guest driver is up.
-            let data = super::server::port_event_data(&self.port, "driver-ready");
+            let data = port_event_data(&self.port, "driver-ready");
             self.events.emit("VF_ATTACHED", data);
         }
         let queue = thread_id * VRINGS_PER_THREAD + usize::from(device_event);

@@ -5,9 +5,11 @@ use super::{GuestMemAtomic, Vring};
 use crate::pf::{PortKind, PortSpec};
 use crate::rss::{EnabledQueues, VfRss};
 use crate::stats::PortCounters;
+use crate::switch::TokenBucket;
 use crate::wire::MacAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Vrings per vhost-user worker thread (the handler's per-thread mask is a u64).
 pub const VRINGS_PER_THREAD: usize = 64;
@@ -22,8 +24,14 @@ pub struct Connection {
     acked_features: AtomicU64,
     /// Bit q: TX queue of queue pair q was kicked and not yet processed.
     pending_tx: AtomicU64,
+    /// Per TX queue pair: `TX_BUSY` while a popped batch is not completed, `TX_ABANDONED` once
+    /// a stop gave up waiting for it. Changed under the vring's lock.
+    tx_state: Box<[AtomicU8]>,
     num_queues: usize,
 }
+
+const TX_BUSY: u8 = 1;
+const TX_ABANDONED: u8 = 2;
 
 impl Connection {
     pub fn new(mem: GuestMemAtomic, num_queues: usize) -> Self {
@@ -33,6 +41,9 @@ impl Connection {
             vrings: (0..threads).map(|_| OnceLock::new()).collect(),
             acked_features: AtomicU64::new(0),
             pending_tx: AtomicU64::new(0),
+            tx_state: (0..num_queues.div_ceil(2))
+                .map(|_| AtomicU8::new(0))
+                .collect(),
             num_queues,
         }
     }
@@ -87,6 +98,45 @@ impl Connection {
         self.acked_features.load(Ordering::Acquire)
     }
 
+    /// A TX batch of queue pair `qp` was popped (under the vring's lock).
+    pub fn tx_begin(&self, qp: usize) {
+        if let Some(s) = self.tx_state.get(qp) {
+            s.store(TX_BUSY, Ordering::Release);
+        }
+    }
+
+    /// The batch of `qp` is being completed (under the vring's lock): false if a stop gave up
+    /// waiting for it, so its chains must not be written into a ring handed over meanwhile.
+    pub fn tx_end(&self, qp: usize) -> bool {
+        self.tx_state
+            .get(qp)
+            .is_none_or(|s| s.swap(0, Ordering::AcqRel) != TX_ABANDONED)
+    }
+
+    /// Waits until no batch of TX queue pair `qp` is in flight (GET_VRING_BASE must report an
+    /// index up to which every chain was completed). False after `timeout`.
+    pub fn wait_tx_idle(&self, qp: usize, timeout: Duration) -> bool {
+        let Some(s) = self.tx_state.get(qp) else {
+            return true;
+        };
+        let start = Instant::now();
+        while s.load(Ordering::Acquire) == TX_BUSY {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        true
+    }
+
+    /// Gives up on the in-flight batch of `qp` (under the vring's lock): its completion will
+    /// write nothing.
+    pub fn abandon_tx(&self, qp: usize) {
+        if let Some(s) = self.tx_state.get(qp) {
+            let _ = s.compare_exchange(TX_BUSY, TX_ABANDONED, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
     /// Marks TX queue pair `qp` as kicked. Returns true if it was not pending before.
     pub fn mark_tx_pending(&self, qp: usize) -> bool {
         let bit = 1u64 << (qp % 64);
@@ -117,6 +167,9 @@ pub struct Port {
     settings: Mutex<VfSettings>,
     /// Bumped on every settings change; the data plane keeps a copy and re-reads on change.
     settings_generation: AtomicU64,
+    /// The `max_tx_rate` bucket, one per port whichever workers serve its TX queues: taken
+    /// once per TX batch, only while a rate is set.
+    tx_rate: Mutex<TokenBucket>,
     conn: Mutex<Option<Arc<Connection>>>,
     /// Bumped on every attach and detach, so the data plane notices without locking.
     generation: AtomicU64,
@@ -139,6 +192,7 @@ impl Port {
             counters,
             rss,
             rss_generation: AtomicU64::new(0),
+            tx_rate: Mutex::new(TokenBucket::new(settings.max_tx_rate)),
             settings: Mutex::new(settings),
             settings_generation: AtomicU64::new(0),
             conn: Mutex::new(None),
@@ -196,14 +250,24 @@ impl Port {
         let mut cur = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let new = update.apply(&cur)?;
         let old = std::mem::replace(&mut *cur, new);
+        if old.max_tx_rate != new.max_tx_rate {
+            *self.tx_rate() = TokenBucket::new(new.max_tx_rate);
+        }
         self.settings_generation.fetch_add(1, Ordering::AcqRel);
         Ok((old, new))
+    }
+
+    /// The `max_tx_rate` token bucket.
+    pub fn tx_rate(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+        self.tx_rate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes over `old`'s settings and RSS configuration (the same VF rebuilt with another
     /// channel count).
     pub fn inherit_config(&self, old: &Port) {
-        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = old.settings();
+        let settings = old.settings();
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+        *self.tx_rate() = TokenBucket::new(settings.max_tx_rate);
         self.settings_generation.fetch_add(1, Ordering::AcqRel);
         let old_rss = old.rss();
         self.rss().inherit(&old_rss);
@@ -252,5 +316,13 @@ impl Drop for RssGuard<'_> {
         if self.changed {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+}
+
+/// The data of a port event: `{"port": "vf0", "vf": 0, "state": ...}` (`"pv": j` for PV ports).
+pub fn port_event_data(port: &Port, state: &str) -> serde_json::Value {
+    match port.spec.kind {
+        PortKind::Vf(i) => serde_json::json!({"port": port.spec.name, "vf": i, "state": state}),
+        PortKind::Pv(j) => serde_json::json!({"port": port.spec.name, "pv": j, "state": state}),
     }
 }

@@ -1,11 +1,11 @@
 //! The accept loop of one port: serve a frontend, wait for it to leave, serve the next.
 
 use super::backend::NetBackend;
-use super::port::{Connection, Port};
+use super::port::{port_event_data, Connection, Port};
 use super::{GuestMem, GuestMemAtomic};
-use crate::dma_engine::Waker;
 use crate::events::EventBus;
 use crate::pf::PortKind;
+use crate::port::Waker;
 use crate::switch::Switch;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -250,13 +250,5 @@ impl PortServer {
             self.waker.wake();
             self.emit("VF_DETACHED", "gone");
         }
-    }
-}
-
-/// The data of a port event: `{"port": "vf0", "vf": 0, "state": ...}` (`"pv": j` for PV ports).
-pub fn port_event_data(port: &Port, state: &str) -> serde_json::Value {
-    match port.spec.kind {
-        PortKind::Vf(i) => serde_json::json!({"port": port.spec.name, "vf": i, "state": state}),
-        PortKind::Pv(j) => serde_json::json!({"port": port.spec.name, "pv": j, "state": state}),
     }
 }

@@ -1,5 +1,6 @@
 //! The host's knobs of one VF (`ip link set DEV vf N ...`), validated as a whole.
 
+use crate::switch::policy::{EdgePolicy, TPID_8021AD, TPID_8021Q};
 use crate::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -25,8 +26,8 @@ pub enum VlanProto {
 impl VlanProto {
     pub fn tpid(self) -> u16 {
         match self {
-            VlanProto::Dot1Q => 0x8100,
-            VlanProto::Dot1Ad => 0x88a8,
+            VlanProto::Dot1Q => TPID_8021Q,
+            VlanProto::Dot1Ad => TPID_8021AD,
         }
     }
 }
@@ -143,6 +144,24 @@ impl VfSettings {
             LinkState::Enable => true,
             LinkState::Disable => false,
             LinkState::Auto => uplink_up,
+        }
+    }
+}
+
+impl VfSettings {
+    /// What the switch enforces at the port's edge (`is_vf`: the VF knobs apply; a PV port
+    /// has none). The PF has no uplink yet, so link state `auto` is up.
+    pub fn edge_policy(&self, is_vf: bool) -> EdgePolicy {
+        EdgePolicy {
+            is_vf,
+            link_up: self.link_up(true),
+            mac: self.mac,
+            spoofchk: self.spoofchk,
+            trust: self.trust,
+            vlan: self.vlan,
+            qos: self.qos,
+            tpid: self.proto.tpid(),
+            max_tx_rate: self.max_tx_rate,
         }
     }
 }

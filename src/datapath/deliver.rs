@@ -1,0 +1,150 @@
+//! A batch's deliveries written into the destinations' RX rings, grouped by ring: one lock, one
+//! used-index store and at most one notification per ring, frames in order, counters added
+//! once per group.
+
+use super::groups::Group;
+use super::pipeline::Pipeline;
+use super::ports::PortIo;
+use super::views::Views;
+use crate::dma_engine::frame::MAX_HEAD;
+use crate::port::{FrameView, QueueFault, RxBatch, RxDrop, RxQueues};
+use crate::rss::Steering;
+use crate::stats::PortCounters;
+use crate::switch::vlan;
+
+/// One frame for one destination RX queue, decided in the switch phase.
+#[derive(Clone, Copy)]
+pub struct Delivery {
+    /// Index of the frame in the batch.
+    pub frame: u16,
+    /// Destination port slot.
+    pub dst: u16,
+    pub queue: u16,
+    /// Deliver without the outer VLAN tag (the destination's port VLAN).
+    pub strip: bool,
+    pub by: Steering,
+    pub fell_back: bool,
+}
+
+/// Counts of one delivery group, added to the port's counters once.
+#[derive(Default)]
+struct RxTally {
+    packets: u64,
+    bytes: u64,
+    no_buffer: u64,
+    oversize: u64,
+    steer: [u64; 4],
+    fallback: u64,
+    faults: u64,
+}
+
+impl RxTally {
+    fn flush(&self, c: &PortCounters, q: usize) {
+        let t = &c.totals;
+        let add = |ctr: &crate::stats::Counter, n: u64| {
+            if n > 0 {
+                ctr.add(n)
+            }
+        };
+        add(&t.rx_packets, self.packets);
+        add(&t.rx_bytes, self.bytes);
+        if let Some(qc) = c.queue(q) {
+            add(&qc.rx_packets, self.packets);
+            add(&qc.rx_bytes, self.bytes);
+        }
+        add(&t.drop_no_rx_buffer, self.no_buffer);
+        add(&t.drop_oversize_rx, self.oversize);
+        add(&t.rx_steer_rss, self.steer[0]);
+        add(&t.rx_steer_flow_rule, self.steer[1]);
+        add(&t.rx_steer_flow_learned, self.steer[2]);
+        add(&t.rx_steer_non_ip, self.steer[3]);
+        add(&t.rx_steer_fallback, self.fallback);
+        add(&t.queue_faults, self.faults);
+    }
+
+    fn steered(&mut self, by: Steering, fell_back: bool) {
+        let i = match by {
+            Steering::Rss => 0,
+            Steering::FlowRule => 1,
+            Steering::FlowLearned => 2,
+            Steering::NonIp => 3,
+        };
+        self.steer[i] += 1;
+        self.fallback += u64::from(fell_back);
+    }
+}
+
+impl Pipeline {
+    /// Delivers the batch's deliveries, one lock per destination RX ring.
+    pub(super) fn deliver(&mut self, views: &mut Views) {
+        for d in &self.deliveries {
+            self.groups.add(d.dst, d.queue);
+        }
+        for gi in 0..self.groups.groups().len() {
+            let g = self.groups.groups()[gi];
+            let Some(view) = views.get_mut(usize::from(g.port)) else {
+                continue;
+            };
+            let mut tally = RxTally::default();
+            let fault = match view.io.as_mut() {
+                Some(io) => write_group(io, &g, self, &mut tally),
+                None => {
+                    tally.no_buffer += u64::from(g.len);
+                    None
+                }
+            };
+            tally.faults = u64::from(fault.is_some());
+            tally.flush(&view.port.counters, usize::from(g.queue));
+            if let Some(f) = fault {
+                view.warn_broken_queue(&format_args!("RX queue {}: {f}", g.queue));
+            }
+        }
+        self.groups.clear();
+        self.deliveries.clear();
+    }
+}
+
+/// Writes group `g`'s frames into `io`'s RX queue, in order, counting into `tally`.
+fn write_group(
+    io: &mut PortIo,
+    g: &Group,
+    p: &mut Pipeline,
+    tally: &mut RxTally,
+) -> Option<QueueFault> {
+    let (mut rx, fault) = match io.open(usize::from(g.queue), g.len as usize) {
+        Ok(rx) => (rx, None),
+        Err(f) => (None, Some(f)),
+    };
+    for i in p.groups.members(g) {
+        let d = &p.deliveries[i];
+        let f = &p.frames[usize::from(d.frame)];
+        let mut stripped = [0u8; MAX_HEAD];
+        let mut fv = f.view();
+        if d.strip {
+            // Egress accepted the tag, so the head holds one: stripping cannot fail.
+            let n = vlan::strip_outer_tag(f.head(), &mut stripped).unwrap_or(0);
+            fv = FrameView {
+                head: &stripped[..n],
+                len: f.len - vlan::TAG_LEN,
+                ..fv
+            };
+        }
+        let result = match rx.as_mut() {
+            Some(rx) => rx.push(&fv, &mut p.rx),
+            None => Err(RxDrop::NoBuffer),
+        };
+        match result {
+            Ok(()) => {
+                tally.packets += 1;
+                tally.bytes += fv.len as u64;
+                tally.steered(d.by, d.fell_back);
+            }
+            Err(RxDrop::NoBuffer) => tally.no_buffer += 1,
+            Err(RxDrop::Oversize) => tally.oversize += 1,
+        }
+    }
+    if let Some(rx) = rx {
+        rx.close();
+    }
+    fault
+}

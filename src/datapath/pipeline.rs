@@ -1,0 +1,389 @@
+//! One TX batch through the switch: pop -> edge policy -> FDB (one switch lock) -> fan-out,
+//! egress policy and steering -> grouped delivery -> completion.
+//!
+//! The switch lock is held only for the FDB (learning and verdicts): no ring lock is taken and
+//! no event is emitted under it. A frame's decisions are all made on its head copy.
+
+use super::deliver::Delivery;
+use super::groups::Groups;
+use super::views::Views;
+use crate::events::EventBus;
+use crate::port::{QueueFault, RxScratch, TxFrame, TxPop, TxQueues};
+use crate::rss::{FlowTuple, Learn, Steering};
+use crate::stats::PortTotals;
+use crate::switch::{
+    fan_out, policy, vlan, Egress, FdbMove, Ingress, Learned, PolicyDrop, PortId, Switch,
+    TokenBucket, Verdict,
+};
+use crate::vf::{Connection, Port};
+use crate::wire::{FrameHeader, MacAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Chains popped from a TX ring per lock hold.
+pub const TX_BATCH: usize = 64;
+/// Frames taken from one TX queue per pass before other queues get their turn.
+const TX_BUDGET: usize = 256;
+/// `Delivery::queue` of a delivery still to be steered under the destination's RSS lock.
+pub const STEER_PENDING: u16 = u16::MAX;
+
+/// What the pipeline decided about one frame of the batch.
+#[derive(Default)]
+struct Decided {
+    /// Passed the sender's edge policy: the frame is switched (its header, parsed from `head`).
+    hdr: Option<FrameHeader>,
+    /// Its flow may be learned (flow learning on).
+    learn: bool,
+    /// The RSS / flow steering view of the frame, parsed from its head when first needed.
+    tuple: Option<FlowTuple>,
+}
+
+impl Decided {
+    fn tuple(&mut self, f: &TxFrame) -> &FlowTuple {
+        self.tuple.get_or_insert_with(|| FlowTuple::parse(f.head()))
+    }
+
+    fn is_ip(&self, f: &TxFrame) -> bool {
+        match &self.tuple {
+            Some(t) => t.is_ip(),
+            None => FlowTuple::is_ip_frame(f.head()),
+        }
+    }
+}
+
+/// A worker's pipeline: buffers reused for every batch.
+pub struct Pipeline {
+    switch: Arc<Mutex<Switch>>,
+    events: Arc<EventBus>,
+    pub(super) frames: Box<[TxFrame]>,
+    decided: Box<[Decided]>,
+    pub(super) deliveries: Vec<Delivery>,
+    pub(super) groups: Groups,
+    pub(super) rx: Box<RxScratch>,
+    /// Verdicts of the batch's frames.
+    verdicts: Box<[Verdict]>,
+    /// FDB moves of the batch, announced after the switch lock is released.
+    moves: Vec<FdbMove>,
+    /// One frame's destination ports (reused).
+    dests: Vec<PortId>,
+    start: Instant,
+}
+
+impl Pipeline {
+    pub fn new(switch: Arc<Mutex<Switch>>, events: Arc<EventBus>) -> Self {
+        Pipeline {
+            switch,
+            events,
+            frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
+            decided: (0..TX_BATCH).map(|_| Decided::default()).collect(),
+            deliveries: Vec::with_capacity(TX_BATCH * 4),
+            groups: Groups::new(crate::pf::PORT_SLOTS),
+            rx: Box::default(),
+            verdicts: vec![Verdict::SamePort; TX_BATCH].into_boxed_slice(),
+            moves: Vec::with_capacity(4),
+            dests: Vec::with_capacity(crate::pf::PORT_SLOTS),
+            start: Instant::now(),
+        }
+    }
+
+    /// Seconds since the worker started (the FDB's clock).
+    pub fn now_secs(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    /// The switch (for upkeep).
+    pub fn switch(&self) -> &Mutex<Switch> {
+        &self.switch
+    }
+
+    /// Processes TX queue pair `qp` of the port in slot `src` for up to `TX_BUDGET` frames;
+    /// true if there were any.
+    pub fn process_tx(
+        &mut self,
+        views: &mut Views,
+        src: usize,
+        conn: &Connection,
+        qp: usize,
+    ) -> bool {
+        let mut done = 0;
+        loop {
+            let Some(view) = views.get_mut(src) else {
+                return done > 0;
+            };
+            let Some(io) = view.io.as_mut() else {
+                return done > 0;
+            };
+            let (n, batch) = match io.pop(qp, &mut self.frames) {
+                TxPop::Batch(n, b) => (n, b),
+                TxPop::Empty => break,
+                TxPop::Fault(f) => {
+                    count_fault(&view.port.counters.totals, f);
+                    view.warn_broken_queue(&format_args!("TX queue {qp}: {f}"));
+                    break;
+                }
+            };
+            let port = view.port.clone();
+            self.switch_batch(views, src, &port, qp, n);
+            self.deliver(views);
+            if let Some(io) = views.get_mut(src).and_then(|v| v.io.as_mut()) {
+                io.complete(qp, &self.frames[..n], batch);
+            }
+            done += n;
+            if done >= TX_BUDGET {
+                conn.mark_tx_pending(qp);
+                break;
+            }
+        }
+        done > 0
+    }
+
+    /// Makes the switch decisions for `n` popped frames of `port`'s TX queue `qp`.
+    fn switch_batch(&mut self, views: &mut Views, src: usize, port: &Port, qp: usize, n: usize) {
+        let c = &port.counters.totals;
+        let elapsed = self.start.elapsed();
+        let now = elapsed.as_secs();
+        let now_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let Some(view) = views.get(src) else {
+            return;
+        };
+        let policy = view.policy;
+        let learning = view.rss_fast.is_none();
+        let mut bytes = 0u64;
+
+        // 1. The sender's edge policy, frame by frame (the rate bucket locked once if set).
+        let mut bucket = (policy.max_tx_rate != 0).then(|| port.tx_rate());
+        let mut unlimited = TokenBucket::new(0);
+        for k in 0..n {
+            let (f, d) = (&mut self.frames[k], &mut self.decided[k]);
+            bytes += f.len as u64;
+            *d = Decided::default();
+            let hdr = match (f.ok, FrameHeader::parse(f.head(), f.len)) {
+                (true, Ok(h)) => h,
+                _ => {
+                    c.drop_malformed.inc();
+                    continue;
+                }
+            };
+            let b = bucket.as_deref_mut().unwrap_or(&mut unlimited);
+            match policy::ingress(&policy, &hdr, b, f.len as u64 * 8, now_ns) {
+                Err(drop) => {
+                    count_policy_drop(c, drop);
+                    continue;
+                }
+                Ok(Ingress::InsertTag(tpid, tci)) => {
+                    match vlan::insert_tag(&mut f.head, f.head_len, tpid, tci) {
+                        Some(len) => {
+                            f.head_len = len;
+                            f.len += vlan::TAG_LEN;
+                        }
+                        None => {
+                            c.drop_malformed.inc();
+                            continue;
+                        }
+                    }
+                }
+                Ok(Ingress::Pass) => {}
+            }
+            d.hdr = Some(hdr);
+            // Learned after the batch's decisions, under one lock (`learn_flows`).
+            d.learn = learning;
+        }
+        drop(bucket);
+
+        // 2. The FDB, under one switch lock: learn the sources, decide the destinations. A
+        // frame with the same addresses as the previous one in the same second gets the same
+        // verdict, and its learning would only refresh the entry just refreshed.
+        self.moves.clear();
+        {
+            let ingress = port.spec.id;
+            let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last: Option<(MacAddr, MacAddr, Verdict)> = None;
+            for k in 0..n {
+                let Some(hdr) = self.decided[k].hdr else {
+                    continue;
+                };
+                self.verdicts[k] = match last {
+                    Some((s, d, v)) if s == hdr.src && d == hdr.dst => v,
+                    _ => {
+                        let (v, learned) = sw.forward(ingress, &hdr, now);
+                        if let Learned::Moved { from } = learned {
+                            self.moves.push(FdbMove {
+                                mac: hdr.src,
+                                from,
+                                to: ingress,
+                            });
+                        }
+                        last = Some((hdr.src, hdr.dst, v));
+                        v
+                    }
+                };
+            }
+        }
+        for m in &self.moves {
+            m.announce(&self.events, |p| views.name(p.index()));
+        }
+
+        // 3. Fan-out, the destinations' egress policy and steering.
+        let mut forwarded = 0u64;
+        let ports = views.slots.len();
+        let mut dests = std::mem::take(&mut self.dests);
+        for k in 0..n {
+            if self.decided[k].hdr.is_none() {
+                continue;
+            }
+            let verdict = self.verdicts[k];
+            dests.clear();
+            let went = fan_out(
+                verdict,
+                port.spec.id,
+                ports,
+                |p| views.attached(p.index()),
+                |p| dests.push(p),
+            );
+            for d in &dests {
+                self.queue_delivery(views, k, d.index());
+            }
+            if went {
+                forwarded += 1;
+            } else if verdict == Verdict::SamePort {
+                c.drop_same_port.inc();
+            } else {
+                c.drop_no_destination.inc();
+            }
+        }
+        self.dests = dests;
+        self.learn_flows(port, qp, n);
+        self.steer_pending(views);
+        c.tx_packets.add(n as u64);
+        c.tx_bytes.add(bytes);
+        if let Some(qc) = port.counters.queue(qp) {
+            qc.tx_packets.add(n as u64);
+            qc.tx_bytes.add(bytes);
+        }
+        if forwarded > 0 {
+            c.tx_forwarded.add(forwarded);
+        }
+    }
+
+    /// Applies port `dst`'s egress policy (link, port VLAN) and steering to frame `k` and
+    /// queues the delivery; drops are counted on `dst`.
+    fn queue_delivery(&mut self, views: &mut Views, k: usize, dst: usize) {
+        let Some(view) = views.get_mut(dst) else {
+            return;
+        };
+        if view.enabled.is_empty() {
+            // Views are refreshed once per pass (every POLL_SYNC_ROUNDS when polling): look
+            // again before dropping, the guest may have just enabled its first queue.
+            view.refresh_enabled();
+        }
+        let c = &view.port.counters.totals;
+        let (f, d) = (&self.frames[k], &mut self.decided[k]);
+        let strip = match policy::egress(&view.policy, f.head()) {
+            Err(drop) => {
+                count_policy_drop(c, drop);
+                return;
+            }
+            Ok(Egress::Pass) => false,
+            Ok(Egress::StripTag) => true,
+        };
+        if view.enabled.is_empty() {
+            c.drop_no_rx_buffer.inc();
+            return;
+        }
+        let (queue, by, fell_back) = match &view.rss_fast {
+            // One queue and no rules or table: every IP frame goes there, no need for its tuple.
+            Some(snap) if snap.is_plain() && view.enabled.len() == 1 && d.is_ip(f) => {
+                (u16::from(view.enabled.as_slice()[0]), Steering::Rss, false)
+            }
+            Some(snap) => snap.steer(d.tuple(f), &view.enabled),
+            // Decided after the batch's switching, one lock per destination (`steer_pending`).
+            None => (STEER_PENDING, Steering::Rss, false),
+        };
+        self.deliveries.push(Delivery {
+            frame: k as u16,
+            dst: dst as u16,
+            queue,
+            strip,
+            by,
+            fell_back,
+        });
+    }
+
+    /// Flow learning (the sender's RSS state needs its lock): the flows of the batch's frames
+    /// that passed the edge policy, under one lock.
+    fn learn_flows(&mut self, port: &Port, qp: usize, n: usize) {
+        if !self.decided[..n].iter().any(|d| d.learn) {
+            return;
+        }
+        let c = &port.counters.totals;
+        let mut rss = port.rss_data_path();
+        for (f, d) in self.frames[..n].iter().zip(&mut self.decided[..n]) {
+            if !d.learn || !d.tuple(f).is_ip() {
+                continue;
+            }
+            match rss.learn_tx(d.tuple(f), qp as u16) {
+                Some(Learn::Inserted) => c.flow_learned.inc(),
+                Some(Learn::InsertedEvicting) => {
+                    c.flow_learned.inc();
+                    c.flow_evictions.inc();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Steers the deliveries left for the locked path (destinations with flow learning on):
+    /// one lock per destination port and batch.
+    fn steer_pending(&mut self, views: &Views) {
+        if !self.deliveries.iter().any(|d| d.queue == STEER_PENDING) {
+            return;
+        }
+        let Pipeline {
+            groups,
+            deliveries,
+            frames,
+            decided,
+            ..
+        } = self;
+        groups.clear();
+        for d in deliveries.iter() {
+            // Already steered ones go to no port's group.
+            groups.add(
+                if d.queue == STEER_PENDING {
+                    d.dst
+                } else {
+                    u16::MAX
+                },
+                0,
+            );
+        }
+        for g in groups.groups() {
+            let Some(view) = views.get(usize::from(g.port)) else {
+                continue;
+            };
+            let mut rss = view.port.rss_data_path();
+            for i in groups.members(g) {
+                let d = &mut deliveries[i];
+                let k = usize::from(d.frame);
+                let decision = rss.decide(decided[k].tuple(&frames[k]), &view.enabled);
+                d.queue = decision.queue;
+                d.by = decision.by;
+                d.fell_back = decision.fell_back;
+            }
+        }
+        groups.clear();
+    }
+}
+
+fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
+    match d {
+        PolicyDrop::LinkDown => c.drop_link_down.inc(),
+        PolicyDrop::SpoofChk => c.drop_spoofchk.inc(),
+        PolicyDrop::VlanFilter => c.drop_vlan_filter.inc(),
+        PolicyDrop::RateLimit => c.drop_rate_limit.inc(),
+    }
+}
+
+fn count_fault(c: &PortTotals, _f: QueueFault) {
+    c.queue_faults.inc();
+}

@@ -1,0 +1,240 @@
+//! A worker's view of the ports: which exist (following the port table), which are attached,
+//! their settings as the switch enforces them, their RSS steering, and the TX queues this
+//! worker serves. Refreshed on every wake-up (every `POLL_SYNC_ROUNDS` when polling) without
+//! locks on the fast path: each piece has a generation counter that is compared first.
+
+use super::ports::PortIo;
+use crate::port::{RxQueues, Waker};
+use crate::rss::{EnabledQueues, SteeringSnapshot};
+use crate::switch::EdgePolicy;
+use crate::vf::{Connection, Port, PortTable, VhostIo};
+use std::sync::Arc;
+
+/// A worker's view of one port.
+pub struct PortView {
+    pub port: Arc<Port>,
+    /// `port.generation()` when the connection was last looked at.
+    generation: u64,
+    /// The frontend's connection (its kicks), while attached.
+    pub conn: Option<Arc<Connection>>,
+    /// The port's queues, while attached.
+    pub io: Option<PortIo>,
+    /// RX queues that can take frames, refreshed with the view.
+    pub enabled: EnabledQueues,
+    /// The port's settings as the switch enforces them, re-read when they change.
+    pub policy: EdgePolicy,
+    settings_gen: u64,
+    /// The TX queue pairs this worker owns (bit q).
+    pub own_tx: u64,
+    /// Steering without the RSS lock (`VfRss::snapshot`: flow learning off), taken again
+    /// when the port's RSS generation moves.
+    pub rss_fast: Option<Box<SteeringSnapshot>>,
+    rss_gen: u64,
+    /// A broken queue was reported (once per connection).
+    warned: bool,
+    poll: bool,
+}
+
+impl PortView {
+    fn new(port: Arc<Port>, own_tx: u64, poll: bool) -> Self {
+        let is_vf = port.spec.kind.is_vf();
+        PortView {
+            generation: u64::MAX,
+            conn: None,
+            io: None,
+            enabled: EnabledQueues::NONE,
+            policy: port.settings().edge_policy(is_vf),
+            settings_gen: port.settings_generation(),
+            own_tx,
+            rss_fast: None,
+            rss_gen: u64::MAX,
+            warned: false,
+            poll,
+            port,
+        }
+    }
+
+    /// Follows an attach or detach of the port's frontend: takes the current connection and
+    /// forgets the old queues. False if nothing changed since the last look.
+    pub fn sync_connection(&mut self) -> bool {
+        let g = self.port.generation();
+        if g == self.generation {
+            return false;
+        }
+        self.generation = g;
+        self.conn = self.port.connection();
+        let spec = &self.port.spec;
+        self.io = self.conn.as_ref().map(|c| {
+            PortIo::Vhost(VhostIo::new(
+                c.clone(),
+                spec.mtu,
+                spec.queue_pairs,
+                self.poll,
+            ))
+        });
+        self.warned = false;
+        if let Some(c) = &self.conn {
+            // Frames may have been queued before this view saw the connection.
+            c.mark_tx_pending_mask(self.own_tx);
+        }
+        self.refresh_enabled();
+        true
+    }
+
+    /// Re-reads which RX queues can take frames.
+    pub fn refresh_enabled(&mut self) {
+        let now = self
+            .io
+            .as_ref()
+            .map_or(EnabledQueues::NONE, |io| io.enabled());
+        if now.mask() != self.enabled.mask() {
+            self.enabled = now;
+        }
+    }
+
+    /// Re-reads settings and RSS steering if they changed.
+    fn refresh_config(&mut self) {
+        let rg = self.port.rss_generation();
+        if rg != self.rss_gen {
+            self.rss_gen = rg;
+            self.rss_fast = self.port.rss_data_path().snapshot().map(Box::new);
+        }
+        let sg = self.port.settings_generation();
+        if sg != self.settings_gen {
+            self.settings_gen = sg;
+            self.policy = self
+                .port
+                .settings()
+                .edge_policy(self.port.spec.kind.is_vf());
+        }
+    }
+
+    /// Logs a broken queue once per connection.
+    pub fn warn_broken_queue(&mut self, what: &dyn std::fmt::Display) {
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(port = %self.port.spec.name, "{what}; the queue is skipped");
+        }
+    }
+}
+
+/// A worker's views of every port slot.
+pub struct Views {
+    table: Arc<PortTable>,
+    table_generation: u64,
+    worker: usize,
+    waker: Arc<Waker>,
+    poll: bool,
+    /// One slot per port id, following `table`.
+    pub slots: Vec<Option<PortView>>,
+    /// The attached ports with TX queues this worker owns: (slot, connection, owned queue
+    /// pairs), rebuilt by `refresh` so a round clones no `Arc`.
+    pub active: Vec<(usize, Arc<Connection>, u64)>,
+    /// A view's connection or the table changed since `active` was built.
+    active_stale: bool,
+}
+
+impl Views {
+    pub fn new(table: Arc<PortTable>, worker: usize, waker: Arc<Waker>, poll: bool) -> Self {
+        Views {
+            table,
+            table_generation: u64::MAX,
+            worker,
+            waker,
+            poll,
+            slots: Vec::new(),
+            active: Vec::new(),
+            active_stale: true,
+        }
+    }
+
+    /// The TX queue pairs of `port` this worker owns.
+    fn own_mask(&self, port: &Port) -> u64 {
+        let qps = usize::from(port.spec.queue_pairs).min(64);
+        let p = port.spec.id.index();
+        (0..qps)
+            .filter(|&q| self.waker.owner(p, q) == self.worker)
+            .fold(0, |m, q| m | (1u64 << q))
+    }
+
+    /// Follows ports added, removed or replaced (numvfs and channel changes).
+    pub fn sync_table(&mut self) {
+        let g = self.table.generation();
+        if g == self.table_generation {
+            return;
+        }
+        self.table_generation = g;
+        self.active_stale = true;
+        let slots = self.table.snapshot();
+        self.slots.resize_with(slots.len(), || None);
+        for (k, slot) in slots.into_iter().enumerate() {
+            let same = match (&self.slots[k], &slot) {
+                (Some(v), Some(p)) => Arc::ptr_eq(&v.port, p),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.slots[k] = slot.map(|p| {
+                    let own = self.own_mask(&p);
+                    PortView::new(p, own, self.poll)
+                });
+            }
+        }
+    }
+
+    /// Picks up attach/detach of frontends, enabled RX queues, changed settings and steering.
+    pub fn refresh(&mut self) {
+        let mut stale = false;
+        for v in self.slots.iter_mut().flatten() {
+            v.refresh_config();
+            if let Some(io) = &mut v.io {
+                io.refresh();
+            }
+            stale |= v.sync_connection();
+            v.refresh_enabled();
+        }
+        if std::mem::take(&mut self.active_stale) || stale {
+            self.active.clear();
+            for (i, v) in self.slots.iter().enumerate() {
+                if let Some(PortView {
+                    conn: Some(c),
+                    own_tx,
+                    ..
+                }) = v
+                {
+                    if *own_tx != 0 {
+                        self.active.push((i, c.clone(), *own_tx));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether port `d` is attached. A view that looks detached is checked against the port
+    /// first: a frontend that attached since the last refresh (which the control plane and the
+    /// guest already see) must not lose frames to a stale view.
+    pub fn attached(&mut self, d: usize) -> bool {
+        let Some(v) = self.slots.get_mut(d).and_then(Option::as_mut) else {
+            return false;
+        };
+        if v.conn.is_none() && v.sync_connection() {
+            self.active_stale = true;
+        }
+        v.conn.is_some()
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&PortView> {
+        self.slots.get(i).and_then(Option::as_ref)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut PortView> {
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// The name of the port in slot `i`.
+    pub fn name(&self, i: usize) -> Option<String> {
+        self.get(i).map(|v| v.port.spec.name.clone())
+    }
+}

@@ -1,0 +1,199 @@
+//! The data-plane worker threads: sleeping on kicks (or busy-polling), following the ports,
+//! taking the TX queues they own in turn, and the FDB's aging (worker 0).
+//!
+//! Queue pair q of port p belongs to worker (p + q) mod N (`Waker::owner`): only that worker
+//! pops that TX queue; any worker may deliver into any RX queue (under that ring's lock).
+
+use super::pipeline::Pipeline;
+use super::views::Views;
+use crate::events::EventBus;
+use crate::port::Waker;
+use crate::switch::Switch;
+use crate::vf::PortTable;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a worker sleeps without a kick (worker 0 then ages the FDB).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Busy-poll rounds between looks at control-side changes (a few microseconds).
+const POLL_SYNC_ROUNDS: u64 = 256;
+
+/// One data-plane worker.
+pub struct DataPlane {
+    /// This worker's index; worker 0 also ages the FDB.
+    worker: usize,
+    /// Busy-poll instead of sleeping on kicks.
+    poll: bool,
+    /// Pin the thread to this CPU.
+    cpu: Option<usize>,
+    table: Arc<PortTable>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    switch: Arc<Mutex<Switch>>,
+    events: Arc<EventBus>,
+}
+
+impl DataPlane {
+    pub fn new(
+        table: Arc<PortTable>,
+        switch: Arc<Mutex<Switch>>,
+        waker: Arc<Waker>,
+        stop: Arc<AtomicBool>,
+        events: Arc<EventBus>,
+    ) -> Self {
+        DataPlane {
+            worker: 0,
+            poll: false,
+            cpu: None,
+            table,
+            waker,
+            stop,
+            switch,
+            events,
+        }
+    }
+
+    /// This is worker `w` of `Waker::workers()`.
+    pub fn worker(mut self, w: usize) -> Self {
+        self.worker = w;
+        self
+    }
+
+    /// Busy-polls (`--poll`) instead of sleeping until a kick.
+    pub fn polling(mut self, on: bool) -> Self {
+        self.poll = on;
+        self
+    }
+
+    /// Pins the worker's thread to `cpu` (`--cpus`).
+    pub fn on_cpu(mut self, cpu: Option<usize>) -> Self {
+        self.cpu = cpu;
+        self
+    }
+
+    /// Runs the worker on its own thread until `stop` is set (and the waker woken).
+    pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("dataplane{}", self.worker))
+            .spawn(move || Worker::new(self).run())
+    }
+}
+
+/// A running worker's state.
+struct Worker {
+    cfg: DataPlane,
+    views: Views,
+    pipeline: Pipeline,
+    last_age: u64,
+}
+
+impl Worker {
+    fn new(cfg: DataPlane) -> Self {
+        Worker {
+            views: Views::new(cfg.table.clone(), cfg.worker, cfg.waker.clone(), cfg.poll),
+            pipeline: Pipeline::new(cfg.switch.clone(), cfg.events.clone()),
+            last_age: 0,
+            cfg,
+        }
+    }
+
+    fn run(mut self) {
+        let _span = tracing::info_span!("dataplane", worker = self.cfg.worker).entered();
+        if let Some(cpu) = self.cfg.cpu {
+            pin_to_cpu(self.cfg.worker, cpu);
+        }
+        if self.cfg.poll {
+            return self.run_polling();
+        }
+        while !self.cfg.stop.load(Ordering::Acquire) {
+            self.cfg.waker.wait(self.cfg.worker, IDLE_WAIT);
+            self.views.sync_table();
+            self.views.refresh();
+            self.age_fdb();
+            while self.tx_round(false) {}
+        }
+    }
+
+    /// Busy-poll mode: never sleeps, takes its attached ports' TX queues in turn and leaves the
+    /// guests' TX notifications off (no kicks, no wake-ups, no eventfd syscalls).
+    fn run_polling(mut self) {
+        let mut iteration: u64 = 0;
+        while !self.cfg.stop.load(Ordering::Relaxed) {
+            iteration += 1;
+            if iteration.is_multiple_of(POLL_SYNC_ROUNDS) {
+                self.views.sync_table();
+                self.views.refresh();
+                if iteration.is_multiple_of(POLL_SYNC_ROUNDS * 1024) {
+                    self.age_fdb();
+                }
+            }
+            if !self.tx_round(true) {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// One pass over the TX queues this worker owns: every one when polling (kicks are off
+    /// and pending bits are not looked at), else the kicked ones. True if any had frames.
+    fn tx_round(&mut self, polling: bool) -> bool {
+        let mut worked = false;
+        let active = std::mem::take(&mut self.views.active);
+        for (i, conn, own) in &active {
+            let mut mask = if polling {
+                *own
+            } else {
+                conn.take_tx_pending(*own)
+            };
+            while mask != 0 {
+                let qp = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                worked |= self.pipeline.process_tx(&mut self.views, *i, conn, qp);
+            }
+        }
+        // A view refreshed during the round (a destination that just attached) leaves the
+        // list stale: it is rebuilt by the next `refresh`; keep this round's until then.
+        if self.views.active.is_empty() {
+            self.views.active = active;
+        }
+        worked
+    }
+
+    /// Worker 0 ages the FDB once a second.
+    fn age_fdb(&mut self) {
+        if self.cfg.worker != 0 {
+            return;
+        }
+        let now = self.pipeline.now_secs();
+        if now > self.last_age {
+            self.last_age = now;
+            self.pipeline
+                .switch()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .age(now);
+        }
+    }
+}
+
+/// Pins the calling thread to one CPU; a failure is logged, not fatal.
+fn pin_to_cpu(worker: usize, cpu: usize) {
+    // SAFETY: cpu_set_t is plain data, zeroed is a valid empty set; CPU_SET and
+    // sched_setaffinity(0 = this thread) only read and write that set.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        tracing::warn!(
+            worker,
+            cpu,
+            "cannot pin the data-plane worker: {}",
+            io::Error::last_os_error()
+        );
+    } else {
+        tracing::info!(worker, cpu, "data-plane worker pinned");
+    }
+}

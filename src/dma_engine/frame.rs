@@ -1,0 +1,142 @@
+//! A frame as one destination receives it, and the copies that write it into RX buffers.
+//!
+//! A frame is a short head (its first bytes, copied once out of the sender's buffer: every
+//! decision was made on that copy, and a VLAN tag may have been inserted into it or stripped
+//! from it) followed by the rest, still where the sender left it: a segment list in the
+//! sender's guest memory, or in a host buffer a port owns (`Segments::push_host`). Only the
+//! copy functions here read it.
+
+use super::copy::{copy_segments, copy_short, write_segments, CopyError};
+use super::net_hdr::{rx_header, VNET_HDR_MAX};
+use super::segments::Segments;
+
+/// Most bytes a frame's head may hold: the header copy plus one inserted VLAN tag.
+pub const MAX_HEAD: usize = crate::wire::HEADER_COPY_LEN + 4;
+
+/// One frame for one destination.
+#[derive(Clone, Copy)]
+pub struct FrameView<'a> {
+    /// The frame's first bytes, as this destination receives them.
+    pub head: &'a [u8],
+    /// Offset in `segs` where the bytes after the head start.
+    pub tail_base: usize,
+    /// The whole frame's length (head included).
+    pub len: usize,
+    /// Where the rest of the frame is.
+    pub segs: &'a Segments,
+}
+
+/// Writes the virtio-net header (for one buffer) and frame bytes `[0, to)` into the first RX
+/// chain `dst`: header and head in one write, the rest from the sender's buffer.
+///
+/// # Safety
+/// As for `copy_frame_range`.
+pub unsafe fn copy_first_chain(
+    f: &FrameView<'_>,
+    to: usize,
+    dst: &Segments,
+    hdr_len: usize,
+) -> Result<(), CopyError> {
+    let mut buf = [0u8; VNET_HDR_MAX + MAX_HEAD];
+    // Fixed-size header copy, then the head over whatever of it is not part of this layout:
+    // no memcpy calls for these few bytes.
+    buf[..VNET_HDR_MAX].copy_from_slice(&rx_header(1));
+    let split = f.head.len().min(to).min(MAX_HEAD);
+    let room = &mut buf[hdr_len..hdr_len + split];
+    // SAFETY: `room` and `f.head[..split]` are both `split` bytes of distinct Rust buffers.
+    unsafe { copy_short(f.head.as_ptr(), room.as_mut_ptr(), split) };
+    // SAFETY: the caller's contract.
+    unsafe { write_segments(dst.as_slice(), 0, &buf[..hdr_len + split])? };
+    if split < to {
+        // SAFETY: the caller's contract.
+        unsafe { copy_frame_range(f, split, to, dst, hdr_len + split) }
+    } else {
+        Ok(())
+    }
+}
+
+/// Copies frame bytes `[from, to)` into `dst` at `dst_off`: the part covered by the head from
+/// the head, the rest from the sender's buffer.
+///
+/// # Safety
+/// `dst` and the frame's segments must be translated with guest maps that are still alive (or
+/// point at host buffers that are).
+pub unsafe fn copy_frame_range(
+    f: &FrameView<'_>,
+    from: usize,
+    to: usize,
+    dst: &Segments,
+    dst_off: usize,
+) -> Result<(), CopyError> {
+    let split = f.head.len().clamp(from, to);
+    if from < split {
+        // SAFETY: the caller's contract.
+        unsafe { write_segments(dst.as_slice(), dst_off, &f.head[from..split])? };
+    }
+    if split < to {
+        // SAFETY: the caller's contract.
+        unsafe {
+            copy_segments(
+                f.segs.as_slice(),
+                f.tail_base + (split - f.head.len()),
+                dst.as_slice(),
+                dst_off + (split - from),
+                to - split,
+            )?
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dma_engine::copy::read_segments;
+
+    #[test]
+    fn a_frame_from_a_host_buffer_is_copied_with_its_head() {
+        // The sender's buffer: 12 bytes of its own header, then the frame.
+        let frame: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let mut src = vec![0u8; 12];
+        src.extend_from_slice(&frame);
+        let mut segs = Segments::default();
+        segs.reset(0);
+        // SAFETY: `src` outlives `segs`' use below.
+        unsafe { segs.push_host(src.as_ptr() as usize, src.len()) }.unwrap();
+        // The head as the switch left it: the first 40 bytes with a byte changed.
+        let mut head = frame[..40].to_vec();
+        head[0] = 0xee;
+        let f = FrameView {
+            head: &head,
+            tail_base: 12 + 40,
+            len: frame.len(),
+            segs: &segs,
+        };
+        // Two destination buffers: 100 and 400 bytes.
+        let mut d1 = vec![0u8; 100];
+        let mut d2 = vec![0u8; 400];
+        let mut dst = Segments::default();
+        dst.reset(0);
+        // SAFETY: `d1` and `d2` outlive `dst`'s use below.
+        unsafe {
+            dst.push_host(d1.as_mut_ptr() as usize, d1.len()).unwrap();
+            dst.push_host(d2.as_mut_ptr() as usize, d2.len()).unwrap();
+        }
+        // SAFETY: every segment points at a live Vec.
+        unsafe { copy_first_chain(&f, frame.len(), &dst, 12) }.unwrap();
+        let mut out = vec![0u8; 12 + frame.len()];
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { read_segments(dst.as_slice(), 0, &mut out) },
+            out.len()
+        );
+        assert_eq!(out[..12], rx_header(1)[..12]);
+        let mut want = frame.clone();
+        want[0] = 0xee;
+        assert_eq!(
+            out[12..],
+            want[..],
+            "head from the copy, the rest from the buffer"
+        );
+    }
+}

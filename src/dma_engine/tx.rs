@@ -1,0 +1,41 @@
+//! TX chains: a chain popped from a TX ring walked into segments, and its head copied out once.
+
+use super::copy::read_segments;
+use super::guest_map::GuestMap;
+use super::ring::{prefetch, SplitRing};
+use super::segments::{Direction, Segments};
+use crate::wire::ETH_HEADER_LEN;
+
+/// Walks TX chain `head` into `segs` and checks the frame's length: `Some(frame length)`
+/// (without the `hdr_len` bytes of virtio-net header) if the chain is valid and the frame is
+/// between an Ethernet header and `max_frame` bytes. Starts loading the frame's first bytes.
+pub fn walk_tx(
+    ring: &SplitRing,
+    map: &GuestMap,
+    head: u16,
+    hdr_len: usize,
+    max_frame: usize,
+    segs: &mut Segments,
+) -> Option<usize> {
+    ring.walk(map, head, Direction::Read, segs).ok()?;
+    let total = segs.total();
+    if total < hdr_len + ETH_HEADER_LEN || total - hdr_len > max_frame {
+        return None;
+    }
+    let mut off = hdr_len;
+    for s in segs.as_slice() {
+        if (s.len as usize) > off {
+            prefetch(s.host + off);
+            break;
+        }
+        off -= s.len as usize;
+    }
+    Some(total - hdr_len)
+}
+
+/// Copies the frame's first `buf.len()` bytes (after the `hdr_len` header) out of the chain;
+/// true if all of them were there.
+pub fn read_head(segs: &Segments, hdr_len: usize, buf: &mut [u8]) -> bool {
+    // SAFETY: `segs` come from `walk_tx` with a map the caller keeps alive for the batch.
+    unsafe { read_segments(segs.as_slice(), hdr_len, buf) == buf.len() }
+}
