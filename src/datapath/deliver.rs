@@ -2,12 +2,12 @@
 //! used-index store and at most one notification per ring, frames in order, counters added
 //! once per group.
 
-use super::groups::Group;
-use super::pipeline::Pipeline;
+use super::groups::{Group, Groups};
 use super::ports::PortIo;
 use super::views::Views;
+use super::TX_BATCH;
 use crate::dma_engine::frame::MAX_HEAD;
-use crate::port::{FrameView, QueueFault, RxBatch, RxDrop, RxQueues};
+use crate::port::{FrameView, QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame};
 use crate::rss::Steering;
 use crate::stats::PortCounters;
 use crate::switch::vlan;
@@ -74,10 +74,26 @@ impl RxTally {
     }
 }
 
-impl Pipeline {
-    /// Delivers the batch's deliveries, one lock per destination RX ring.
-    pub(super) fn deliver(&mut self, views: &mut Views) {
-        for d in &self.deliveries {
+/// A batch's deliveries, grouped by ring when written.
+pub struct Deliveries {
+    pub list: Vec<Delivery>,
+    groups: Groups,
+    scratch: Box<RxScratch>,
+}
+
+impl Deliveries {
+    pub fn new() -> Self {
+        Deliveries {
+            list: Vec::with_capacity(TX_BATCH * 4),
+            groups: Groups::new(crate::pf::PORT_SLOTS),
+            scratch: Box::default(),
+        }
+    }
+
+    /// Writes the deliveries of `frames` into the destinations' RX rings, one lock per ring,
+    /// and empties the list.
+    pub fn write(&mut self, frames: &[TxFrame], views: &mut Views) {
+        for d in &self.list {
             self.groups.add(d.dst, d.queue);
         }
         for gi in 0..self.groups.groups().len() {
@@ -87,7 +103,7 @@ impl Pipeline {
             };
             let mut tally = RxTally::default();
             let fault = match view.io.as_mut() {
-                Some(io) => write_group(io, &g, self, &mut tally),
+                Some(io) => write_group(io, &g, self, frames, &mut tally),
                 None => {
                     tally.no_buffer += u64::from(g.len);
                     None
@@ -100,7 +116,7 @@ impl Pipeline {
             }
         }
         self.groups.clear();
-        self.deliveries.clear();
+        self.list.clear();
     }
 }
 
@@ -108,7 +124,8 @@ impl Pipeline {
 fn write_group(
     io: &mut PortIo,
     g: &Group,
-    p: &mut Pipeline,
+    p: &mut Deliveries,
+    frames: &[TxFrame],
     tally: &mut RxTally,
 ) -> Option<QueueFault> {
     let (mut rx, fault) = match io.open(usize::from(g.queue), g.len as usize) {
@@ -116,8 +133,8 @@ fn write_group(
         Err(f) => (None, Some(f)),
     };
     for i in p.groups.members(g) {
-        let d = &p.deliveries[i];
-        let f = &p.frames[usize::from(d.frame)];
+        let d = &p.list[i];
+        let f = &frames[usize::from(d.frame)];
         let mut stripped = [0u8; MAX_HEAD];
         let mut fv = f.view();
         if d.strip {
@@ -130,7 +147,7 @@ fn write_group(
             };
         }
         let result = match rx.as_mut() {
-            Some(rx) => rx.push(&fv, &mut p.rx),
+            Some(rx) => rx.push(&fv, &mut p.scratch),
             None => Err(RxDrop::NoBuffer),
         };
         match result {

@@ -22,3 +22,6 @@ mod views;
 mod worker;
 
 pub use worker::DataPlane;
+
+/// Chains popped from a TX ring per lock hold, and frames decided together.
+pub const TX_BATCH: usize = 64;

@@ -4,11 +4,12 @@
 //! The switch lock is held only for the FDB (learning and verdicts): no ring lock is taken and
 //! no event is emitted under it. A frame's decisions are all made on its head copy.
 
-use super::deliver::Delivery;
+use super::deliver::{Deliveries, Delivery};
 use super::groups::Groups;
 use super::views::Views;
+use super::TX_BATCH;
 use crate::events::EventBus;
-use crate::port::{QueueFault, RxScratch, TxFrame, TxPop, TxQueues};
+use crate::port::{QueueFault, TxFrame, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
 use crate::stats::PortTotals;
 use crate::switch::{
@@ -20,8 +21,6 @@ use crate::wire::{FrameHeader, MacAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Chains popped from a TX ring per lock hold.
-pub const TX_BATCH: usize = 64;
 /// Frames taken from one TX queue per pass before other queues get their turn.
 const TX_BUDGET: usize = 256;
 /// `Delivery::queue` of a delivery still to be steered under the destination's RSS lock.
@@ -55,11 +54,11 @@ impl Decided {
 pub struct Pipeline {
     switch: Arc<Mutex<Switch>>,
     events: Arc<EventBus>,
-    pub(super) frames: Box<[TxFrame]>,
+    frames: Box<[TxFrame]>,
     decided: Box<[Decided]>,
-    pub(super) deliveries: Vec<Delivery>,
-    pub(super) groups: Groups,
-    pub(super) rx: Box<RxScratch>,
+    deliveries: Deliveries,
+    /// Deliveries grouped by port, to steer them under each port's RSS lock.
+    by_port: Groups,
     /// Verdicts of the batch's frames.
     verdicts: Box<[Verdict]>,
     /// FDB moves of the batch, announced after the switch lock is released.
@@ -76,9 +75,8 @@ impl Pipeline {
             events,
             frames: (0..TX_BATCH).map(|_| TxFrame::default()).collect(),
             decided: (0..TX_BATCH).map(|_| Decided::default()).collect(),
-            deliveries: Vec::with_capacity(TX_BATCH * 4),
-            groups: Groups::new(crate::pf::PORT_SLOTS),
-            rx: Box::default(),
+            deliveries: Deliveries::new(),
+            by_port: Groups::new(crate::pf::PORT_SLOTS),
             verdicts: vec![Verdict::SamePort; TX_BATCH].into_boxed_slice(),
             moves: Vec::with_capacity(4),
             dests: Vec::with_capacity(crate::pf::PORT_SLOTS),
@@ -124,7 +122,7 @@ impl Pipeline {
             };
             let port = view.port.clone();
             self.switch_batch(views, src, &port, qp, n);
-            self.deliver(views);
+            self.deliveries.write(&self.frames[..n], views);
             if let Some(io) = views.get_mut(src).and_then(|v| v.io.as_mut()) {
                 io.complete(qp, &self.frames[..n], batch);
             }
@@ -299,7 +297,7 @@ impl Pipeline {
             // Decided after the batch's switching, one lock per destination (`steer_pending`).
             None => (STEER_PENDING, Steering::Rss, false),
         };
-        self.deliveries.push(Delivery {
+        self.deliveries.list.push(Delivery {
             frame: k as u16,
             dst: dst as u16,
             queue,
@@ -335,16 +333,22 @@ impl Pipeline {
     /// Steers the deliveries left for the locked path (destinations with flow learning on):
     /// one lock per destination port and batch.
     fn steer_pending(&mut self, views: &Views) {
-        if !self.deliveries.iter().any(|d| d.queue == STEER_PENDING) {
+        if !self
+            .deliveries
+            .list
+            .iter()
+            .any(|d| d.queue == STEER_PENDING)
+        {
             return;
         }
         let Pipeline {
-            groups,
+            by_port: groups,
             deliveries,
             frames,
             decided,
             ..
         } = self;
+        let deliveries = &mut deliveries.list;
         groups.clear();
         for d in deliveries.iter() {
             // Already steered ones go to no port's group.
