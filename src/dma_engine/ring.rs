@@ -509,6 +509,73 @@ mod tests {
         assert!(!ring.is_of(&q));
     }
 
+    /// A 16-entry queue laid out by hand (MockSplitQueue's used ring overlaps `used_event` at
+    /// this size), with `avail` entries made available.
+    fn spaced_queue(event_idx: bool, avail: u16) -> (Arc<GuestMem>, Queue) {
+        let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());
+        mem.write_obj(avail, GuestAddress(0x2002)).unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.set_size(16);
+        q.set_desc_table_address(Some(0x1000), Some(0));
+        q.set_avail_ring_address(Some(0x2000), Some(0));
+        q.set_used_ring_address(Some(0x3000), Some(0));
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        (mem, q)
+    }
+
+    #[test]
+    fn kicks_are_asked_for_and_suppressed_in_both_notification_modes() {
+        for event_idx in [false, true] {
+            let (mem, q) = spaced_queue(event_idx, 3);
+            let map = GuestMap::new(mem.clone());
+            let ring = SplitRing::map(&q, &map).unwrap();
+            let flags = || mem.read_obj::<u16>(GuestAddress(0x3000)).unwrap();
+            let avail_event = || {
+                mem.read_obj::<u16>(GuestAddress(0x3000 + 4 + 8 * 16))
+                    .unwrap()
+            };
+            // Three buffers wait beyond 0: enabling reports them so the device keeps going.
+            assert!(ring.enable_notification(0), "event_idx {event_idx}");
+            // None beyond 3: the device may sleep, the driver will kick.
+            assert!(!ring.enable_notification(3), "event_idx {event_idx}");
+            if event_idx {
+                assert_eq!(avail_event(), 3, "kick me when you pass 3");
+                ring.disable_notification();
+                assert_eq!(flags(), 0, "with EVENT_IDX the flag is not used");
+            } else {
+                assert_eq!(flags(), 0, "kicks on");
+                ring.disable_notification();
+                assert_eq!(flags(), VRING_USED_F_NO_NOTIFY, "kicks off");
+            }
+        }
+    }
+
+    #[test]
+    fn interrupts_follow_used_event_or_the_no_interrupt_flag() {
+        for event_idx in [false, true] {
+            let (mem, q) = spaced_queue(event_idx, 0);
+            let map = GuestMap::new(mem.clone());
+            let ring = SplitRing::map(&q, &map).unwrap();
+            if event_idx {
+                // used_event = 5: moving the used index from 2 to 4 does not cross it, 4 to 6 does.
+                mem.write_obj(5u16, GuestAddress(0x2000 + 4 + 2 * 16))
+                    .unwrap();
+                assert!(!ring.needs_notification(2, 4));
+                assert!(ring.needs_notification(4, 6));
+            } else {
+                assert!(ring.needs_notification(2, 4));
+                mem.write_obj(VRING_AVAIL_F_NO_INTERRUPT, GuestAddress(0x2000))
+                    .unwrap();
+                assert!(!ring.needs_notification(2, 4));
+            }
+            assert!(
+                !ring.needs_notification(4, 4),
+                "nothing used, nothing to say"
+            );
+        }
+    }
+
     #[test]
     fn rings_outside_guest_memory_are_not_mapped() {
         let f = fixture(&[]);

@@ -243,3 +243,235 @@ impl<'a> RxFill<'a> {
         (self.cur.next_avail, used, notify)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each scenario runs with mergeable RX buffers on and off and with EVENT_IDX on and off.
+    use super::*;
+    use crate::dma_engine::GuestMem;
+    use std::sync::Arc;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const WRITE: u16 = 2;
+    const BUF: u64 = 0x4_0000;
+    const BUF_LEN: u32 = 64;
+    const HDR: usize = 12;
+
+    struct Rx {
+        mem: Arc<GuestMem>,
+        q: Queue,
+        used_addr: u64,
+        avail_addr: u64,
+    }
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    /// A 16-entry RX queue with `posted` write-only buffers of 64 bytes available. (Laid out by
+    /// hand: virtio-queue's MockSplitQueue puts the used ring over the avail ring's
+    /// `used_event` for this size.)
+    fn rx_queue(posted: u16, event_idx: bool) -> Rx {
+        let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+        for i in 0..posted {
+            let d = SplitDescriptor::new(BUF + u64::from(i) * 0x100, BUF_LEN, WRITE, 0);
+            mem.write_obj(
+                RawDescriptor::from(d),
+                GuestAddress(DESC + 16 * u64::from(i)),
+            )
+            .unwrap();
+            mem.write_obj(i, GuestAddress(AVAIL + 4 + 2 * u64::from(i)))
+                .unwrap();
+        }
+        mem.write_obj(posted, GuestAddress(AVAIL + 2)).unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.set_size(16);
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        Rx {
+            used_addr: USED,
+            avail_addr: AVAIL,
+            mem,
+            q,
+        }
+    }
+
+    fn features(mergeable: bool) -> u64 {
+        let version_1 = 1 << virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+        version_1
+            | if mergeable {
+                1 << VIRTIO_NET_F_MRG_RXBUF
+            } else {
+                0
+            }
+    }
+
+    /// Delivers `frames` (host buffers); returns the results and what `finish` gave.
+    fn deliver(
+        rx: &Rx,
+        mergeable: bool,
+        frames: &[Vec<u8>],
+    ) -> (Vec<Result<(), RxDrop>>, (u16, u16, bool)) {
+        let map = GuestMap::new(rx.mem.clone());
+        let ring = SplitRing::map(&rx.q, &map).unwrap();
+        let mut fill = RxFill::open(&map, &ring, 0, 0, features(mergeable), frames.len()).unwrap();
+        let mut scratch = RxScratch::default();
+        let mut results = Vec::new();
+        for f in frames {
+            let mut segs = Segments::default();
+            segs.reset(0);
+            // SAFETY: `f` outlives `segs`' use in this iteration.
+            unsafe { segs.push_host(f.as_ptr() as usize, f.len()) }.unwrap();
+            let head = &f[..f.len().min(20)];
+            let view = FrameView {
+                head,
+                tail_base: head.len(),
+                len: f.len(),
+                segs: &segs,
+            };
+            results.push(fill.deliver(&view, &mut scratch));
+        }
+        (results, fill.finish())
+    }
+
+    fn buffer(rx: &Rx, i: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        rx.mem
+            .read_slice(&mut out, GuestAddress(BUF + i * 0x100))
+            .unwrap();
+        out
+    }
+
+    fn used_elem(rx: &Rx, i: u64) -> (u32, u32) {
+        let e: [u32; 2] = rx
+            .mem
+            .read_obj(GuestAddress(rx.used_addr + 4 + 8 * i))
+            .unwrap();
+        (e[0], e[1])
+    }
+
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+            .collect()
+    }
+
+    fn every_mode(scenario: fn(bool, bool)) {
+        for mergeable in [false, true] {
+            for event_idx in [false, true] {
+                scenario(mergeable, event_idx);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_that_fits_one_buffer() {
+        every_mode(|mergeable, event_idx| {
+            let rx = rx_queue(4, event_idx);
+            let f = frame(40, 1);
+            let (r, (next_avail, next_used, _)) = deliver(&rx, mergeable, &[f.clone()]);
+            assert_eq!(
+                r,
+                vec![Ok(())],
+                "mergeable {mergeable} event_idx {event_idx}"
+            );
+            assert_eq!((next_avail, next_used), (1, 1));
+            let got = buffer(&rx, 0, HDR + 40);
+            assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+            assert_eq!(got[HDR..], f[..]);
+            assert_eq!(used_elem(&rx, 0), (0, (HDR + 40) as u32));
+        });
+    }
+
+    #[test]
+    fn a_frame_longer_than_a_buffer_spans_buffers_only_when_mergeable() {
+        every_mode(|mergeable, event_idx| {
+            let rx = rx_queue(4, event_idx);
+            let f = frame(100, 2);
+            let (r, (next_avail, next_used, _)) = deliver(&rx, mergeable, &[f.clone()]);
+            if !mergeable {
+                assert_eq!(r, vec![Err(RxDrop::Oversize)]);
+                assert_eq!((next_avail, next_used), (0, 0), "the buffer is put back");
+                return;
+            }
+            assert_eq!(r, vec![Ok(())], "event_idx {event_idx}");
+            assert_eq!((next_avail, next_used), (2, 2));
+            let first = buffer(&rx, 0, 64);
+            assert_eq!(u16::from_le_bytes([first[10], first[11]]), 2, "num_buffers");
+            let mut got = first[HDR..].to_vec();
+            got.extend_from_slice(&buffer(&rx, 1, 100 - (64 - HDR)));
+            assert_eq!(got, f);
+            assert_eq!(used_elem(&rx, 0), (0, 64));
+            assert_eq!(used_elem(&rx, 1), (1, (HDR + 100 - 64) as u32));
+        });
+    }
+
+    #[test]
+    fn without_buffers_frames_are_refused_not_held() {
+        every_mode(|mergeable, event_idx| {
+            let rx = rx_queue(1, event_idx);
+            let (r, (next_avail, next_used, _)) =
+                deliver(&rx, mergeable, &[frame(30, 3), frame(30, 4)]);
+            assert_eq!(r, vec![Ok(()), Err(RxDrop::NoBuffer)]);
+            assert_eq!((next_avail, next_used), (1, 1));
+        });
+    }
+
+    #[test]
+    fn the_guest_is_notified_as_it_asked() {
+        for event_idx in [false, true] {
+            // Nothing suppresses: notify.
+            let rx = rx_queue(4, event_idx);
+            let (_, (_, _, notify)) = deliver(&rx, true, &[frame(30, 5)]);
+            assert!(notify, "event_idx {event_idx}");
+            // Suppressed: NO_INTERRUPT without EVENT_IDX, used_event further ahead with it.
+            let rx = rx_queue(4, event_idx);
+            if event_idx {
+                let used_event = rx.avail_addr + 4 + 2 * 16;
+                rx.mem.write_obj(3u16, GuestAddress(used_event)).unwrap();
+            } else {
+                rx.mem.write_obj(1u16, GuestAddress(rx.avail_addr)).unwrap();
+            }
+            let (_, (_, next_used, notify)) = deliver(&rx, true, &[frame(30, 6)]);
+            assert_eq!(next_used, 1);
+            assert!(
+                !notify,
+                "event_idx {event_idx}: the guest asked for no interrupt yet"
+            );
+            if event_idx {
+                // Crossing used_event (3) notifies.
+                let (_, (_, next_used, notify)) = deliver(
+                    &rx,
+                    true,
+                    &[frame(30, 7), frame(30, 8), frame(30, 9), frame(30, 10)],
+                );
+                assert_eq!(next_used, 4);
+                assert!(notify);
+            }
+        }
+    }
+
+    #[test]
+    fn an_avail_index_past_the_ring_is_refused_at_open() {
+        let rx = rx_queue(4, false);
+        rx.mem
+            .write_obj(4u16 + 17, GuestAddress(rx.avail_addr + 2))
+            .unwrap();
+        let map = GuestMap::new(rx.mem.clone());
+        let ring = SplitRing::map(&rx.q, &map).unwrap();
+        assert_eq!(
+            RxFill::open(&map, &ring, 0, 0, features(true), 1).err(),
+            Some(AvailOverrun { avail: 21, next: 0 })
+        );
+        // A full ring is fine.
+        rx.mem
+            .write_obj(16u16, GuestAddress(rx.avail_addr + 2))
+            .unwrap();
+        assert!(RxFill::open(&map, &ring, 0, 0, features(true), 1).is_ok());
+    }
+}
