@@ -374,7 +374,7 @@ mod tests {
         every_mode(|mergeable, event_idx| {
             let rx = rx_queue(4, event_idx);
             let f = frame(40, 1);
-            let (r, (next_avail, next_used, _)) = deliver(&rx, mergeable, &[f.clone()]);
+            let (r, (next_avail, next_used, _)) = deliver(&rx, mergeable, std::slice::from_ref(&f));
             assert_eq!(
                 r,
                 vec![Ok(())],
@@ -393,7 +393,7 @@ mod tests {
         every_mode(|mergeable, event_idx| {
             let rx = rx_queue(4, event_idx);
             let f = frame(100, 2);
-            let (r, (next_avail, next_used, _)) = deliver(&rx, mergeable, &[f.clone()]);
+            let (r, (next_avail, next_used, _)) = deliver(&rx, mergeable, std::slice::from_ref(&f));
             if !mergeable {
                 assert_eq!(r, vec![Err(RxDrop::Oversize)]);
                 assert_eq!((next_avail, next_used), (0, 0), "the buffer is put back");
