@@ -20,6 +20,8 @@ use vm_memory::GuestAddressSpace;
 
 /// Room for VLAN tags on top of the MTU and the Ethernet header.
 const FRAME_OVERHEAD: usize = ETH_HEADER_LEN + 8;
+/// Most chains one `pop` takes (the pipeline's batch is at most this long).
+const MAX_POP: usize = 64;
 
 /// One guest's memory map and its mapped rings.
 struct GuestRings {
@@ -158,12 +160,11 @@ impl TxQueues for VhostIo {
         if pending > ring.size() {
             return TxPop::Fault(QueueFault::AvailOverrun);
         }
-        let n = usize::from(pending).min(frames.len());
+        let n = usize::from(pending).min(frames.len()).min(MAX_POP);
         // In stages, so the cache misses of one frame overlap those of the others: heads
         // (prefetching their descriptors), chain walks (prefetching frame data), then the
         // header copies.
-        let mut heads = [0u16; 64];
-        let n = n.min(heads.len());
+        let mut heads = [0u16; MAX_POP];
         for h in &mut heads[..n] {
             *h = ring.avail_entry(next);
             ring.prefetch_desc(*h);
