@@ -30,15 +30,30 @@ use crate::dma_engine::vnet_hdr_len;
 /// Why the frontend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
-    #[error("cannot connect to {path}: {source}")]
-    Connect { path: String, source: vhost::Error },
-    #[error("vhost-user {op} failed: {source}")]
-    Protocol {
-        op: &'static str,
+    #[error("cannot connect to {path}")]
+    Connect {
+        path: String,
+        #[source]
         source: vhost::Error,
     },
-    #[error("guest memory: {0}")]
-    Memory(String),
+    #[error("vhost-user {op} failed")]
+    Protocol {
+        op: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("cannot create the guest memory file ({op})")]
+    Memfd {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot map the guest memory")]
+    Mmap(#[source] vm_memory::mmap::FromRangesError),
+    #[error("the guest memory has no region")]
+    NoRegion,
+    #[error("cannot describe the guest memory region to the backend")]
+    MemoryRegion(#[source] vhost::Error),
     #[error("the backend offers {offered} queues, {wanted} wanted")]
     QueueNum { offered: u64, wanted: usize },
     #[error("no free descriptor on TX queue pair {0}")]
@@ -47,7 +62,7 @@ pub enum FrontendError {
     FrameTooLong(usize),
     #[error("queue pair {0} does not exist")]
     NoSuchQueue(usize),
-    #[error("eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
 }
 
@@ -108,15 +123,17 @@ fn memfd(size: u64) -> Result<File> {
     // SAFETY: `name` is a valid NUL-terminated string; the returned fd is checked.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(FrontendError::Memory(format!(
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(FrontendError::Memfd {
+            op: "memfd_create",
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size)
-        .map_err(|e| FrontendError::Memory(format!("memfd set_len: {e}")))?;
+    file.set_len(size).map_err(|source| FrontendError::Memfd {
+        op: "set_len",
+        source,
+    })?;
     Ok(file)
 }
 
@@ -181,13 +198,10 @@ impl VirtioNetFrontend {
             total as usize,
             Some(FileOffset::new(file, 0)),
         )])
-        .map_err(|e| FrontendError::Memory(e.to_string()))?;
-        let region = mem
-            .iter()
-            .next()
-            .ok_or_else(|| FrontendError::Memory("no region".into()))?;
+        .map_err(FrontendError::Mmap)?;
+        let region = mem.iter().next().ok_or(FrontendError::NoRegion)?;
         let info = VhostUserMemoryRegionInfo::from_guest_region(region)
-            .map_err(|e| FrontendError::Memory(e.to_string()))?;
+            .map_err(FrontendError::MemoryRegion)?;
         let host_base = info.userspace_addr;
         fe.set_mem_table(&[info]).map_err(proto("SET_MEM_TABLE"))?;
 
