@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the control socket {path}: {source} (is sriov-emu running? see --control)")]
+    #[error("cannot connect to the control socket {path} (is sriov-emu running? see --control)")]
     Connect {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("control connection: {0}")]
+    #[error("control connection failed")]
     Io(#[from] std::io::Error),
     #[error("unexpected reply from the control socket: {0}")]
     Protocol(String),

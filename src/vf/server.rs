@@ -20,17 +20,17 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 pub enum ServerError {
     #[error("socket {0} is in use by a running process (another sriov-emu?)")]
     SocketInUse(PathBuf),
-    #[error("cannot remove stale socket {path}: {source}")]
+    #[error("cannot remove stale socket {path}")]
     RemoveStale {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}")]
     Listen {
         path: PathBuf,
         source: vhost::vhost_user::Error,
     },
-    #[error("cannot start the vhost-user thread for {port}: {source}")]
+    #[error("cannot start the vhost-user thread for {port}")]
     Spawn {
         port: String,
         source: std::io::Error,
