@@ -250,6 +250,12 @@ fn real_binary_switches_between_frontends() {
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child_err, &mut log).unwrap();
     assert!(log.contains("frontend connected"), "{log}");
+    // The port's accept thread logs in the port's span.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("port{port=pv0}") && l.contains("frontend connected")),
+        "{log}"
+    );
     // Two workers, pinned to CPUs 0 and 1 (or a clear warning where a CPU is missing).
     for w in 0..2 {
         assert!(log.contains(&format!("worker={w} cpu={w}")), "{log}");

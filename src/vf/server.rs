@@ -186,9 +186,11 @@ impl PortServer {
             .port_detached(self.port.spec.id);
     }
 
-    /// Serves one frontend after another, until stopped.
+    /// Serves one frontend after another, until stopped. Everything logged on this thread
+    /// (here, and in the switch and event code it calls) is in the port's span.
     fn run(mut self) {
         let name = self.port.spec.name.clone();
+        let _span = tracing::info_span!("port", port = %name).entered();
         let num_queues = 2 * usize::from(self.port.spec.queue_pairs);
         while !self.stopping() {
             let mem = GuestMemAtomic::new(GuestMem::default());
