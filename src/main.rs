@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
+use sriov_emu::control::render;
 use sriov_emu::control::{ControlError, ControlServer};
 use sriov_emu::daemon::{Daemon, DaemonConfig, DaemonError};
 use sriov_emu::pf::{self, PfConfig, PfError};
@@ -357,7 +358,7 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             if json {
                 print_json(&serde_json::json!({"pf": pf, "vfs": vfs}));
             } else {
-                print!("{}", client::render_show(&pf, &vfs));
+                print!("{}", render::render_show(&pf, &vfs));
             }
         }
         CtlCmd::Numvfs { n } => {
@@ -377,8 +378,8 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             let s = c.execute("query-stats", args)?;
             match (json, format.as_str()) {
                 (true, _) | (_, "json") => print_json(&s),
-                (_, "openmetrics") => print!("{}", client::render_openmetrics(&s)),
-                _ => print!("{}", client::render_stats(&s)),
+                (_, "openmetrics") => print!("{}", render::render_openmetrics(&s)),
+                _ => print!("{}", render::render_stats(&s)),
             }
         }
         CtlCmd::Fdb { action, json } => {
@@ -389,7 +390,7 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
                 if json {
                     print_json(&f);
                 } else {
-                    print!("{}", client::render_fdb(&f));
+                    print!("{}", render::render_fdb(&f));
                 }
             }
         }
