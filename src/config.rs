@@ -2,10 +2,10 @@
 //! with the same validation as the control commands. Flags on the command line win over the
 //! file. Example: fixtures/config.toml.
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, DaemonError};
 use crate::pf::{default_vf_mac, PfError};
-use crate::vf::knobs::{self, Knob, KnobValues, KNOBS};
-use crate::vf::{SettingsUpdate, VfSettings};
+use crate::vf::knobs::{self, Knob, KnobError, KnobValues, KNOBS};
+use crate::vf::{SettingsError, SettingsUpdate, VfSettings};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -14,15 +14,54 @@ use std::sync::LazyLock;
 /// Why a configuration file is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {msg}")]
-    Parse { path: PathBuf, msg: String },
-    #[error("config file: vf {index}: {msg}")]
-    Vf { index: u32, msg: String },
+    /// Not TOML, or not the file's keys and types (`path` is `None` for `ConfigFile::parse`).
+    #[error("cannot parse config file{}", at(path.as_deref()))]
+    Parse {
+        path: Option<PathBuf>,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config file: vf {index}: does not exist: numvfs is {numvfs}")]
+    NoSuchVf { index: u32, numvfs: u16 },
+    #[error("config file: vf {index}: is configured twice")]
+    VfTwice { index: u32 },
+    /// A `[[vf]]` table's knobs, refused before anything starts.
+    #[error("config file: vf {index}")]
+    VfCheck {
+        index: u32,
+        #[source]
+        source: VfKnobError,
+    },
+    /// A `[[vf]]` table refused by the running emulator.
+    #[error("config file: vf {index}")]
+    VfApply {
+        index: u32,
+        #[source]
+        source: DaemonError,
+    },
+}
+
+/// Why a `[[vf]]` table's knob values are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VfKnobError {
+    #[error(transparent)]
+    Knob(#[from] KnobError),
+    #[error(transparent)]
+    Channels(#[from] PfError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// ` PATH` for a message about a file, or nothing.
+fn at(path: Option<&Path>) -> String {
+    path.map(|p| format!(" {}", p.display()))
+        .unwrap_or_default()
 }
 
 /// The file's contents. Unknown keys are errors (a typo must not be silently ignored).
@@ -126,40 +165,38 @@ impl ConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|msg| ConfigError::Parse {
-            path: path.to_path_buf(),
-            msg,
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: Some(path.to_path_buf()),
+            source,
         })
     }
 
-    pub fn parse(text: &str) -> Result<ConfigFile, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })
     }
 
     /// Checks every `[[vf]]` against `numvfs` and the settings rules, before anything starts.
     pub fn check_vfs(&self, numvfs: u16) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
         for v in &self.vf {
-            let err = |msg: String| ConfigError::Vf {
-                index: v.index,
-                msg,
-            };
-            if v.index >= u32::from(numvfs) {
-                return Err(err(format!("does not exist: numvfs is {numvfs}")));
+            let index = v.index;
+            if index >= u32::from(numvfs) {
+                return Err(ConfigError::NoSuchVf { index, numvfs });
             }
-            if !seen.insert(v.index) {
-                return Err(err("is configured twice".into()));
+            if !seen.insert(index) {
+                return Err(ConfigError::VfTwice { index });
             }
-            if let Some(c) = v.knobs.channels().map_err(|e| err(e.to_string()))? {
+            let check = |source: VfKnobError| ConfigError::VfCheck { index, source };
+            if let Some(c) = v.knobs.channels().map_err(|e| check(e.into()))? {
                 if !(1..=u32::from(crate::pf::MAX_CHANNELS_PER_VF)).contains(&c) {
-                    return Err(err(PfError::Channels(c).to_string()));
+                    return Err(check(PfError::Channels(c).into()));
                 }
             }
-            let mac = default_vf_mac(v.index as u16);
+            let mac = default_vf_mac(index as u16);
             v.knobs
                 .settings
                 .apply(&VfSettings::new(mac))
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| check(e.into()))?;
         }
         Ok(())
     }
@@ -167,16 +204,18 @@ impl ConfigFile {
     /// Applies the `[[vf]]` tables to a running daemon (the control commands' code path).
     pub fn apply_vfs(&self, d: &Daemon) -> Result<(), ConfigError> {
         for v in &self.vf {
-            let err = |e: &dyn std::error::Error| ConfigError::Vf {
-                index: v.index,
-                msg: e.to_string(),
-            };
-            if let Some(c) = v.knobs.channels().map_err(|e| err(&e))? {
-                d.set_vf_channels(v.index, c).map_err(|e| err(&e))?;
+            let index = v.index;
+            let apply = |source| ConfigError::VfApply { index, source };
+            let channels = v.knobs.channels().map_err(|e| ConfigError::VfCheck {
+                index,
+                source: e.into(),
+            })?;
+            if let Some(c) = channels {
+                d.set_vf_channels(index, c).map_err(apply)?;
             }
             let update = &v.knobs.settings;
             if *update != SettingsUpdate::default() {
-                d.vf_set(v.index, update).map_err(|e| err(&e))?;
+                d.vf_set(index, update).map_err(apply)?;
             }
         }
         Ok(())
@@ -196,28 +235,57 @@ mod tests {
         c.check_vfs(8).unwrap();
     }
 
+    /// The error and its causes, as `main` prints them.
+    fn chain(e: ConfigError) -> String {
+        crate::ErrorChain(&e).to_string()
+    }
+
     #[test]
     fn bad_files_are_clear_errors() {
-        assert!(ConfigFile::parse("numvfs = \"four\"")
-            .unwrap_err()
-            .contains("numvfs"));
-        assert!(ConfigFile::parse("numvfz = 4")
-            .unwrap_err()
-            .contains("numvfz"));
+        let e = chain(ConfigFile::parse("numvfs = \"four\"").unwrap_err());
+        assert!(e.starts_with("cannot parse config file: "), "{e}");
+        assert!(e.contains("numvfs"), "{e}");
+        assert!(chain(ConfigFile::parse("numvfz = 4").unwrap_err()).contains("numvfz"));
         let c = ConfigFile::parse("[[vf]]\nindex = 9\nvlan = 5").unwrap();
-        assert!(c
-            .check_vfs(4)
-            .unwrap_err()
-            .to_string()
-            .contains("vf 9: does not exist"));
+        assert!(chain(c.check_vfs(4).unwrap_err()).contains("vf 9: does not exist"));
         let c = ConfigFile::parse("[[vf]]\nindex = 1\nvlan = 5000").unwrap();
-        assert!(c
-            .check_vfs(4)
-            .unwrap_err()
-            .to_string()
-            .contains("VLAN 5000 is out of range"));
+        let e = chain(c.check_vfs(4).unwrap_err());
+        assert!(
+            e.starts_with("config file: vf 1: VLAN 5000 is out of range"),
+            "{e}"
+        );
         let c = ConfigFile::parse("[[vf]]\nindex = 1\n[[vf]]\nindex = 1").unwrap();
-        assert!(c.check_vfs(4).unwrap_err().to_string().contains("twice"));
+        assert!(chain(c.check_vfs(4).unwrap_err()).contains("twice"));
+        let c = ConfigFile::parse("[[vf]]\nindex = 1\nchannels = 65").unwrap();
+        assert!(chain(c.check_vfs(4).unwrap_err())
+            .contains("vf 1: 65 channels per VF is out of range 1..=64"));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_or_parsed_is_named_with_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let e = ConfigFile::load(&missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        let e = chain(e);
+        assert!(
+            e.starts_with(&format!("cannot read config file {}: ", missing.display())),
+            "{e}"
+        );
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "numvfs = [").unwrap();
+        let e = ConfigFile::load(&bad).unwrap_err();
+        let ConfigError::Parse { path, source } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(path.as_deref(), Some(bad.as_path()));
+        assert!(std::error::Error::source(&e).is_some());
+        let e = chain(ConfigFile::load(&bad).unwrap_err());
+        assert!(
+            e.starts_with(&format!("cannot parse config file {}: ", bad.display())),
+            "{e}"
+        );
+        assert!(e.ends_with(&source.to_string()), "{e}");
     }
 
     #[test]
@@ -253,17 +321,15 @@ mod tests {
             ("[[vf]]\nvlan = 5", "missing field `index`"),
             ("[[vf]]\nindex = -1", "index"),
         ] {
-            let e = ConfigFile::parse(text).unwrap_err();
+            let e = chain(ConfigFile::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");
         }
         // The message lists the keys a [[vf]] table takes.
-        let e = ConfigFile::parse("[[vf]]\nindex = 1\nvlna = 5").unwrap_err();
+        let e = chain(ConfigFile::parse("[[vf]]\nindex = 1\nvlna = 5").unwrap_err());
         assert!(e.contains("expected one of `index`, `mac`, `vlan`"), "{e}");
         let c = ConfigFile::parse("[[vf]]\nindex = 1\nchannels = -3").unwrap();
-        assert!(c
-            .check_vfs(4)
-            .unwrap_err()
-            .to_string()
-            .contains("-3 channels per VF is out of range"));
+        assert!(
+            chain(c.check_vfs(4).unwrap_err()).contains("vf 1: -3 channels per VF is out of range")
+        );
     }
 }

@@ -20,12 +20,12 @@ use std::time::Duration;
 /// Why the emulator cannot start or a change is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create socket directory {path}: {source}")]
+    #[error("cannot create socket directory {path}")]
     SocketDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("socket directory {path} is not writable: {source}")]
+    #[error("socket directory {path} is not writable")]
     SocketDirNotWritable {
         path: PathBuf,
         source: std::io::Error,
@@ -36,7 +36,9 @@ pub enum DaemonError {
     Port(#[from] ServerError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    #[error("cannot start a thread: {0}")]
+    #[error("cannot create the data-plane workers' eventfds")]
+    Waker(#[source] std::io::Error),
+    #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
 }
 
@@ -122,7 +124,7 @@ impl Daemon {
         check_socket_dir(&cfg.pf.socket_dir)?;
         raise_fd_limit();
         let pf = Pf::new(cfg.pf.clone())?;
-        let waker = Arc::new(Waker::new(cfg.workers).map_err(DaemonError::Thread)?);
+        let waker = Arc::new(Waker::new(cfg.workers).map_err(DaemonError::Waker)?);
         let table = Arc::new(PortTable::new(pf::PORT_SLOTS));
         let switch = Arc::new(Mutex::new(Switch::new(cfg.fdb_aging_secs)));
         let stop = Arc::new(AtomicBool::new(false));

@@ -11,6 +11,9 @@
 //! - `config`: the `--config` TOML file.
 //! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
+//!
+//! Errors: one `thiserror` enum per module. An error's message says what failed; its cause is
+//! its `source()`, never repeated in the message, so `ErrorChain` prints each cause once.
 
 pub mod config;
 pub mod control;
@@ -26,3 +29,41 @@ pub mod stats;
 pub mod switch;
 pub mod vf;
 pub mod wire;
+
+/// An error and its causes on one line, `error: cause: cause of the cause`: how `main` and
+/// the control socket report an error.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot start")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open /x")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_is_printed_once_in_order() {
+        let e = Outer(Middle(std::io::Error::other("no such file")));
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "cannot start: cannot open /x: no such file"
+        );
+    }
+}

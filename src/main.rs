@@ -1,16 +1,49 @@
 //! The `sriov-emu` command line: `run`, `qemu-args`.
 
 use clap::{Args, Parser, Subcommand};
-use sriov_emu::config::ConfigFile;
+use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
-use sriov_emu::control::ControlServer;
-use sriov_emu::daemon::{Daemon, DaemonConfig};
-use sriov_emu::pf::{self, PfConfig};
+use sriov_emu::control::render;
+use sriov_emu::control::{ControlError, ControlServer};
+use sriov_emu::daemon::{Daemon, DaemonConfig, DaemonError};
+use sriov_emu::pf::{self, PfConfig, PfError};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
+use sriov_emu::ErrorChain;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why a command failed. `main` prints it with its causes (`ErrorChain`).
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pf(#[from] PfError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Ctl(#[from] ClientError),
+    #[error("socket directory {dir} is relative and the current directory is unknown")]
+    CurrentDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--stats-interval must be at least 1 second")]
+    StatsInterval,
+    #[error("--fdb-aging must be at least 1 second")]
+    FdbAging,
+    #[error("{kind}{index} does not exist: there are {count} {kind} ports (indices 0..{count})")]
+    NoSuchPort {
+        kind: String,
+        index: u32,
+        count: u16,
+    },
+}
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
 /// backends joined by an embedded L2 switch.
@@ -161,9 +194,9 @@ fn default_socket_dir() -> PathBuf {
 }
 
 /// The PF configuration from flags, then the config file, then defaults.
-fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), String> {
+fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), MainError> {
     let file = match &a.config {
-        Some(p) => ConfigFile::load(p).map_err(|e| e.to_string())?,
+        Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
     };
     let dir = a
@@ -174,9 +207,10 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), String> {
     let dir = if dir.is_absolute() {
         dir
     } else {
-        std::env::current_dir()
-            .map_err(|e| format!("current directory: {e}"))?
-            .join(dir)
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(dir),
+            Err(source) => return Err(MainError::CurrentDir { dir, source }),
+        }
     };
     let pf = PfConfig::new(
         dir,
@@ -188,9 +222,8 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), String> {
             .or(file.channels_per_vf)
             .unwrap_or(pf::DEFAULT_CHANNELS.into()),
         a.mtu.or(file.mtu).unwrap_or(pf::DEFAULT_MTU.into()),
-    )
-    .map_err(|e| e.to_string())?;
-    file.check_vfs(pf.numvfs).map_err(|e| e.to_string())?;
+    )?;
+    file.check_vfs(pf.numvfs)?;
     Ok((pf, file))
 }
 
@@ -219,12 +252,23 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
 #[derive(Debug, Clone)]
 struct CpuList(Vec<usize>);
 
+/// Why a `--cpus` list is refused.
+#[derive(Debug, thiserror::Error)]
+enum CpuListError {
+    #[error("`{0}` is not a CPU number (a list looks like 1 or 0,2-3)")]
+    NotANumber(String),
+    #[error("`{0}`: the range is backwards")]
+    Backwards(String),
+    #[error("CPU {0} is out of range 0..=1023")]
+    OutOfRange(usize),
+}
+
 /// Parses a CPU list as taskset and /sys do: `1`, `0,2`, `4-7`, `0,2-3`.
-fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+fn parse_cpu_list(s: &str) -> Result<CpuList, CpuListError> {
     let cpu = |t: &str| {
         t.trim()
             .parse::<usize>()
-            .map_err(|_| format!("`{t}` is not a CPU number (a list looks like 1 or 0,2-3)"))
+            .map_err(|_| CpuListError::NotANumber(t.to_string()))
     };
     let mut cpus = Vec::new();
     for part in s.split(',') {
@@ -233,28 +277,28 @@ fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
             None => (cpu(part)?, cpu(part)?),
         };
         if lo > hi {
-            return Err(format!("`{part}`: the range is backwards"));
+            return Err(CpuListError::Backwards(part.to_string()));
         }
         if hi >= 1024 {
-            return Err(format!("CPU {hi} is out of range"));
+            return Err(CpuListError::OutOfRange(hi));
         }
         cpus.extend(lo..=hi);
     }
     Ok(CpuList(cpus))
 }
 
-fn run(args: RunArgs) -> Result<(), String> {
+fn run(args: RunArgs) -> Result<(), MainError> {
     let (pf, file) = pf_config(&args.pf)?;
     let fdb_aging = args
         .fdb_aging
         .or(file.fdb_aging)
         .unwrap_or(DEFAULT_AGING_SECS);
     let stats_interval = match args.stats_interval.or(file.stats_interval) {
-        Some(0) => return Err("--stats-interval must be at least 1 second".into()),
+        Some(0) => return Err(MainError::StatsInterval),
         s => s.map(Duration::from_secs),
     };
     if fdb_aging == 0 {
-        return Err("--fdb-aging must be at least 1 second".into());
+        return Err(MainError::FdbAging);
     }
     let control_path = args
         .control
@@ -270,12 +314,11 @@ fn run(args: RunArgs) -> Result<(), String> {
         poll: args.poll,
         workers: usize::from(args.workers),
         cpus: args.cpus.clone().map(|c| c.0).unwrap_or_default(),
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let daemon = Arc::new(daemon);
     if let Err(e) = file.apply_vfs(&daemon) {
         daemon.shutdown();
-        return Err(e.to_string());
+        return Err(e.into());
     }
     // `quit` ends the process the same way a signal does.
     let quit = Arc::new(|| {
@@ -286,7 +329,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         Ok(c) => c,
         Err(e) => {
             daemon.shutdown();
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     let sig = wait_signal(&signals);
@@ -315,7 +358,7 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             if json {
                 print_json(&serde_json::json!({"pf": pf, "vfs": vfs}));
             } else {
-                print!("{}", client::render_show(&pf, &vfs));
+                print!("{}", render::render_show(&pf, &vfs));
             }
         }
         CtlCmd::Numvfs { n } => {
@@ -335,8 +378,8 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             let s = c.execute("query-stats", args)?;
             match (json, format.as_str()) {
                 (true, _) | (_, "json") => print_json(&s),
-                (_, "openmetrics") => print!("{}", client::render_openmetrics(&s)),
-                _ => print!("{}", client::render_stats(&s)),
+                (_, "openmetrics") => print!("{}", render::render_openmetrics(&s)),
+                _ => print!("{}", render::render_stats(&s)),
             }
         }
         CtlCmd::Fdb { action, json } => {
@@ -347,7 +390,7 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
                 if json {
                     print_json(&f);
                 } else {
-                    print!("{}", client::render_fdb(&f));
+                    print!("{}", render::render_fdb(&f));
                 }
             }
         }
@@ -369,7 +412,7 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn qemu_args(a: QemuArgsCmd) -> Result<(), String> {
+fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
     let (pf, file) = pf_config(&a.pf)?;
     let vf_conf = |i: u16| file.vf.iter().find(|v| v.index == u32::from(i));
     let (count, spec) = match a.kind.as_str() {
@@ -396,12 +439,13 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), String> {
             u16::try_from(a.index).ok().map(|i| pf.pv_spec(i)),
         ),
     };
-    let p = spec.filter(|_| a.index < u32::from(count)).ok_or_else(|| {
-        format!(
-            "{}{} does not exist: there are {count} {} ports (indices 0..{count})",
-            a.kind, a.index, a.kind
-        )
-    })?;
+    let p = spec
+        .filter(|_| a.index < u32::from(count))
+        .ok_or_else(|| MainError::NoSuchPort {
+            kind: a.kind.clone(),
+            index: a.index,
+            count,
+        })?;
     let qp = p.queue_pairs;
     // MSI-X vectors: one per queue, plus config and control queue (as libvirt computes it).
     let vectors = 2 * u32::from(qp) + 2;
@@ -430,12 +474,12 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::QemuArgs(a) => qemu_args(a),
-        Cmd::Ctl(a) => ctl(a).map_err(|e| e.to_string()),
+        Cmd::Ctl(a) => ctl(a).map_err(MainError::from),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sriov-emu: error: {e}");
+            eprintln!("sriov-emu: error: {}", ErrorChain(&e));
             ExitCode::FAILURE
         }
     }

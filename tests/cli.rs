@@ -88,6 +88,78 @@ fn unwritable_socket_dir_is_a_clear_error() {
 }
 
 #[test]
+fn errors_are_printed_with_their_causes() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "numvfs = [\n").unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let under_file = file.join("sub");
+    let control = dir.path().join("control.sock");
+    let socket_dir = dir.path().join("s");
+    let cases: [(Vec<&std::ffi::OsStr>, String); 4] = [
+        (
+            vec![
+                "run".as_ref(),
+                "--socket-dir".as_ref(),
+                socket_dir.as_ref(),
+                "--config".as_ref(),
+                missing.as_ref(),
+            ],
+            format!(
+                "sriov-emu: error: cannot read config file {}: No such file or directory",
+                missing.display()
+            ),
+        ),
+        (
+            vec![
+                "run".as_ref(),
+                "--socket-dir".as_ref(),
+                socket_dir.as_ref(),
+                "--config".as_ref(),
+                bad.as_ref(),
+            ],
+            format!(
+                "sriov-emu: error: cannot parse config file {}: TOML parse error at line 1",
+                bad.display()
+            ),
+        ),
+        (
+            vec![
+                "run".as_ref(),
+                "--socket-dir".as_ref(),
+                under_file.as_os_str(),
+            ],
+            format!(
+                "sriov-emu: error: cannot create socket directory {}: Not a directory",
+                under_file.display()
+            ),
+        ),
+        (
+            vec![
+                "ctl".as_ref(),
+                "--control".as_ref(),
+                control.as_ref(),
+                "show".as_ref(),
+            ],
+            format!(
+                "sriov-emu: error: cannot connect to the control socket {} (is sriov-emu running? \
+                 see --control): No such file or directory",
+                control.display()
+            ),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.starts_with(&want), "{args:?}: {err}");
+        assert_eq!(err.matches("sriov-emu: error:").count(), 1, "{err}");
+    }
+}
+
+#[test]
 fn sigterm_and_sigint_remove_the_sockets() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let dir = tempfile::tempdir().unwrap();
@@ -178,6 +250,12 @@ fn real_binary_switches_between_frontends() {
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child_err, &mut log).unwrap();
     assert!(log.contains("frontend connected"), "{log}");
+    // The port's accept thread logs in the port's span.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("port{port=pv0}") && l.contains("frontend connected")),
+        "{log}"
+    );
     // Two workers, pinned to CPUs 0 and 1 (or a clear warning where a CPU is missing).
     for w in 0..2 {
         assert!(log.contains(&format!("worker={w} cpu={w}")), "{log}");

@@ -465,7 +465,8 @@ mod tests {
             }
             // The config file key gives the same values.
             let text = format!("[[vf]]\nindex = 3\n{} = {v}\n", k.toml);
-            let c = ConfigFile::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let c = ConfigFile::parse(&text)
+                .unwrap_or_else(|e| panic!("{text}: {}", crate::ErrorChain(&e)));
             assert_eq!(c.vf[0].knobs, from_qmp, "{text}");
         }
         // Other commands do not take the knobs.

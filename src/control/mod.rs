@@ -6,11 +6,13 @@
 //! - `server.rs`: the socket: several clients, one line per message, events after
 //!   `qmp_capabilities`, bad input answered with an error on a connection that stays usable.
 //! - `stream.rs`: splits the byte stream into JSON messages (no newlines needed, as in QEMU).
-//! - `client.rs`: the `ctl` client: `ip link ... vf N ...` vocabulary, human and JSON output.
+//! - `client.rs`: the `ctl` client: a QMP client and the `ip link ... vf N ...` vocabulary.
+//! - `render.rs`: `ctl`'s human-readable and OpenMetrics text of the replies.
 
 pub mod client;
 mod commands;
 mod qmp;
+pub mod render;
 mod server;
 mod stream;
 

@@ -28,9 +28,10 @@ impl QmpError {
     }
 }
 
-impl<E: std::error::Error> From<E> for QmpError {
+/// Any error as a `GenericError` whose description is the error and its causes.
+impl<E: std::error::Error + 'static> From<E> for QmpError {
     fn from(e: E) -> Self {
-        QmpError::generic(e.to_string())
+        QmpError::generic(crate::ErrorChain(&e).to_string())
     }
 }
 

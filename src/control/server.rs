@@ -19,7 +19,7 @@ use std::time::Duration;
 pub enum ControlError {
     #[error("control socket {0} is in use by a running process")]
     InUse(PathBuf),
-    #[error("cannot listen on control socket {path}: {source}")]
+    #[error("cannot listen on control socket {path}")]
     Listen {
         path: PathBuf,
         source: std::io::Error,

@@ -7,7 +7,7 @@ use super::ports::PortIo;
 use super::views::Views;
 use super::TX_BATCH;
 use crate::dma_engine::frame::MAX_HEAD;
-use crate::port::{FrameView, QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame};
+use crate::port::{QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame};
 use crate::rss::Steering;
 use crate::stats::PortCounters;
 use crate::switch::vlan;
@@ -136,15 +136,16 @@ fn write_group(
         let d = &p.list[i];
         let f = &frames[usize::from(d.frame)];
         let mut stripped = [0u8; MAX_HEAD];
-        let mut fv = f.view();
+        // SAFETY: `f` was popped by the sender's `TxQueues::pop` in the batch being delivered
+        // (`Pipeline::process_tx`), whose `complete` comes after this delivery; until then the
+        // sender's port keeps the guest memory the frame is in. Nothing here can make it let
+        // go: a frame is never delivered to the port it came from (`switch::fan_out` skips
+        // the ingress port), so `open` below never remaps the sender's memory.
+        let mut fv = unsafe { f.view() };
         if d.strip {
             // Egress accepted the tag, so the head holds one: stripping cannot fail.
             let n = vlan::strip_outer_tag(f.head(), &mut stripped).unwrap_or(0);
-            fv = FrameView {
-                head: &stripped[..n],
-                len: f.len - vlan::TAG_LEN,
-                ..fv
-            };
+            fv = fv.with_head(&stripped[..n], f.len - vlan::TAG_LEN);
         }
         let result = match rx.as_mut() {
             Some(rx) => rx.push(&fv, &mut p.scratch),

@@ -50,11 +50,15 @@ impl<'s> Cursor<'s> {
 /// 128 bytes go in 16-byte moves inline, without a call into libc's memcpy.
 ///
 /// # Safety
-/// `src..src + n` readable, `dst..dst + n` writable, not overlapping.
+/// `src..src + n` must be valid for reads and `dst..dst + n` for writes, and the two ranges
+/// must not overlap. No alignment is needed.
 #[inline(always)]
 pub(super) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     use std::ptr::{read_unaligned as rd, write_unaligned as wr};
-    // SAFETY (all arms): every access is inside `[0, n)` of both ranges, per the contract.
+    // SAFETY: in every arm each access is inside `[0, n)` of both ranges (the 16-byte moves
+    // stop before `i + 16 >= n` and end with the one at `n - 16`; the 8- and 4-byte pairs
+    // start at 0 and end at `n`), which the contract makes readable and writable and
+    // disjoint; the moves are unaligned reads and writes, so no alignment is assumed.
     unsafe {
         if n > 128 {
             std::ptr::copy_nonoverlapping(src, dst, n);
@@ -87,8 +91,10 @@ pub(super) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
 /// Copies `len` bytes from `src` at `src_off` to `dst` at `dst_off`, guest to guest.
 ///
 /// # Safety
-/// Every segment's `[host, host + len)` must be mapped memory that stays mapped for the call:
-/// segments from `Segments::push_guest` whose `GuestMap` is still alive.
+/// For the whole call, every segment of `src` must be valid for reads and every segment of
+/// `dst` for writes: segments from `Segments::push_guest` whose `GuestMap` is still alive,
+/// or from `Segments::push_host` under its contract. No Rust reference may point into them
+/// during the call. `src` and `dst` may overlap.
 pub unsafe fn copy_segments(
     src: &[Segment],
     src_off: usize,
@@ -107,8 +113,10 @@ pub unsafe fn copy_segments(
             None => s.next_piece(left)?,
         };
         let (dp, dn) = d.next_piece(sn)?;
-        // SAFETY: both ranges are inside live mappings (the caller's contract); `copy` allows
-        // overlap, which a guest posting one buffer for both TX and RX could cause.
+        // SAFETY: `next_piece` gives at most the rest of one segment, so `sp..sp + dn` is
+        // inside a readable `src` segment and `dp..dp + dn` inside a writable `dst` segment
+        // (the caller's contract); `copy` allows overlap, which a guest posting one buffer for
+        // both TX and RX could cause.
         unsafe { std::ptr::copy(sp as *const u8, dp as *mut u8, dn) };
         if dn < sn {
             pending = Some((sp + dn, sn - dn));
@@ -121,7 +129,8 @@ pub unsafe fn copy_segments(
 /// Reads up to `buf.len()` bytes at `off` into `buf`; returns how many were read.
 ///
 /// # Safety
-/// As for `copy_segments`.
+/// Every segment must be valid for reads for the call and must not overlap `buf` (as for
+/// the source of `copy_segments`).
 pub unsafe fn read_segments(segs: &[Segment], off: usize, buf: &mut [u8]) -> usize {
     let mut c = Cursor::at(segs, off);
     let mut done = 0;
@@ -129,8 +138,9 @@ pub unsafe fn read_segments(segs: &[Segment], off: usize, buf: &mut [u8]) -> usi
         let Ok((p, n)) = c.next_piece(buf.len() - done) else {
             break;
         };
-        // SAFETY: `p..p + n` is inside a live mapping (the caller's contract) and `buf` has
-        // room for `n` more bytes; guest memory never aliases a Rust buffer.
+        // SAFETY: `p..p + n` is inside one segment (`next_piece`), readable and disjoint from
+        // `buf` (the caller's contract), and `buf[done..]` has room for `n` more bytes
+        // (`n <= buf.len() - done`).
         unsafe { copy_short(p as *const u8, buf[done..].as_mut_ptr(), n) };
         done += n;
     }
@@ -140,13 +150,15 @@ pub unsafe fn read_segments(segs: &[Segment], off: usize, buf: &mut [u8]) -> usi
 /// Writes all of `data` at `off`.
 ///
 /// # Safety
-/// As for `copy_segments`.
+/// Every segment must be valid for writes for the call and must not overlap `data` (as for
+/// the destination of `copy_segments`).
 pub unsafe fn write_segments(segs: &[Segment], off: usize, data: &[u8]) -> Result<(), CopyError> {
     let mut c = Cursor::at(segs, off);
     let mut done = 0;
     while done < data.len() {
         let (p, n) = c.next_piece(data.len() - done)?;
-        // SAFETY: as in `read_segments`, in the other direction.
+        // SAFETY: `p..p + n` is inside one segment (`next_piece`), writable and disjoint from
+        // `data` (the caller's contract), and `data[done..]` holds at least `n` bytes.
         unsafe { copy_short(data[done..].as_ptr(), p as *mut u8, n) };
         done += n;
     }
@@ -184,11 +196,13 @@ mod tests {
         a.write_slice(&data[100..], GuestAddress(0x2000)).unwrap();
         let src = segs(&ma, &[(0x100, 100), (0x2000, 200)]);
         let dst = segs(&mb, &[(0x10, 7), (0x500, 50), (0x900, 1000)]);
-        // SAFETY: the maps are alive.
+        // SAFETY: every segment was translated with `ma` or `mb`, alive until the end of the
+        // test, into guest memory (readable, writable, and not a Rust object).
         unsafe { copy_segments(src.as_slice(), 10, dst.as_slice(), 3, 290).unwrap() };
         let mut out = vec![0u8; 290];
-        // SAFETY: as above.
-        assert_eq!(unsafe { read_segments(dst.as_slice(), 3, &mut out) }, 290);
+        // SAFETY: as above; `out` is not guest memory.
+        let read = unsafe { read_segments(dst.as_slice(), 3, &mut out) };
+        assert_eq!(read, 290);
         assert_eq!(out, data[10..]);
     }
 
@@ -197,7 +211,8 @@ mod tests {
         let (a, b) = (mem(), mem());
         let (ma, mb) = (GuestMap::new(a), GuestMap::new(b));
         let (src, dst) = (segs(&ma, &[(0, 100)]), segs(&mb, &[(0, 50)]));
-        // SAFETY: the maps are alive.
+        // SAFETY: every segment was translated with `ma` or `mb`, alive until the end of the
+        // test, into guest memory (readable, writable, and not a Rust object).
         let r = unsafe { copy_segments(src.as_slice(), 0, dst.as_slice(), 0, 100) };
         assert_eq!(r, Err(CopyError::Short));
     }
@@ -222,11 +237,13 @@ mod tests {
         let m = mem();
         let map = GuestMap::new(m.clone());
         let s = segs(&map, &[(0x10, 5), (0x40, 20)]);
-        // SAFETY: the map is alive.
+        // SAFETY: the segments were translated with `map`, alive until the end of the test,
+        // into guest memory, which the Rust buffers `b"hello world"` and `out` are not.
         unsafe { write_segments(s.as_slice(), 2, b"hello world").unwrap() };
         let mut out = [0u8; 11];
         // SAFETY: as above.
-        assert_eq!(unsafe { read_segments(s.as_slice(), 2, &mut out) }, 11);
+        let read = unsafe { read_segments(s.as_slice(), 2, &mut out) };
+        assert_eq!(read, 11);
         assert_eq!(&out, b"hello world");
         let mut direct = [0u8; 3];
         m.read_slice(&mut direct, GuestAddress(0x12)).unwrap();

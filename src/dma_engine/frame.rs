@@ -13,7 +13,8 @@ use super::segments::Segments;
 /// Most bytes a frame's head may hold: the header copy plus one inserted VLAN tag.
 pub const MAX_HEAD: usize = crate::wire::HEADER_COPY_LEN + 4;
 
-/// One frame for one destination.
+/// One frame for one destination. Its segments are readable for as long as it lives (the
+/// contract of `new`), which is what lets the RX side copy from them through a safe call.
 #[derive(Clone, Copy)]
 pub struct FrameView<'a> {
     /// The frame's first bytes, as this destination receives them.
@@ -23,14 +24,38 @@ pub struct FrameView<'a> {
     /// The whole frame's length (head included).
     pub len: usize,
     /// Where the rest of the frame is.
-    pub segs: &'a Segments,
+    segs: &'a Segments,
+}
+
+impl<'a> FrameView<'a> {
+    /// A frame whose first bytes are `head` and whose bytes after it start at offset
+    /// `tail_base` of `segs`. `head`, `tail_base` and `len` need not agree with `segs`: a copy
+    /// that runs past the segments fails with `CopyError::Short`.
+    ///
+    /// # Safety
+    /// Every segment of `segs` must stay valid for reads for as long as the view (or a copy of
+    /// it) lives, and no Rust reference may point into them meanwhile (as for
+    /// `Segments::push_host`).
+    pub unsafe fn new(head: &'a [u8], tail_base: usize, len: usize, segs: &'a Segments) -> Self {
+        FrameView {
+            head,
+            tail_base,
+            len,
+            segs,
+        }
+    }
+
+    /// The same frame with another head of `len` bytes in all (a VLAN tag stripped from it).
+    pub fn with_head(&self, head: &'a [u8], len: usize) -> Self {
+        FrameView { head, len, ..*self }
+    }
 }
 
 /// Writes the virtio-net header (for one buffer) and frame bytes `[0, to)` into the first RX
 /// chain `dst`: header and head in one write, the rest from the sender's buffer.
 ///
 /// # Safety
-/// As for `copy_frame_range`.
+/// As for `copy_frame_range`: `dst`'s segments valid for writes, not overlapping `f.head`.
 pub unsafe fn copy_first_chain(
     f: &FrameView<'_>,
     to: usize,
@@ -45,10 +70,11 @@ pub unsafe fn copy_first_chain(
     let room = &mut buf[hdr_len..hdr_len + split];
     // SAFETY: `room` and `f.head[..split]` are both `split` bytes of distinct Rust buffers.
     unsafe { copy_short(f.head.as_ptr(), room.as_mut_ptr(), split) };
-    // SAFETY: the caller's contract.
+    // SAFETY: `dst`'s segments are writable (the caller's contract) and cannot overlap `buf`,
+    // a local array.
     unsafe { write_segments(dst.as_slice(), 0, &buf[..hdr_len + split])? };
     if split < to {
-        // SAFETY: the caller's contract.
+        // SAFETY: the caller's contract, passed on.
         unsafe { copy_frame_range(f, split, to, dst, hdr_len + split) }
     } else {
         Ok(())
@@ -59,8 +85,10 @@ pub unsafe fn copy_first_chain(
 /// the head, the rest from the sender's buffer.
 ///
 /// # Safety
-/// `dst` and the frame's segments must be translated with guest maps that are still alive (or
-/// point at host buffers that are).
+/// Every segment of `dst` must be valid for writes for the call (translated with a
+/// `GuestMap` that is still alive, or a host buffer under `Segments::push_host`'s contract)
+/// and must not overlap `f.head`. The frame's own segments are readable: `FrameView::new`'s
+/// contract.
 pub unsafe fn copy_frame_range(
     f: &FrameView<'_>,
     from: usize,
@@ -70,11 +98,14 @@ pub unsafe fn copy_frame_range(
 ) -> Result<(), CopyError> {
     let split = f.head.len().clamp(from, to);
     if from < split {
-        // SAFETY: the caller's contract.
+        // SAFETY: `dst`'s segments are writable and do not overlap `f.head` (the caller's
+        // contract).
         unsafe { write_segments(dst.as_slice(), dst_off, &f.head[from..split])? };
     }
     if split < to {
-        // SAFETY: the caller's contract.
+        // SAFETY: `f.segs` are readable while `f` lives (`FrameView::new`) and `dst`'s are
+        // writable (the caller's contract); nothing borrows either (no Rust reference may
+        // point into them, by both contracts).
         unsafe {
             copy_segments(
                 f.segs.as_slice(),
@@ -101,35 +132,31 @@ mod tests {
         src.extend_from_slice(&frame);
         let mut segs = Segments::default();
         segs.reset(0);
-        // SAFETY: `src` outlives `segs`' use below.
+        // SAFETY: `src` outlives `segs`' use below and is only read, through the segments,
+        // until then.
         unsafe { segs.push_host(src.as_ptr() as usize, src.len()) }.unwrap();
         // The head as the switch left it: the first 40 bytes with a byte changed.
         let mut head = frame[..40].to_vec();
         head[0] = 0xee;
-        let f = FrameView {
-            head: &head,
-            tail_base: 12 + 40,
-            len: frame.len(),
-            segs: &segs,
-        };
+        // SAFETY: `segs` points into `src`, as above.
+        let f = unsafe { FrameView::new(&head, 12 + 40, frame.len(), &segs) };
         // Two destination buffers: 100 and 400 bytes.
         let mut d1 = vec![0u8; 100];
         let mut d2 = vec![0u8; 400];
         let mut dst = Segments::default();
         dst.reset(0);
-        // SAFETY: `d1` and `d2` outlive `dst`'s use below.
+        // SAFETY: `d1` and `d2` outlive `dst`'s use below and are not touched but through
+        // the segments until then.
         unsafe {
             dst.push_host(d1.as_mut_ptr() as usize, d1.len()).unwrap();
             dst.push_host(d2.as_mut_ptr() as usize, d2.len()).unwrap();
         }
-        // SAFETY: every segment points at a live Vec.
+        // SAFETY: `dst`'s segments are `d1` and `d2`, live and writable, apart from `head`.
         unsafe { copy_first_chain(&f, frame.len(), &dst, 12) }.unwrap();
         let mut out = vec![0u8; 12 + frame.len()];
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { read_segments(dst.as_slice(), 0, &mut out) },
-            out.len()
-        );
+        // SAFETY: `dst`'s segments are still `d1` and `d2`, apart from `out`.
+        let read = unsafe { read_segments(dst.as_slice(), 0, &mut out) };
+        assert_eq!(read, out.len());
         assert_eq!(out[..12], rx_header(1)[..12]);
         let mut want = frame.clone();
         want[0] = 0xee;

@@ -49,6 +49,13 @@ impl GuestMap {
         GuestMap { regions, mem }
     }
 
+    /// The memory this map translates into: holding it keeps every host address the map
+    /// gives mapped.
+    #[inline]
+    pub(super) fn mem(&self) -> &Arc<GuestMem> {
+        &self.mem
+    }
+
     /// True if this map was built from `mem`.
     #[inline]
     pub fn is_of(&self, mem: &GuestMem) -> bool {

@@ -11,9 +11,10 @@
 //! or atomic access, and every value read is validated before use (indices masked or checked,
 //! descriptor ranges translated through the `GuestMap`).
 
-use super::guest_map::GuestMap;
+use super::guest_map::{GuestMap, GuestMem};
 use super::segments::{ChainError, Direction, Segments};
 use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 
 const VRING_DESC_F_NEXT: u16 = 1;
@@ -57,8 +58,9 @@ impl RingAddrs {
     }
 }
 
-/// A mapped split ring. Valid while the `GuestMap` it was mapped with is alive and unchanged:
-/// the data plane keeps both together and remaps when either changes.
+/// A mapped split ring. It holds the guest memory it was mapped in, so its three rings stay
+/// mapped as long as it lives; the data plane remaps it when the queue or the memory table
+/// changes (`is_of`, `GuestMap::is_of`), as the guest then uses other addresses.
 #[derive(Debug)]
 pub struct SplitRing {
     addrs: RingAddrs,
@@ -66,6 +68,8 @@ pub struct SplitRing {
     avail: usize,
     used: usize,
     mask: u16,
+    /// Keeps `desc`, `avail` and `used` mapped.
+    _mem: Arc<GuestMem>,
 }
 
 impl SplitRing {
@@ -91,6 +95,7 @@ impl SplitRing {
             avail,
             used,
             mask: addrs.size - 1,
+            _mem: map.mem().clone(),
         })
     }
 
@@ -111,11 +116,24 @@ impl SplitRing {
         self.addrs.size
     }
 
+    /// The 16-bit field at `host`, which must be one of the avail ring's (flags, idx,
+    /// ring[i], used_event) or the used ring's (flags, idx, avail_event): the callers below
+    /// are the only ones, and debug builds check it.
     #[inline]
     fn u16_at(&self, host: usize) -> &AtomicU16 {
-        // SAFETY: `host` is inside a ring validated by `map` (mapped, 2-aligned) and the
-        // mapping outlives `self` (see the type's contract). Guest memory is shared, so every
-        // access is atomic.
+        let size = usize::from(self.addrs.size);
+        debug_assert!(
+            (host >= self.avail && host + 2 <= self.avail + 6 + 2 * size)
+                || host == self.used
+                || host == self.used + 2
+                || host == self.used + 4 + 8 * size,
+            "{host:#x} is not a 16-bit ring field"
+        );
+        // SAFETY: `host` is a field of the avail or used ring (see above): inside a range
+        // `map` found mapped in one piece, which `self._mem` keeps mapped while `self` and so
+        // the returned reference live, and 2-aligned (both rings' bases are checked at least
+        // 2-aligned and every field is at an even offset). The guest writes these fields
+        // concurrently, so they are only accessed atomically.
         unsafe { &*(host as *const AtomicU16) }
     }
 
@@ -148,8 +166,11 @@ impl SplitRing {
     pub fn write_used(&self, pos: u16, head: u16, len: u32) {
         let at = self.used + 4 + 8 * usize::from(pos & self.mask);
         let v = u64::from(head) | (u64::from(len) << 32);
-        // SAFETY: inside the used ring validated by `map`, 4-aligned; a volatile write as the
-        // guest may read the ring concurrently (it only looks once the index is published).
+        // SAFETY: `pos & mask` < size, so the element's 8 bytes at 4 + 8 * (pos & mask) lie in
+        // the used ring's 6 + 8 * size bytes, which `map` found mapped in one piece (guest
+        // memory is mapped writable) and `self._mem` keeps mapped; the ring's base is checked
+        // 4-aligned and the offset is a multiple of 4, as a [u32; 2] needs. A volatile write:
+        // the guest may read the ring concurrently (it only looks once the index is published).
         unsafe { std::ptr::write_volatile(at as *mut [u32; 2], [v as u32, (v >> 32) as u32]) };
     }
 
@@ -212,7 +233,9 @@ impl SplitRing {
         if head >= self.addrs.size {
             return;
         }
-        let d = Self::read_desc(self.desc, head);
+        // SAFETY: the ring's own table: `size` descriptors, mapped, 16-aligned and kept mapped
+        // by `self._mem`; `head < size` is checked above.
+        let d = unsafe { Self::read_desc(self.desc, head) };
         if d.flags & VRING_DESC_F_INDIRECT == 0 {
             if let Some((host, n)) = map.translate(d.addr, 128) {
                 prefetch(host);
@@ -223,10 +246,16 @@ impl SplitRing {
         }
     }
 
+    /// Descriptor `i` of the table at host address `table`.
+    ///
+    /// # Safety
+    /// `table` must be 8-aligned and the start of at least `i + 1` descriptors (16 bytes each)
+    /// of mapped memory that stays mapped for the call.
     #[inline]
-    fn read_desc(table: usize, i: u16) -> Desc {
-        // SAFETY: `table` is a descriptor table validated by the caller (`map` for the ring's
-        // own table, `GuestMap::contiguous` for an indirect one) and `i` is below its length.
+    unsafe fn read_desc(table: usize, i: u16) -> Desc {
+        // SAFETY: descriptor `i` is inside the table and 8-aligned (16 * i from an 8-aligned
+        // base), per the contract. A volatile read: the guest may be rewriting it, and every
+        // field read is validated before use.
         let raw =
             unsafe { std::ptr::read_volatile((table + 16 * usize::from(i)) as *const [u64; 2]) };
         let (w0, w1) = (u64::from_le(raw[0]), u64::from_le(raw[1]));
@@ -271,7 +300,12 @@ impl SplitRing {
             if chain > max_chain {
                 return Err(ChainError::TooLong);
             }
-            let d = Self::read_desc(table, idx);
+            // SAFETY: `idx < table_len` (`head < size` above, `next` checked below, 0 in a
+            // new indirect table of at least one descriptor). `table` is the ring's own table
+            // (`table_len` = size descriptors, 16-aligned, kept mapped by `self._mem`) or an
+            // indirect one (`table_len` descriptors found mapped in one piece in `map`, which
+            // the caller's borrow keeps alive, and checked 8-aligned).
+            let d = unsafe { Self::read_desc(table, idx) };
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
                 if in_indirect || d.flags & VRING_DESC_F_NEXT != 0 {
                     return Err(ChainError::BadIndirect);

@@ -179,16 +179,18 @@ impl<'a> RxFill<'a> {
             }
             let take = cap.min(need - written);
             let to = written + take - hdr_len;
-            // SAFETY: `segs` were translated with `self.map` and the frame's with the sender's
-            // map, both alive for this batch.
             let copied = if nused == 0 {
                 // The next frame's buffer starts loading while this one is written.
                 if self.cur.next_avail != self.cur.avail_idx {
                     let next = self.ring.avail_entry(self.cur.next_avail);
                     self.ring.prefetch_buffer(self.map, next);
                 }
+                // SAFETY: `segs` were just walked as device-writable descriptors with
+                // `self.map`, which this fill borrows (so their memory stays mapped); they are
+                // guest memory, which no Rust reference points into, so not `f.head`.
                 unsafe { copy_first_chain(f, to, segs, hdr_len) }
             } else {
+                // SAFETY: as above.
                 unsafe { copy_frame_range(f, written - hdr_len, to, segs, 0) }
             };
             if copied.is_err() {
@@ -205,7 +207,8 @@ impl<'a> RxFill<'a> {
                 // The first chain got a header for one buffer; more need the real count.
                 let hdr_ok = nused == 1 || {
                     let hdr = rx_header(nused as u16);
-                    // SAFETY: as above.
+                    // SAFETY: `rx.first` was walked writable with `self.map` in this call (as
+                    // above); `hdr` is a local array.
                     unsafe { write_segments(rx.first.as_slice(), 0, &hdr[..hdr_len]) }.is_ok()
                 };
                 for &(head, len) in &rx.used[..nused] {
@@ -328,12 +331,8 @@ mod tests {
             // SAFETY: `f` outlives `segs`' use in this iteration.
             unsafe { segs.push_host(f.as_ptr() as usize, f.len()) }.unwrap();
             let head = &f[..f.len().min(20)];
-            let view = FrameView {
-                head,
-                tail_base: head.len(),
-                len: f.len(),
-                segs: &segs,
-            };
+            // SAFETY: `segs` points at `f`, alive and not written while `view` is used.
+            let view = unsafe { FrameView::new(head, head.len(), f.len(), &segs) };
             results.push(fill.deliver(&view, &mut scratch));
         }
         (results, fill.finish())

@@ -102,7 +102,10 @@ impl Segments {
     /// one segment list describes a frame wherever it is.
     ///
     /// # Safety
-    /// `[host, host + len)` must stay valid memory for as long as the segments are used.
+    /// For as long as the segments are used (by the copy functions, which access them through
+    /// raw pointers), `[host, host + len)` must stay valid for reads, and for writes too if
+    /// the segments are written into (an RX destination), and no Rust reference may point
+    /// into it.
     pub unsafe fn push_host(&mut self, host: usize, len: usize) -> Result<(), ChainError> {
         if self.n == MAX_SEGMENTS {
             return Err(ChainError::TooManySegments);

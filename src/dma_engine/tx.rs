@@ -35,7 +35,12 @@ pub fn walk_tx(
 
 /// Copies the frame's first `buf.len()` bytes (after the `hdr_len` header) out of the chain;
 /// true if all of them were there.
-pub fn read_head(segs: &Segments, hdr_len: usize, buf: &mut [u8]) -> bool {
-    // SAFETY: `segs` come from `walk_tx` with a map the caller keeps alive for the batch.
+///
+/// # Safety
+/// `segs` must be valid for reads for the call: from `walk_tx` with a `GuestMap` that is
+/// still alive (or host buffers under `Segments::push_host`'s contract).
+pub unsafe fn read_head(segs: &Segments, hdr_len: usize, buf: &mut [u8]) -> bool {
+    // SAFETY: `segs` are readable (the caller's contract) and cannot overlap `buf`, a Rust
+    // buffer the caller lends us.
     unsafe { read_segments(segs.as_slice(), hdr_len, buf) == buf.len() }
 }

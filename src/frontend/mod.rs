@@ -4,7 +4,11 @@
 //! - this file: `VirtioNetFrontend`, which does over the socket what QEMU does (features,
 //!   protocol features with REPLY_ACK, memfd memory table, vrings, kicks and calls) and then
 //!   sends and receives frames like a guest driver, including mergeable RX buffers.
+//! - `hostile.rs`: what a well-behaved driver never does, for tests of the device against a
+//!   buggy or hostile guest: hand-made and indirect chains, a forged avail index,
+//!   GET_VRING_BASE, raw addresses into the frontend's memory.
 
+mod hostile;
 mod ring;
 
 pub use ring::{Desc, DriverRing, RingLayout, Used};
@@ -20,9 +24,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::dma_engine::vnet_hdr_len;
@@ -30,15 +32,30 @@ use crate::dma_engine::vnet_hdr_len;
 /// Why the frontend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
-    #[error("cannot connect to {path}: {source}")]
-    Connect { path: String, source: vhost::Error },
-    #[error("vhost-user {op} failed: {source}")]
-    Protocol {
-        op: &'static str,
+    #[error("cannot connect to {path}")]
+    Connect {
+        path: String,
+        #[source]
         source: vhost::Error,
     },
-    #[error("guest memory: {0}")]
-    Memory(String),
+    #[error("vhost-user {op} failed")]
+    Protocol {
+        op: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("cannot create the guest memory file ({op})")]
+    Memfd {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot map the guest memory")]
+    Mmap(#[source] vm_memory::mmap::FromRangesError),
+    #[error("the guest memory has no region")]
+    NoRegion,
+    #[error("cannot describe the guest memory region to the backend")]
+    MemoryRegion(#[source] vhost::Error),
     #[error("the backend offers {offered} queues, {wanted} wanted")]
     QueueNum { offered: u64, wanted: usize },
     #[error("no free descriptor on TX queue pair {0}")]
@@ -47,7 +64,7 @@ pub enum FrontendError {
     FrameTooLong(usize),
     #[error("queue pair {0} does not exist")]
     NoSuchQueue(usize),
-    #[error("eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
 }
 
@@ -108,15 +125,17 @@ fn memfd(size: u64) -> Result<File> {
     // SAFETY: `name` is a valid NUL-terminated string; the returned fd is checked.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(FrontendError::Memory(format!(
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(FrontendError::Memfd {
+            op: "memfd_create",
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size)
-        .map_err(|e| FrontendError::Memory(format!("memfd set_len: {e}")))?;
+    file.set_len(size).map_err(|source| FrontendError::Memfd {
+        op: "set_len",
+        source,
+    })?;
     Ok(file)
 }
 
@@ -181,13 +200,10 @@ impl VirtioNetFrontend {
             total as usize,
             Some(FileOffset::new(file, 0)),
         )])
-        .map_err(|e| FrontendError::Memory(e.to_string()))?;
-        let region = mem
-            .iter()
-            .next()
-            .ok_or_else(|| FrontendError::Memory("no region".into()))?;
+        .map_err(FrontendError::Mmap)?;
+        let region = mem.iter().next().ok_or(FrontendError::NoRegion)?;
         let info = VhostUserMemoryRegionInfo::from_guest_region(region)
-            .map_err(|e| FrontendError::Memory(e.to_string()))?;
+            .map_err(FrontendError::MemoryRegion)?;
         let host_base = info.userspace_addr;
         fe.set_mem_table(&[info]).map_err(proto("SET_MEM_TABLE"))?;
 
@@ -425,96 +441,6 @@ impl VirtioNetFrontend {
         }
     }
 
-    /// Posts a hand-made chain on TX queue pair `qp` and kicks: for tests of how the device
-    /// treats chains a buggy or hostile guest writes. Addresses are guest-physical; use
-    /// `tx_buffer` for memory that belongs to the frontend.
-    pub fn send_raw(&mut self, qp: usize, descs: &[Desc]) -> Result<u16> {
-        if qp >= self.cfg.queue_pairs {
-            return Err(FrontendError::NoSuchQueue(qp));
-        }
-        self.reclaim_tx(qp);
-        let q = 2 * qp + 1;
-        let head = self.rings[q]
-            .add(&self.mem, descs)
-            .ok_or(FrontendError::QueueFull(qp))?;
-        self.kick(q);
-        Ok(head)
-    }
-
-    /// Posts a chain of one indirect descriptor on TX queue pair `qp` whose table holds
-    /// `descs` as given: (guest address, length, flags, next). The table is written into the
-    /// scratch buffer of the second-to-last descriptor. For tests of hostile chains.
-    pub fn send_indirect_raw(&mut self, qp: usize, descs: &[(u64, u32, u16, u16)]) -> Result<u16> {
-        if qp >= self.cfg.queue_pairs {
-            return Err(FrontendError::NoSuchQueue(qp));
-        }
-        let q = 2 * qp + 1;
-        let (_, size) = self.bufs[q];
-        let table = self.buf_addr(q, self.cfg.queue_size - 2);
-        let bytes = descs.len() * 16;
-        if bytes > size as usize {
-            return Err(FrontendError::FrameTooLong(bytes));
-        }
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let at = GuestAddress(table + 16 * i as u64);
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
-            let _ = self.mem.write_slice(&raw, at);
-        }
-        self.reclaim_tx(qp);
-        let head = self.rings[q]
-            .add_indirect(&self.mem, table, bytes as u32)
-            .ok_or(FrontendError::QueueFull(qp))?;
-        self.kick(q);
-        Ok(head)
-    }
-
-    /// Writes `idx` as queue `q`'s avail index (q: 2 * pair for RX, 2 * pair + 1 for TX) and
-    /// kicks: a hostile or broken driver. `restore_avail_idx` puts the real one back.
-    pub fn set_avail_idx_raw(&mut self, q: usize, idx: u16) {
-        self.rings[q].store_avail_idx(&self.mem, idx);
-        self.kick(q);
-    }
-
-    /// Writes queue `q`'s real avail index back and kicks.
-    pub fn restore_avail_idx(&mut self, q: usize) {
-        let idx = self.rings[q].avail_idx();
-        self.rings[q].store_avail_idx(&self.mem, idx);
-        self.kick(q);
-    }
-
-    /// Queue `q`'s avail index as the driver keeps it and the used index the device published.
-    pub fn ring_indices(&self, q: usize) -> (u16, u16) {
-        (self.rings[q].avail_idx(), self.rings[q].used_idx(&self.mem))
-    }
-
-    /// GET_VRING_BASE for queue `q`, as QEMU sends it to stop a ring (migration, device stop):
-    /// the device stops the ring and reports the next avail index it would have used.
-    pub fn get_vring_base(&mut self, q: usize) -> Result<u16> {
-        let base = self.fe.get_vring_base(q).map_err(proto("GET_VRING_BASE"))?;
-        Ok(base as u16)
-    }
-
-    /// Guest-physical address and size of a scratch TX buffer (the last descriptor's), and
-    /// writes `data` at its start.
-    pub fn tx_buffer(&mut self, qp: usize, data: &[u8]) -> (u64, u32) {
-        let q = 2 * qp + 1;
-        let (_, size) = self.bufs[q];
-        let addr = self.buf_addr(q, self.cfg.queue_size - 1);
-        let _ = self
-            .mem
-            .write_slice(&data[..data.len().min(size as usize)], GuestAddress(addr));
-        (addr, size)
-    }
-
-    /// Size of the frontend's guest memory.
-    pub fn mem_size(&self) -> u64 {
-        self.mem.iter().map(|r| r.len()).sum()
-    }
-
     /// TX chains of `qp` the device has not returned yet.
     pub fn tx_in_flight(&mut self, qp: usize) -> usize {
         self.reclaim_tx(qp);
@@ -620,11 +546,6 @@ impl VirtioNetFrontend {
         // SAFETY: `pfd` is valid for the call and nfds is 1.
         unsafe { libc::poll(&mut pfd, 1, ms) };
         let _ = self.calls[q].read();
-    }
-
-    /// The frontend's memory base address in this process (for tests of raw descriptors).
-    pub fn host_base(&self) -> u64 {
-        self.host_base
     }
 
     /// Hangs up: the backend sees the frontend disconnect.

@@ -42,9 +42,15 @@ impl TxFrame {
     /// Starts a frame of `len` bytes whose bytes begin at offset `base` of `segs` (after the
     /// port's own header), copying its first bytes into `head`. False (and `ok` false) if the
     /// bytes are not all there.
-    pub fn take_head(&mut self, base: usize, len: usize) -> bool {
+    ///
+    /// # Safety
+    /// `self.segs` must be valid for reads for the call (`dma_engine::tx::read_head`).
+    pub unsafe fn take_head(&mut self, base: usize, len: usize) -> bool {
         let want = len.min(HEADER_COPY_LEN);
-        self.ok = crate::dma_engine::tx::read_head(&self.segs, base, &mut self.head[..want]);
+        // SAFETY: `self.segs` are readable (the caller's contract); `self.head` is a field of
+        // ours, not guest memory or a port's buffer.
+        self.ok =
+            unsafe { crate::dma_engine::tx::read_head(&self.segs, base, &mut self.head[..want]) };
         self.len = len;
         self.head_len = want;
         self.tail_base = base + want;
@@ -58,13 +64,14 @@ impl TxFrame {
     }
 
     /// The frame as sent (after any edit of `head`).
+    ///
+    /// # Safety
+    /// `self.segs` must stay valid for reads while the view lives: the frame belongs to the
+    /// batch its port popped last and has not completed yet (the port keeps the guest memory
+    /// it walked the chains in until `TxQueues::complete`).
     #[inline]
-    pub fn view(&self) -> FrameView<'_> {
-        FrameView {
-            head: self.head(),
-            tail_base: self.tail_base,
-            len: self.len,
-            segs: &self.segs,
-        }
+    pub unsafe fn view(&self) -> FrameView<'_> {
+        // SAFETY: the caller's contract is `FrameView::new`'s.
+        unsafe { FrameView::new(self.head(), self.tail_base, self.len, &self.segs) }
     }
 }

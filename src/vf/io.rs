@@ -178,7 +178,9 @@ impl TxQueues for VhostIo {
         }
         for f in &mut frames[..n] {
             if f.ok {
-                f.take_head(hdr_len, f.len);
+                // SAFETY: `f.segs` were walked just above with `map`, which `self.rings` holds
+                // (and so keeps mapped) for this whole call.
+                unsafe { f.take_head(hdr_len, f.len) };
             }
         }
         let addrs = ring.addrs();

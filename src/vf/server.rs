@@ -20,17 +20,17 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 pub enum ServerError {
     #[error("socket {0} is in use by a running process (another sriov-emu?)")]
     SocketInUse(PathBuf),
-    #[error("cannot remove stale socket {path}: {source}")]
+    #[error("cannot remove stale socket {path}")]
     RemoveStale {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}")]
     Listen {
         path: PathBuf,
         source: vhost::vhost_user::Error,
     },
-    #[error("cannot start the vhost-user thread for {port}: {source}")]
+    #[error("cannot start the vhost-user thread for {port}")]
     Spawn {
         port: String,
         source: std::io::Error,
@@ -186,9 +186,11 @@ impl PortServer {
             .port_detached(self.port.spec.id);
     }
 
-    /// Serves one frontend after another, until stopped.
+    /// Serves one frontend after another, until stopped. Everything logged on this thread
+    /// (here, and in the switch and event code it calls) is in the port's span.
     fn run(mut self) {
         let name = self.port.spec.name.clone();
+        let _span = tracing::info_span!("port", port = %name).entered();
         let num_queues = 2 * usize::from(self.port.spec.queue_pairs);
         while !self.stopping() {
             let mem = GuestMemAtomic::new(GuestMem::default());

@@ -1,0 +1,180 @@
+//! The `sriov-emu ctl` renderings of control replies: `ip link show`, `ethtool -S`,
+//! OpenMetrics and `bridge fdb` text. Pure functions of the JSON the commands return.
+
+use serde_json::Value;
+
+/// `ip link show`-like text for `query-pf` + `query-vfs`.
+pub fn render_show(pf: &Value, vfs: &Value) -> String {
+    let mut out = format!(
+        "pf: numvfs {}/{} channels {} used, {} free of {} mtu {}\n",
+        pf["numvfs"],
+        pf["totalvfs"],
+        pf["channels"]["used"],
+        pf["channels"]["free"],
+        pf["channels"]["total"],
+        pf["mtu"]
+    );
+    for v in vfs.as_array().into_iter().flatten() {
+        let mut line = format!(
+            "    vf {:<5} link/ether {} brd ff:ff:ff:ff:ff:ff",
+            v["vf"].to_string(),
+            v["mac"].as_str().unwrap_or("?")
+        );
+        if v["vlan"].as_u64().unwrap_or(0) != 0 {
+            line += &format!(", vlan {}, qos {}", v["vlan"], v["qos"]);
+            if v["proto"].as_str() == Some("802.1ad") {
+                line += ", vlan protocol 802.1ad";
+            }
+        }
+        let onoff = |b: &Value| {
+            if b.as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            }
+        };
+        line += &format!(
+            ", spoof checking {}, link-state {}, trust {}",
+            onoff(&v["spoofchk"]),
+            v["link-state"].as_str().unwrap_or("?"),
+            onoff(&v["trust"])
+        );
+        if v["max-tx-rate"].as_u64().unwrap_or(0) != 0
+            || v["min-tx-rate"].as_u64().unwrap_or(0) != 0
+        {
+            line += &format!(
+                ", max_tx_rate {}Mbps, min_tx_rate {}Mbps",
+                v["max-tx-rate"], v["min-tx-rate"]
+            );
+        }
+        let attached = if v["attached"].as_bool() == Some(true) {
+            "attached"
+        } else {
+            "detached"
+        };
+        line += &format!(", channels {}, {attached}\n", v["channels"]);
+        out += &line;
+    }
+    out
+}
+
+/// `ethtool -S`-like text for `query-stats`.
+pub fn render_stats(stats: &Value) -> String {
+    let mut out = String::new();
+    for p in stats.as_array().into_iter().flatten() {
+        out += &format!("{}:\n", p["port"].as_str().unwrap_or("?"));
+        for (k, v) in p["counters"].as_object().into_iter().flatten() {
+            out += &format!("     {k}: {v}\n");
+        }
+    }
+    out
+}
+
+/// OpenMetrics text for `query-stats`: totals as `sriov_emu_<name>_total{port=...}`, per-queue
+/// counters as `sriov_emu_queue_<rx|tx>_<what>_total{port=...,queue=...}`.
+pub fn render_openmetrics(stats: &Value) -> String {
+    let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for p in stats.as_array().into_iter().flatten() {
+        let port = p["port"].as_str().unwrap_or("?");
+        for (k, v) in p["counters"].as_object().into_iter().flatten() {
+            let parsed = k.split_once("_queue_").and_then(|(dir, rest)| {
+                let (q, what) = rest.split_once('_')?;
+                q.parse::<u32>()
+                    .ok()
+                    .map(|q| (format!("queue_{dir}_{what}"), Some(q)))
+            });
+            let (name, queue) = parsed.unwrap_or((k.clone(), None));
+            let labels = match queue {
+                Some(q) => format!("port=\"{port}\",queue=\"{q}\""),
+                None => format!("port=\"{port}\""),
+            };
+            families
+                .entry(format!("sriov_emu_{name}"))
+                .or_default()
+                .push(format!("{{{labels}}} {v}"));
+        }
+    }
+    let mut out = String::new();
+    for (name, samples) in families {
+        out += &format!("# TYPE {name} counter\n");
+        for s in samples {
+            out += &format!("{name}_total{s}\n");
+        }
+    }
+    out += "# EOF\n";
+    out
+}
+
+/// `bridge fdb`-like text for `query-fdb`.
+pub fn render_fdb(fdb: &Value) -> String {
+    let mut out = String::new();
+    for e in fdb.as_array().into_iter().flatten() {
+        let kind = if e["static"].as_bool() == Some(true) {
+            " static"
+        } else {
+            ""
+        };
+        out += &format!(
+            "{} port {}{kind}\n",
+            e["mac"].as_str().unwrap_or("?"),
+            e["port"].as_str().unwrap_or("?")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Map};
+
+    /// `ctl show` shows every knob: changing any one of them changes the VF's line.
+    #[test]
+    fn show_renders_every_knob() {
+        use crate::vf::{knobs, SettingsUpdate, VfSettings, KNOBS};
+        // A port VLAN and a rate, so that qos and min_tx_rate are shown too.
+        let s = SettingsUpdate {
+            vlan: Some(100),
+            max_tx_rate: Some(1000),
+            ..Default::default()
+        }
+        .apply(&VfSettings::new("02:00:00:00:00:01".parse().unwrap()))
+        .unwrap();
+        let mut vf = knobs::json_fields(&s, 2);
+        vf.insert("vf".into(), json!(0));
+        vf.insert("attached".into(), json!(false));
+        let pf = json!({"numvfs": 1, "totalvfs": 254, "mtu": 1500,
+                        "channels": {"used": 2, "free": 2046, "total": 2048}});
+        let show = |vf: &Map<String, Value>| render_show(&pf, &json!([vf]));
+        let before = show(&vf);
+        assert_eq!(
+            before.lines().nth(1).unwrap(),
+            "    vf 0     link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff, vlan 100, qos 0, \
+             spoof checking on, link-state auto, trust off, max_tx_rate 1000Mbps, \
+             min_tx_rate 0Mbps, channels 2, detached"
+        );
+        for k in KNOBS {
+            let mut changed = vf.clone();
+            changed.insert(k.qmp.into(), k.other_value(&vf[k.qmp]));
+            assert_ne!(show(&changed), before, "ctl show does not show {}", k.qmp);
+        }
+    }
+
+    #[test]
+    fn openmetrics_names_and_labels() {
+        let stats =
+            json!([{"port": "vf0", "counters": {"rx_packets": 5, "rx_queue_1_packets": 2}}]);
+        let om = render_openmetrics(&stats);
+        assert!(
+            om.contains(
+                "# TYPE sriov_emu_rx_packets counter\nsriov_emu_rx_packets_total{port=\"vf0\"} 5\n"
+            ),
+            "{om}"
+        );
+        assert!(
+            om.contains("sriov_emu_queue_rx_packets_total{port=\"vf0\",queue=\"1\"} 2"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"));
+    }
+}
