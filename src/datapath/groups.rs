@@ -18,6 +18,9 @@ pub struct Group {
     pub len: u32,
     first: u32,
     last: u32,
+    /// The members are `first..=last` with nothing between them (the common unicast batch):
+    /// they are walked as a range, without following the links.
+    contiguous: bool,
     /// The next group of the same port (another queue).
     next_of_port: u32,
 }
@@ -30,6 +33,8 @@ pub struct Groups {
     next: Vec<u32>,
     /// Per port slot: its first group in this batch.
     by_port: Box<[u32]>,
+    /// The group of the previous delivery (consecutive deliveries often share their ring).
+    recent: u32,
 }
 
 impl Groups {
@@ -39,6 +44,7 @@ impl Groups {
             groups: Vec::new(),
             next: Vec::new(),
             by_port: vec![NIL; ports].into_boxed_slice(),
+            recent: NIL,
         }
     }
 
@@ -48,6 +54,15 @@ impl Groups {
     pub fn add(&mut self, port: u16, queue: u16) {
         let i = self.next.len() as u32;
         self.next.push(NIL);
+        if let Some(group) = self.groups.get_mut(self.recent as usize) {
+            if group.port == port && group.queue == queue {
+                self.next[group.last as usize] = i;
+                group.contiguous &= group.last + 1 == i;
+                group.last = i;
+                group.len += 1;
+                return;
+            }
+        }
         let Some(slot) = self.by_port.get_mut(usize::from(port)) else {
             return;
         };
@@ -57,8 +72,10 @@ impl Groups {
             let group = &mut self.groups[g as usize];
             if group.queue == queue {
                 self.next[group.last as usize] = i;
+                group.contiguous &= group.last + 1 == i;
                 group.last = i;
                 group.len += 1;
+                self.recent = g;
                 return;
             }
             g = group.next_of_port;
@@ -69,9 +86,11 @@ impl Groups {
             len: 1,
             first: i,
             last: i,
+            contiguous: true,
             next_of_port: *slot,
         });
         *slot = (self.groups.len() - 1) as u32;
+        self.recent = *slot;
     }
 
     /// The groups, in the order their first delivery was added.
@@ -81,9 +100,13 @@ impl Groups {
 
     /// The deliveries of `group`, in the order they were added.
     pub fn members(&self, group: &Group) -> Members<'_> {
-        Members {
-            next: &self.next,
-            at: group.first,
+        if group.contiguous {
+            Members::Range(group.first as usize..group.last as usize + 1)
+        } else {
+            Members::Linked {
+                next: &self.next,
+                at: group.first,
+            }
         }
     }
 
@@ -96,13 +119,16 @@ impl Groups {
         }
         self.groups.clear();
         self.next.clear();
+        self.recent = NIL;
     }
 }
 
 /// The deliveries of one group.
-pub struct Members<'a> {
-    next: &'a [u32],
-    at: u32,
+pub enum Members<'a> {
+    /// Added one after the other.
+    Range(std::ops::Range<usize>),
+    /// Interleaved with other groups': follow the links.
+    Linked { next: &'a [u32], at: u32 },
 }
 
 impl Iterator for Members<'_> {
@@ -110,12 +136,17 @@ impl Iterator for Members<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<usize> {
-        if self.at == NIL {
-            return None;
+        match self {
+            Members::Range(r) => r.next(),
+            Members::Linked { next, at } => {
+                if *at == NIL {
+                    return None;
+                }
+                let i = *at as usize;
+                *at = next.get(i).copied().unwrap_or(NIL);
+                Some(i)
+            }
         }
-        let i = self.at as usize;
-        self.at = self.next.get(i).copied().unwrap_or(NIL);
-        Some(i)
     }
 }
 
@@ -155,6 +186,23 @@ mod tests {
             vec![(3, 1, vec![0])],
             "a cleared batch starts fresh"
         );
+    }
+
+    #[test]
+    fn a_group_added_in_one_run_then_interleaved_keeps_its_order() {
+        let mut g = Groups::new(8);
+        for (p, q) in [(2, 0), (2, 0), (2, 0), (4, 1), (2, 0), (4, 1)] {
+            g.add(p, q);
+        }
+        assert_eq!(
+            collect(&g),
+            vec![(2, 0, vec![0, 1, 2, 4]), (4, 1, vec![3, 5])]
+        );
+        g.clear();
+        for _ in 0..5 {
+            g.add(6, 3);
+        }
+        assert_eq!(collect(&g), vec![(6, 3, vec![0, 1, 2, 3, 4])]);
     }
 
     #[test]

@@ -154,7 +154,9 @@ impl Pipeline {
         for k in 0..n {
             let (f, d) = (&mut self.frames[k], &mut self.decided[k]);
             bytes += f.len as u64;
-            *d = Decided::default();
+            d.hdr = None;
+            d.learn = false;
+            d.tuple = None;
             let hdr = match (f.ok, FrameHeader::parse(f.head(), f.len)) {
                 (true, Ok(h)) => h,
                 _ => {

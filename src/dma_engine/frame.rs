@@ -56,6 +56,7 @@ impl<'a> FrameView<'a> {
 ///
 /// # Safety
 /// As for `copy_frame_range`: `dst`'s segments valid for writes, not overlapping `f.head`.
+#[inline]
 pub unsafe fn copy_first_chain(
     f: &FrameView<'_>,
     to: usize,
@@ -89,6 +90,7 @@ pub unsafe fn copy_first_chain(
 /// `GuestMap` that is still alive, or a host buffer under `Segments::push_host`'s contract)
 /// and must not overlap `f.head`. The frame's own segments are readable: `FrameView::new`'s
 /// contract.
+#[inline]
 pub unsafe fn copy_frame_range(
     f: &FrameView<'_>,
     from: usize,

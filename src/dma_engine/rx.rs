@@ -136,6 +136,7 @@ impl<'a> RxFill<'a> {
 
     /// Writes one frame into the ring: its buffers (several with mergeable RX buffers) get
     /// the virtio-net header and the frame.
+    #[inline]
     pub fn deliver(&mut self, f: &FrameView<'_>, rx: &mut RxScratch) -> Result<(), RxDrop> {
         let hdr_len = self.hdr_len;
         let need = hdr_len + f.len;

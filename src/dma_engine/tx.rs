@@ -9,6 +9,7 @@ use crate::wire::ETH_HEADER_LEN;
 /// Walks TX chain `head` into `segs` and checks the frame's length: `Some(frame length)`
 /// (without the `hdr_len` bytes of virtio-net header) if the chain is valid and the frame is
 /// between an Ethernet header and `max_frame` bytes. Starts loading the frame's first bytes.
+#[inline]
 pub fn walk_tx(
     ring: &SplitRing,
     map: &GuestMap,

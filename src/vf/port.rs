@@ -108,9 +108,13 @@ impl Connection {
     /// The batch of `qp` is being completed (under the vring's lock): false if a stop gave up
     /// waiting for it, so its chains must not be written into a ring handed over meanwhile.
     pub fn tx_end(&self, qp: usize) -> bool {
-        self.tx_state
-            .get(qp)
-            .is_none_or(|s| s.swap(0, Ordering::AcqRel) != TX_ABANDONED)
+        // Every change is made under the vring's lock, so a load and a store do (no atomic
+        // read-modify-write on every batch); `wait_tx_idle` reads the store without the lock.
+        self.tx_state.get(qp).is_none_or(|s| {
+            let was = s.load(Ordering::Relaxed);
+            s.store(0, Ordering::Release);
+            was != TX_ABANDONED
+        })
     }
 
     /// Waits until no batch of TX queue pair `qp` is in flight (GET_VRING_BASE must report an
