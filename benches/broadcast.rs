@@ -11,34 +11,44 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use criterion::{criterion_group, BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion};
 use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use sriov_emu::pf::PfConfig;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
 const LIMIT: f64 = 1.5;
 
-/// Per destination count: (worker CPU ns, deliveries) summed over every measured batch.
-static TOTALS: Mutex<Vec<(usize, u64, u64)>> = Mutex::new(Vec::new());
+/// Interleaved rounds of the recorded figures, and batches per round.
+const ROUNDS: usize = 7;
+const BATCHES_PER_ROUND: usize = 40;
 
-/// On-CPU nanoseconds of the thread named `name` in this process.
-fn thread_cpu_ns(name: &str) -> Option<u64> {
-    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-            return s.split_whitespace().next()?.parse().ok();
-        }
-    }
-    None
+/// The TIDs of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| t.file_name().to_string_lossy().to_string())
+        .collect()
+}
+
+/// On-CPU nanoseconds of thread `tid` of this process.
+fn thread_cpu_ns(tid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("the worker thread's schedstat")
 }
 
 struct Setup {
     _dir: tempfile::TempDir,
     d: Daemon,
+    /// The daemon's data-plane worker.
+    worker: String,
+    dests: usize,
     tx: VirtioNetFrontend,
     rx: Vec<VirtioNetFrontend>,
     frame: Vec<u8>,
@@ -47,7 +57,19 @@ struct Setup {
 fn setup(dests: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pf = PfConfig::new(dir.path().to_path_buf(), dests as u32, 1, 1, 1500).unwrap();
+    let before = threads_named("dataplane0");
     let d = Daemon::start(DaemonConfig::new(pf)).unwrap();
+    let t = Instant::now();
+    let worker = loop {
+        if let Some(w) = threads_named("dataplane0")
+            .into_iter()
+            .find(|t| !before.contains(t))
+        {
+            break w;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no worker thread");
+        std::thread::sleep(Duration::from_millis(1));
+    };
     let cfg = FrontendConfig {
         tx_buf_size: 256,
         ..FrontendConfig::default()
@@ -75,6 +97,8 @@ fn setup(dests: usize) -> Setup {
     Setup {
         _dir: dir,
         d,
+        worker,
+        dests,
         tx,
         rx,
         frame,
@@ -105,32 +129,45 @@ fn one_batch(s: &mut Setup) {
     }
 }
 
-fn bench(c: &mut Criterion) {
+/// The worker's on-CPU nanoseconds per delivery over `batches` broadcast batches.
+fn ns_per_delivery(s: &mut Setup, batches: usize) -> f64 {
+    let before = thread_cpu_ns(&s.worker);
+    for _ in 0..batches {
+        one_batch(s);
+    }
+    (thread_cpu_ns(&s.worker) - before) as f64 / (batches * BATCH * s.dests) as f64
+}
+
+fn bench(c: &mut Criterion, setups: &mut [Setup]) {
     let mut g = c.benchmark_group("broadcast_batch_64");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    for dests in [8usize, 254] {
-        let mut s = setup(dests);
+    for s in setups.iter_mut().filter(|s| s.dests > 1) {
+        let dests = s.dests;
         g.bench_with_input(BenchmarkId::new("destinations", dests), &dests, |b, _| {
             b.iter_custom(|iters| {
-                let before = thread_cpu_ns("dataplane0").expect("worker thread");
+                let before = thread_cpu_ns(&s.worker);
                 for _ in 0..iters {
-                    one_batch(&mut s);
+                    one_batch(s);
                 }
-                let ns = thread_cpu_ns("dataplane0").expect("worker thread") - before;
-                let mut t = TOTALS.lock().unwrap();
-                match t.iter_mut().find(|e| e.0 == dests) {
-                    Some(e) => {
-                        e.1 += ns;
-                        e.2 += iters * (BATCH * dests) as u64;
-                    }
-                    None => t.push((dests, ns, iters * (BATCH * dests) as u64)),
-                }
-                Duration::from_nanos(ns)
+                Duration::from_nanos(thread_cpu_ns(&s.worker) - before)
             })
         });
-        let drops: u64 = (0..dests)
+    }
+    g.finish();
+}
+
+/// The recorded figures: rounds over every setup in turn, medians and spread.
+fn interleaved(setups: &mut [Setup]) {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    for _ in 0..ROUNDS {
+        for (i, s) in setups.iter_mut().enumerate() {
+            samples[i].push(ns_per_delivery(s, BATCHES_PER_ROUND));
+        }
+    }
+    for s in setups.iter() {
+        let drops: u64 = (0..s.dests)
             .map(|i| {
                 s.d.port(&format!("vf{i}"))
                     .and_then(|p| p.counters.get("drop_no_rx_buffer"))
@@ -139,30 +176,33 @@ fn bench(c: &mut Criterion) {
             .sum();
         assert_eq!(
             drops, 0,
-            "receivers ran out of buffers: the bench measures drops"
+            "receivers ran out of buffers: the bench would measure drops"
         );
-        drop(s);
     }
-    g.finish();
-}
-
-fn report() {
-    let t = TOTALS.lock().unwrap().clone();
-    let per = |n: usize| {
-        t.iter()
-            .find(|e| e.0 == n)
-            .map(|e| e.1 as f64 / e.2 as f64)
-            .unwrap_or(f64::NAN)
-    };
-    let (few, many) = (per(8), per(254));
-    let ratio = many / few;
+    let stats: Vec<(usize, f64, f64, f64)> = setups
+        .iter()
+        .zip(&mut samples)
+        .map(|(s, v)| {
+            v.sort_by(f64::total_cmp);
+            (s.dests, v[v.len() / 2], v[0], v[v.len() - 1])
+        })
+        .collect();
+    let median = |n: usize| stats.iter().find(|e| e.0 == n).map_or(f64::NAN, |e| e.1);
+    let ratio = median(254) / median(8);
+    let rows: String = stats
+        .iter()
+        .map(|(n, med, lo, hi)| format!("| {n} | {med:.1} | {lo:.1}-{hi:.1} |\n"))
+        .collect();
     let body = format!(
         "`cargo bench --bench broadcast` ({}): a 64-frame broadcast batch from the PV port, \
-         delivered to every attached VF; the data-plane worker's on-CPU time per delivery \
-         (mean over every measured batch; event mode, one worker).\n\n\
-         | destinations | ns per delivery |\n|---|---|\n| 8 | {few:.1} |\n| 254 | {many:.1} |\n\n\
+         delivered to every attached VF (1 destination: the per-frame cost of the whole path); \
+         the data-plane worker's on-CPU time per delivery (schedstat), event mode, one worker. \
+         {ROUNDS} interleaved rounds of {BATCHES_PER_ROUND} batches per setup: median and \
+         spread of the rounds.\n\n\
+         | destinations | ns per delivery, median | min-max |\n|---|---|---|\n{rows}\n\
          254 / 8 per delivery: **{ratio:.2}** (limit {LIMIT}: grouping is linear in the \
-         deliveries, one ring lock and one used-index store per destination ring).",
+         deliveries, one ring lock and one used-index store per destination ring; before the \
+         grouping was made linear this was 3.95).",
         common::today()
     );
     println!("\n{body}");
@@ -173,10 +213,10 @@ fn report() {
     );
 }
 
-criterion_group!(benches, bench);
-
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-    report();
+    let mut setups: Vec<Setup> = [1usize, 8, 254].into_iter().map(setup).collect();
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &mut setups);
+    c.final_summary();
+    interleaved(&mut setups);
 }

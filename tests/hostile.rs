@@ -79,9 +79,7 @@ fn a_chain_longer_than_the_queue_is_malformed_even_if_its_descriptors_are_empty(
     let mut a = connect(&d, "vf0", pairs(1, 1));
     let mut b = connect(&d, "vf1", pairs(1, 1));
     let frame = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 3, 100);
-    let mut with_hdr = vec![0u8; a.hdr_len()];
-    with_hdr.extend_from_slice(&frame);
-    let (buf, _) = a.tx_buffer(0, &with_hdr);
+    let (buf, len) = frame_in_tx_buffer(&mut a, &frame);
     const NEXT: u16 = 1;
     // An indirect table of `n` descriptors: n - 1 empty ones, then the frame.
     let table = |n: u16| -> Vec<(u64, u32, u16, u16)> {
@@ -90,7 +88,7 @@ fn a_chain_longer_than_the_queue_is_malformed_even_if_its_descriptors_are_empty(
                 if i + 1 < n {
                     (buf, 0, NEXT, i + 1)
                 } else {
-                    (buf, with_hdr.len() as u32, 0, 0)
+                    (buf, len, 0, 0)
                 }
             })
             .collect()

@@ -355,16 +355,14 @@ fn malformed_tx_chains_are_counted_and_traffic_continues() {
     let mut a = connect(&d, "vf0", pairs(1, 1));
     let mut b = connect(&d, "vf1", pairs(1, 1));
     let frame = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 3, 100);
-    let mut with_hdr = vec![0u8; a.hdr_len()];
-    with_hdr.extend_from_slice(&frame);
-    let (buf, _) = a.tx_buffer(0, &with_hdr);
+    let (buf, len) = frame_in_tx_buffer(&mut a, &frame);
     let end = a.mem_size();
     let bad: Vec<(&str, Vec<Desc>)> = vec![
         (
             "write-only descriptor on TX",
             vec![Desc {
                 addr: buf,
-                len: with_hdr.len() as u32,
+                len,
                 write: true,
             }],
         ),

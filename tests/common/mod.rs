@@ -158,6 +158,16 @@ pub fn counter(d: &Daemon, port: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
+/// Writes `frame` behind a zeroed virtio-net header into `fe`'s scratch TX buffer, for a test
+/// that builds its own chains around it; returns the buffer's guest address and the length of
+/// header + frame.
+pub fn frame_in_tx_buffer(fe: &mut VirtioNetFrontend, frame: &[u8]) -> (u64, u32) {
+    let mut with_hdr = vec![0u8; fe.hdr_len()];
+    with_hdr.extend_from_slice(frame);
+    let (buf, _) = fe.tx_buffer(0, &with_hdr);
+    (buf, with_hdr.len() as u32)
+}
+
 /// The non-zero counters of `ports`, for a failure message that says where frames went.
 pub fn nonzero_counters(d: &Daemon, ports: &[&str]) -> String {
     ports
