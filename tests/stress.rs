@@ -82,7 +82,16 @@ fn run(poll: bool) {
                         "frame {seq} reached {} instead of vf{dst}",
                         names[p]
                     );
-                    assert!(got == want, "frame {seq} differs at {}", names[p]);
+                    if got != want {
+                        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+                        panic!(
+                            "frame {seq} differs at {}: {} bytes received, {} sent, first \
+                             difference at byte {at:?}",
+                            names[p],
+                            got.len(),
+                            want.len()
+                        );
+                    }
                     assert!(!seen[seq as usize], "frame {seq} delivered twice");
                     seen[seq as usize] = true;
                     received[p] += 1;

@@ -304,22 +304,23 @@ impl VirtioNetFrontend {
         let q = 2 * qp;
         let size = self.bufs[q].1;
         let mut added = false;
-        while self.rings[q].free_descriptors() > 0 {
-            // The buffer is chosen by head index, which `add` picks: add with a placeholder
-            // address, then fix the descriptor to point at that head's buffer.
-            let Some(head) = self.rings[q].add(
+        // Each buffer belongs to a head index: take the head `add` will use, and publish the
+        // descriptor with its buffer's address already in it. (Fixing the address after `add`
+        // raced with the device: it could take the buffer while it still said address 0, and
+        // write the frame over this queue's descriptor table.)
+        while let Some(head) = self.rings[q].peek_next_free() {
+            let addr = self.buf_addr(q, head);
+            let Some(got) = self.rings[q].add(
                 &self.mem,
                 &[Desc {
-                    addr: 0,
+                    addr,
                     len: size,
                     write: true,
                 }],
             ) else {
                 break;
             };
-            let at = self.rings[q].layout.desc + u64::from(head) * 16;
-            let addr = self.buf_addr(q, head);
-            let _ = self.mem.write_obj(addr.to_le(), GuestAddress(at));
+            debug_assert_eq!(got, head);
             added = true;
         }
         if added && self.rings[q].needs_kick(&self.mem) {
