@@ -9,7 +9,7 @@ use super::groups::Groups;
 use super::views::Views;
 use super::TX_BATCH;
 use crate::events::EventBus;
-use crate::port::{QueueFault, TxFrame, TxPop, TxQueues};
+use crate::port::{TxFrame, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
 use crate::stats::PortTotals;
 use crate::switch::{
@@ -115,7 +115,7 @@ impl Pipeline {
                 TxPop::Batch(n, b) => (n, b),
                 TxPop::Empty => break,
                 TxPop::Fault(f) => {
-                    count_fault(&view.port.counters.totals, f);
+                    view.port.counters.totals.queue_faults.inc();
                     view.warn_broken_queue(&format_args!("TX queue {qp}: {f}"));
                     break;
                 }
@@ -388,8 +388,4 @@ fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
         PolicyDrop::VlanFilter => c.drop_vlan_filter.inc(),
         PolicyDrop::RateLimit => c.drop_rate_limit.inc(),
     }
-}
-
-fn count_fault(c: &PortTotals, _f: QueueFault) {
-    c.queue_faults.inc();
 }

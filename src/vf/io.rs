@@ -90,10 +90,6 @@ impl VhostIo {
         }
     }
 
-    pub fn connection(&self) -> &Arc<Connection> {
-        &self.conn
-    }
-
     /// Forgets what may have changed behind the worker's back: the memory table, and (when
     /// polling) the avail indices last seen.
     pub fn refresh(&mut self) {
