@@ -5,7 +5,8 @@
 //! - `guest_map.rs`: guest memory types, and guest-physical to host address translation (a
 //!   snapshot of the memory table).
 //! - `ring.rs`: split virtqueues read and written through host pointers: avail and used
-//!   rings, descriptor chain walks (direct and indirect), notification suppression.
+//!   rings, descriptor chain walks (direct and indirect), notification suppression; its unit
+//!   tests in `ring_tests.rs`.
 //! - `segments.rs`: a descriptor chain validated into a fixed array of host segments (or a
 //!   host buffer of a port's own).
 //! - `copy.rs`: copies between segment lists and Rust buffers.
