@@ -24,7 +24,7 @@ use std::time::Instant;
 /// Frames taken from one TX queue per pass before other queues get their turn.
 const TX_BUDGET: usize = 256;
 /// `Delivery::queue` of a delivery still to be steered under the destination's RSS lock.
-pub const STEER_PENDING: u16 = u16::MAX;
+const STEER_PENDING: u16 = u16::MAX;
 
 /// What the pipeline decided about one frame of the batch.
 #[derive(Default)]

@@ -37,13 +37,12 @@ pub struct PortView {
 
 impl PortView {
     fn new(port: Arc<Port>, own_tx: u64, poll: bool) -> Self {
-        let is_vf = port.spec.kind.is_vf();
         PortView {
             generation: u64::MAX,
             conn: None,
             io: None,
             enabled: EnabledQueues::NONE,
-            policy: port.settings().edge_policy(is_vf),
+            policy: edge_policy(&port),
             settings_gen: port.settings_generation(),
             own_tx,
             rss_fast: None,
@@ -83,13 +82,10 @@ impl PortView {
 
     /// Re-reads which RX queues can take frames.
     pub fn refresh_enabled(&mut self) {
-        let now = self
+        self.enabled = self
             .io
             .as_ref()
             .map_or(EnabledQueues::NONE, |io| io.enabled());
-        if now.mask() != self.enabled.mask() {
-            self.enabled = now;
-        }
     }
 
     /// Re-reads settings and RSS steering if they changed.
@@ -102,10 +98,7 @@ impl PortView {
         let sg = self.port.settings_generation();
         if sg != self.settings_gen {
             self.settings_gen = sg;
-            self.policy = self
-                .port
-                .settings()
-                .edge_policy(self.port.spec.kind.is_vf());
+            self.policy = edge_policy(&self.port);
         }
     }
 
@@ -116,6 +109,11 @@ impl PortView {
             tracing::warn!(port = %self.port.spec.name, "{what}; the queue is skipped");
         }
     }
+}
+
+/// The port's current settings as the switch enforces them.
+fn edge_policy(port: &Port) -> EdgePolicy {
+    port.settings().edge_policy(port.spec.kind.is_vf())
 }
 
 /// A worker's views of every port slot.
