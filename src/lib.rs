@@ -27,6 +27,7 @@ pub mod port;
 pub mod rss;
 pub mod stats;
 pub mod switch;
+pub mod uplink;
 pub mod vf;
 pub mod wire;
 
