@@ -14,7 +14,7 @@ use sriov_emu::pf::default_vf_mac;
 use sriov_emu::rss::{
     toeplitz_reference, EnabledQueues, FlowTuple, ToeplitzTable, VfRss, DEFAULT_KEY, MAX_INPUT,
 };
-use sriov_emu::switch::{policy, PortId, Switch, TokenBucket};
+use sriov_emu::switch::{policy, FromPort, PortId, PortRole, Switch, TokenBucket};
 use sriov_emu::vf::VfSettings;
 use sriov_emu::wire::{FrameHeader, MacAddr};
 use std::hint::black_box;
@@ -70,11 +70,25 @@ fn parse_and_switch(c: &mut Criterion) {
             src: m,
             ethertype: 0x0800,
         };
-        sw.forward(PortId(i % 254), &h, 0);
+        // Learned on PV ports (VF MACs are static entries).
+        let pv = FromPort {
+            port: PortId(254 + i % 64),
+            role: PortRole::Pv,
+            remote: 0,
+            vlan: 0,
+        };
+        sw.forward(&pv, &h, 0);
     }
+    sw.port_attached(PortId(1), Some((default_vf_mac(1), 0)));
     let hdr = FrameHeader::parse(&f, f.len()).unwrap();
+    let vf0 = FromPort {
+        port: PortId(0),
+        role: PortRole::Vf { promisc: false },
+        remote: 0,
+        vlan: 0,
+    };
     c.bench_function("fdb_forward_1024_macs", |b| {
-        b.iter(|| sw.forward(PortId(0), black_box(&hdr), 1))
+        b.iter(|| sw.forward(&vf0, black_box(&hdr), 1))
     });
     let s = VfSettings::new(default_vf_mac(0)).edge_policy(true);
     let mut bucket = TokenBucket::new(0);

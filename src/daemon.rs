@@ -42,6 +42,19 @@ pub enum DaemonError {
     Thread(#[source] std::io::Error),
 }
 
+/// One FDB entry as the control plane shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbRow {
+    pub mac: MacAddr,
+    /// 0: untagged.
+    pub vlan: u16,
+    /// The port's name (`vf0`, `pv0`, `uplink`).
+    pub port: String,
+    pub is_static: bool,
+    /// Where behind the port the MAC lives (a VXLAN remote's address).
+    pub remote: Option<String>,
+}
+
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -296,11 +309,11 @@ impl Daemon {
     pub fn vf_set(&self, vf: u32, update: &SettingsUpdate) -> Result<VfSettings, DaemonError> {
         let port = self.vf_port(vf)?;
         let (old, new) = port.update_settings(update)?;
-        if old.mac != new.mac {
+        if (old.mac, old.vlan) != (new.mac, new.vlan) {
             self.switch
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .vf_mac_changed(port.spec.id, new.mac);
+                .vf_address_changed(port.spec.id, new.mac, new.vlan);
         }
         self.waker.wake();
         let (was_up, is_up) = (old.link_up(true), new.link_up(true));
@@ -367,19 +380,24 @@ impl Daemon {
         &self.socket_dir
     }
 
-    /// The FDB: (MAC, port name, static).
-    pub fn fdb(&self) -> Vec<(MacAddr, String, bool)> {
+    /// The FDB, sorted by port, VLAN and MAC.
+    pub fn fdb(&self) -> Vec<FdbRow> {
         let sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
         sw.fdb()
             .entries()
             .into_iter()
-            .map(|(m, e)| {
-                let name = self
-                    .table
-                    .get(e.port)
-                    .map(|p| p.spec.name.clone())
-                    .unwrap_or_default();
-                (m, name, e.is_static)
+            .map(|(k, e)| {
+                let port = self.table.get(e.port);
+                FdbRow {
+                    mac: k.mac,
+                    vlan: k.vlan,
+                    port: port
+                        .as_ref()
+                        .map(|p| p.spec.name.clone())
+                        .unwrap_or_default(),
+                    is_static: e.is_static,
+                    remote: port.and_then(|p| p.remote_name(e.remote)),
+                }
             })
             .collect()
     }

@@ -195,11 +195,11 @@ fn ctl_show_json_stats_fdb_and_events() {
     assert!(lines[0].starts_with("pf: numvfs 2/254"), "{show}");
     assert_eq!(
         lines[1],
-        "    vf 0     link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff, spoof checking on, link-state auto, trust off, channels 2, detached"
+        "    vf 0     link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff, spoof checking on, link-state auto, trust off, promisc off, channels 2, detached"
     );
     assert_eq!(
         lines[2],
-        "    vf 1     link/ether 02:00:00:00:01:01 brd ff:ff:ff:ff:ff:ff, vlan 10, qos 3, spoof checking off, link-state auto, trust off, max_tx_rate 100Mbps, min_tx_rate 0Mbps, channels 2, detached"
+        "    vf 1     link/ether 02:00:00:00:01:01 brd ff:ff:ff:ff:ff:ff, vlan 10, qos 3, spoof checking off, link-state auto, trust off, promisc off, max_tx_rate 100Mbps, min_tx_rate 0Mbps, channels 2, detached"
     );
     let j: Value = serde_json::from_str(&ctl(&["show", "-j"])).unwrap();
     assert_eq!(j["vfs"][1]["vlan"], 10);
@@ -338,7 +338,15 @@ fn port_vlan_is_tagged_towards_the_peer_and_stripped_towards_the_vf() {
         untagged[6..12].copy_from_slice(&pv_mac.0);
         p.send(0, &untagged).unwrap();
         assert!(v.recv_timeout(0, QUIET).is_none());
-        assert_eq!(emu.counter("vf0", "drop_vlan_filter"), 2, "{proto}");
+        // The FDB is keyed by (VLAN, MAC): the VF's MAC is known in VLAN 100 only, so these
+        // are unknown unicast, and a PV port's unknown unicast goes to no VF.
+        assert_eq!(emu.counter("pv0", "drop_no_destination"), 2, "{proto}");
+        // A broadcast in another VLAN is filtered at the VF.
+        let mut bc = other.clone();
+        bc[..6].copy_from_slice(&[0xff; 6]);
+        p.send(0, &bc).unwrap();
+        assert!(v.recv_timeout(0, QUIET).is_none());
+        assert_eq!(emu.counter("vf0", "drop_vlan_filter"), 1, "{proto}");
         // A tag from the guest under a port VLAN is spoofing.
         v.send(0, &tagged).unwrap();
         assert!(p.recv_timeout(0, QUIET).is_none());

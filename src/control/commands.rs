@@ -372,7 +372,14 @@ fn query_fdb(d: &Daemon) -> CmdResult {
     let entries: Vec<Value> = d
         .fdb()
         .into_iter()
-        .map(|(mac, port, st)| json!({"mac": mac, "port": port, "static": st}))
+        .map(|r| {
+            let mut e =
+                json!({"mac": r.mac, "vlan": r.vlan, "port": r.port, "static": r.is_static});
+            if let Some(remote) = r.remote {
+                e["remote"] = json!(remote);
+            }
+            e
+        })
         .collect();
     Ok(Value::Array(entries))
 }
@@ -413,6 +420,7 @@ mod tests {
                 "proto",
                 "spoofchk",
                 "trust",
+                "promisc",
                 "link-state",
                 "link-up",
                 "max-tx-rate",
@@ -426,7 +434,8 @@ mod tests {
         assert_eq!(
             v,
             json!({"vf": 3, "name": "vf3", "mac": "02:00:00:00:03:01", "vlan": 0, "qos": 0,
-                   "proto": "802.1Q", "spoofchk": true, "trust": false, "link-state": "auto",
+                   "proto": "802.1Q", "spoofchk": true, "trust": false, "promisc": false,
+                   "link-state": "auto",
                    "link-up": true, "max-tx-rate": 0, "min-tx-rate": 0, "channels": 2,
                    "enabled-queues": [], "attached": false,
                    "socket": "/tmp/sriov-emu-test/vf3.sock"})

@@ -34,10 +34,11 @@ pub fn render_show(pf: &Value, vfs: &Value) -> String {
             }
         };
         line += &format!(
-            ", spoof checking {}, link-state {}, trust {}",
+            ", spoof checking {}, link-state {}, trust {}, promisc {}",
             onoff(&v["spoofchk"]),
             v["link-state"].as_str().unwrap_or("?"),
-            onoff(&v["trust"])
+            onoff(&v["trust"]),
+            onoff(&v["promisc"])
         );
         if v["max-tx-rate"].as_u64().unwrap_or(0) != 0
             || v["min-tx-rate"].as_u64().unwrap_or(0) != 0
@@ -114,8 +115,15 @@ pub fn render_fdb(fdb: &Value) -> String {
         } else {
             ""
         };
+        let vlan = match e["vlan"].as_u64() {
+            Some(v) if v != 0 => format!(" vlan {v}"),
+            _ => String::new(),
+        };
+        let dst = e["remote"]
+            .as_str()
+            .map_or(String::new(), |r| format!(" dst {r}"));
         out += &format!(
-            "{} port {}{kind}\n",
+            "{} port {}{vlan}{dst}{kind}\n",
             e["mac"].as_str().unwrap_or("?"),
             e["port"].as_str().unwrap_or("?")
         );
@@ -150,7 +158,7 @@ mod tests {
         assert_eq!(
             before.lines().nth(1).unwrap(),
             "    vf 0     link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff, vlan 100, qos 0, \
-             spoof checking on, link-state auto, trust off, max_tx_rate 1000Mbps, \
+             spoof checking on, link-state auto, trust off, promisc off, max_tx_rate 1000Mbps, \
              min_tx_rate 0Mbps, channels 2, detached"
         );
         for k in KNOBS {

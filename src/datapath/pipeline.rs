@@ -13,8 +13,8 @@ use crate::port::{TxFrame, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
 use crate::stats::PortTotals;
 use crate::switch::{
-    fan_out, policy, vlan, Egress, FdbMove, Ingress, Learned, PolicyDrop, PortId, Switch,
-    TokenBucket, Verdict,
+    fan_out, policy, vlan, Egress, FdbMove, FromPort, Ingress, Learned, PolicyDrop, PortId, Remote,
+    Switch, TokenBucket, Verdict,
 };
 use crate::vf::{Connection, Port};
 use crate::wire::{FrameHeader, MacAddr};
@@ -31,6 +31,8 @@ const STEER_PENDING: u16 = u16::MAX;
 struct Decided {
     /// Passed the sender's edge policy: the frame is switched (its header, parsed from `head`).
     hdr: Option<FrameHeader>,
+    /// Its VLAN in the switch (the outer tag after the port VLAN's; 0 = untagged).
+    vlan: u16,
     /// Its flow may be learned (flow learning on).
     learn: bool,
     /// The RSS / flow steering view of the frame, parsed from its head when first needed.
@@ -63,8 +65,8 @@ pub struct Pipeline {
     verdicts: Box<[Verdict]>,
     /// FDB moves of the batch, announced after the switch lock is released.
     moves: Vec<FdbMove>,
-    /// One frame's destination ports (reused).
-    dests: Vec<PortId>,
+    /// One frame's destination ports and remotes (reused).
+    dests: Vec<(PortId, Remote)>,
     start: Instant,
 }
 
@@ -145,6 +147,7 @@ impl Pipeline {
             return;
         };
         let policy = view.policy;
+        let role = view.role;
         let learning = view.rss_fast.is_none();
         let mut bytes = 0u64;
 
@@ -184,6 +187,7 @@ impl Pipeline {
                 }
                 Ok(Ingress::Pass) => {}
             }
+            d.vlan = policy::outer_tag(f.head()).map_or(0, |(_, vid)| vid);
             d.hdr = Some(hdr);
             // Learned after the batch's decisions, under one lock (`learn_flows`).
             d.learn = learning;
@@ -191,29 +195,41 @@ impl Pipeline {
         drop(bucket);
 
         // 2. The FDB, under one switch lock: learn the sources, decide the destinations. A
-        // frame with the same addresses as the previous one in the same second gets the same
+        // frame with the same addresses, VLAN and remote as the previous one gets the same
         // verdict, and its learning would only refresh the entry just refreshed.
         self.moves.clear();
         {
-            let ingress = port.spec.id;
+            let mut at = FromPort {
+                port: port.spec.id,
+                role,
+                remote: 0,
+                vlan: 0,
+            };
             let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
-            let mut last: Option<(MacAddr, MacAddr, Verdict)> = None;
+            let mut last: Option<(MacAddr, MacAddr, u16, Remote, Verdict)> = None;
             for k in 0..n {
                 let Some(hdr) = self.decided[k].hdr else {
                     continue;
                 };
+                let (vlan, remote) = (self.decided[k].vlan, self.frames[k].from);
                 self.verdicts[k] = match last {
-                    Some((s, d, v)) if s == hdr.src && d == hdr.dst => v,
+                    Some((s, d, vl, r, v))
+                        if s == hdr.src && d == hdr.dst && vl == vlan && r == remote =>
+                    {
+                        v
+                    }
                     _ => {
-                        let (v, learned) = sw.forward(ingress, &hdr, now);
+                        at.vlan = vlan;
+                        at.remote = remote;
+                        let (v, learned) = sw.forward(&at, &hdr, now);
                         if let Learned::Moved { from } = learned {
                             self.moves.push(FdbMove {
                                 mac: hdr.src,
                                 from,
-                                to: ingress,
+                                to: at.port,
                             });
                         }
-                        last = Some((hdr.src, hdr.dst, v));
+                        last = Some((hdr.src, hdr.dst, vlan, remote, v));
                         v
                     }
                 };
@@ -238,10 +254,10 @@ impl Pipeline {
                 port.spec.id,
                 ports,
                 |p| views.attached(p.index()),
-                |p| dests.push(p),
+                |p, r| dests.push((p, r)),
             );
-            for d in &dests {
-                self.queue_delivery(views, k, d.index());
+            for &(d, r) in &dests {
+                self.queue_delivery(views, k, d.index(), r);
             }
             if went {
                 forwarded += 1;
@@ -267,7 +283,7 @@ impl Pipeline {
 
     /// Applies port `dst`'s egress policy (link, port VLAN) and steering to frame `k` and
     /// queues the delivery; drops are counted on `dst`.
-    fn queue_delivery(&mut self, views: &mut Views, k: usize, dst: usize) {
+    fn queue_delivery(&mut self, views: &mut Views, k: usize, dst: usize, _remote: Remote) {
         let Some(view) = views.get_mut(dst) else {
             return;
         };

@@ -6,7 +6,7 @@
 use super::ports::PortIo;
 use crate::port::{RxQueues, Waker};
 use crate::rss::{EnabledQueues, SteeringSnapshot};
-use crate::switch::EdgePolicy;
+use crate::switch::{EdgePolicy, PortRole};
 use crate::vf::{Connection, Port, PortTable, VhostIo};
 use std::sync::Arc;
 
@@ -23,6 +23,8 @@ pub struct PortView {
     pub enabled: EnabledQueues,
     /// The port's settings as the switch enforces them, re-read when they change.
     pub policy: EdgePolicy,
+    /// What the port is to the switch (follows `policy`: a VF's promiscuous mode).
+    pub role: PortRole,
     settings_gen: u64,
     /// The TX queue pairs this worker owns (bit q).
     pub own_tx: u64,
@@ -37,12 +39,14 @@ pub struct PortView {
 
 impl PortView {
     fn new(port: Arc<Port>, own_tx: u64, poll: bool) -> Self {
+        let policy = edge_policy(&port);
         PortView {
             generation: u64::MAX,
             conn: None,
             io: None,
             enabled: EnabledQueues::NONE,
-            policy: edge_policy(&port),
+            role: role(&port, &policy),
+            policy,
             settings_gen: port.settings_generation(),
             own_tx,
             rss_fast: None,
@@ -99,6 +103,7 @@ impl PortView {
         if sg != self.settings_gen {
             self.settings_gen = sg;
             self.policy = edge_policy(&self.port);
+            self.role = role(&self.port, &self.policy);
         }
     }
 
@@ -114,6 +119,17 @@ impl PortView {
 /// The port's current settings as the switch enforces them.
 fn edge_policy(port: &Port) -> EdgePolicy {
     port.settings().edge_policy(port.spec.kind.is_vf())
+}
+
+/// The port's role in the switch under `policy`.
+fn role(port: &Port, policy: &EdgePolicy) -> PortRole {
+    if port.spec.kind.is_vf() {
+        PortRole::Vf {
+            promisc: policy.promisc,
+        }
+    } else {
+        PortRole::Pv
+    }
 }
 
 /// A worker's views of every port slot.
@@ -208,17 +224,16 @@ impl Views {
         }
     }
 
-    /// Whether port `d` is attached. A view that looks detached is checked against the port
-    /// first: a frontend that attached since the last refresh (which the control plane and the
-    /// guest already see) must not lose frames to a stale view.
-    pub fn attached(&mut self, d: usize) -> bool {
-        let Some(v) = self.slots.get_mut(d).and_then(Option::as_mut) else {
-            return false;
-        };
+    /// Port `d`'s role if it is attached. A view that looks detached is checked against the
+    /// port first: a frontend that attached since the last refresh (which the control plane and
+    /// the guest already see) must not lose frames to a stale view.
+    #[inline]
+    pub fn attached(&mut self, d: usize) -> Option<PortRole> {
+        let v = self.slots.get_mut(d).and_then(Option::as_mut)?;
         if v.conn.is_none() && v.sync_connection() {
             self.active_stale = true;
         }
-        v.conn.is_some()
+        v.conn.as_ref().map(|_| v.role)
     }
 
     #[inline]

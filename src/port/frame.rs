@@ -22,6 +22,9 @@ pub struct TxFrame {
     pub head_len: usize,
     /// Offset in `segs` where the part not in `head` starts.
     pub tail_base: usize,
+    /// Where behind the port the frame came from (the VXLAN remote that sent it; 0 for a
+    /// vhost-user port): learned with its source MAC.
+    pub from: u16,
 }
 
 impl Default for TxFrame {
@@ -34,6 +37,7 @@ impl Default for TxFrame {
             head: [0; MAX_HEAD],
             head_len: 0,
             tail_base: 0,
+            from: 0,
         }
     }
 }

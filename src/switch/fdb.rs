@@ -1,4 +1,6 @@
-//! Forwarding database: MAC -> port, learned from source addresses, aged out.
+//! Forwarding database: (VLAN, MAC) -> port (and where behind the port: a VXLAN remote),
+//! learned from source addresses on the ports that learn, aged out; static entries for the
+//! VFs' MACs.
 
 use super::PortId;
 use crate::wire::MacAddr;
@@ -7,24 +9,45 @@ use crate::wire::MacAddr;
 // choosing colliding source MACs.
 use hashbrown::HashMap;
 
+/// What the FDB is keyed by: a MAC in a VLAN (0 = untagged), as on the NICs' embedded bridges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbKey {
+    pub vlan: u16,
+    pub mac: MacAddr,
+}
+
+impl FdbKey {
+    pub fn new(vlan: u16, mac: MacAddr) -> Self {
+        FdbKey { vlan, mac }
+    }
+}
+
+/// Where behind a port a MAC lives: the index of the VXLAN remote it came from; 0 for ports
+/// with nothing behind them to choose between.
+pub type Remote = u16;
+
 /// One FDB entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbEntry {
     pub port: PortId,
+    pub remote: Remote,
     /// Seconds (data-plane clock) when the MAC was last seen as a source.
     pub last_seen: u64,
     /// Set by the host (a VF's MAC): never aged, never moved by learning.
     pub is_static: bool,
+    /// A static entry of a VF without a port VLAN (its guest may tag, VGT): it also matches
+    /// the MAC in VLANs that have no entry of their own.
+    pub any_vlan: bool,
 }
 
 /// What learning a source address did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Learned {
-    /// Not a learnable address (multicast or zero).
+    /// Not a learnable address (multicast or zero), or the port does not learn.
     Ignored,
     /// A new entry.
     New,
-    /// The entry existed on this port; its age was reset.
+    /// The entry existed on this port; its age was reset (and its remote updated).
     Refreshed,
     /// The MAC moved from another port.
     Moved { from: PortId },
@@ -35,11 +58,11 @@ pub enum Learned {
 /// The forwarding database.
 #[derive(Debug)]
 pub struct Fdb {
-    entries: HashMap<MacAddr, FdbEntry>,
+    entries: HashMap<FdbKey, FdbEntry>,
     aging_secs: u64,
     /// Where MACs were before their port went down or their static entry was withdrawn, so
     /// that learning them elsewhere next is reported as a move.
-    departed: HashMap<MacAddr, PortId>,
+    departed: HashMap<FdbKey, PortId>,
 }
 
 /// Most remembered departures.
@@ -66,33 +89,24 @@ impl Fdb {
         self.entries.is_empty()
     }
 
-    /// Learns `mac` on `port` at time `now`.
-    pub fn learn(&mut self, mac: MacAddr, port: PortId, now: u64) -> Learned {
-        match self.entries.get_mut(&mac) {
+    /// Learns `key` on `port` (behind it at `remote`) at time `now`.
+    pub fn learn(&mut self, key: FdbKey, port: PortId, remote: Remote, now: u64) -> Learned {
+        match self.entries.get_mut(&key) {
             Some(e) if e.port == port => {
                 e.last_seen = now;
+                e.remote = remote;
                 Learned::Refreshed
             }
             Some(e) if e.is_static => Learned::Static,
             Some(e) => {
                 let from = e.port;
-                *e = FdbEntry {
-                    port,
-                    last_seen: now,
-                    is_static: false,
-                };
+                *e = FdbEntry::learned(port, remote, now);
                 Learned::Moved { from }
             }
             None => {
-                let from = self.departed.remove(&mac).filter(|p| *p != port);
-                self.entries.insert(
-                    mac,
-                    FdbEntry {
-                        port,
-                        last_seen: now,
-                        is_static: false,
-                    },
-                );
+                let from = self.departed.remove(&key).filter(|p| *p != port);
+                self.entries
+                    .insert(key, FdbEntry::learned(port, remote, now));
                 match from {
                     Some(from) => Learned::Moved { from },
                     None => Learned::New,
@@ -101,61 +115,71 @@ impl Fdb {
         }
     }
 
-    fn remember_departure(&mut self, mac: MacAddr, port: PortId) {
+    fn remember_departure(&mut self, key: FdbKey, port: PortId) {
         if self.departed.len() >= MAX_DEPARTED {
             self.departed.clear();
         }
-        self.departed.insert(mac, port);
+        self.departed.insert(key, port);
     }
 
-    /// Adds (or replaces) a static entry.
-    pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
+    /// Adds (or replaces) the static entry of a VF's MAC in its port VLAN (`key.vlan` 0: no
+    /// port VLAN, the entry matches in every VLAN without an entry of its own).
+    pub fn add_static(&mut self, key: FdbKey, port: PortId) {
         self.entries.insert(
-            mac,
+            key,
             FdbEntry {
                 port,
+                remote: 0,
                 last_seen: 0,
                 is_static: true,
+                any_vlan: key.vlan == 0,
             },
         );
     }
 
     /// Removes every static entry of `port` (remembered as departures); returns how many.
     pub fn remove_statics_of(&mut self, port: PortId) -> usize {
-        let gone: Vec<MacAddr> = self
+        let gone: Vec<FdbKey> = self
             .entries
             .iter()
             .filter(|(_, e)| e.is_static && e.port == port)
-            .map(|(m, _)| *m)
+            .map(|(k, _)| *k)
             .collect();
-        for m in &gone {
-            self.entries.remove(m);
-            self.remember_departure(*m, port);
+        for k in &gone {
+            self.entries.remove(k);
+            self.remember_departure(*k, port);
         }
         gone.len()
     }
 
-    /// The port for `mac`, if known and not aged out at `now`.
-    pub fn lookup(&self, mac: MacAddr, now: u64) -> Option<PortId> {
-        let e = self.entries.get(&mac)?;
-        if e.is_static || now.saturating_sub(e.last_seen) < self.aging_secs {
-            Some(e.port)
-        } else {
-            None
+    /// The port (and remote) for `key`, if known and not aged out at `now`.
+    #[inline]
+    pub fn lookup(&self, key: FdbKey, now: u64) -> Option<(PortId, Remote)> {
+        match self.entries.get(&key) {
+            Some(e) if e.is_static || now.saturating_sub(e.last_seen) < self.aging_secs => {
+                Some((e.port, e.remote))
+            }
+            Some(_) => None,
+            None if key.vlan != 0 => self
+                .entries
+                .get(&FdbKey::new(0, key.mac))
+                .filter(|e| e.any_vlan)
+                .map(|e| (e.port, e.remote)),
+            None => None,
         }
     }
 
     /// Removes the learned (not static) entries of `port`.
     pub fn flush_port(&mut self, port: PortId) {
-        let gone: Vec<MacAddr> = self
+        let gone: Vec<FdbKey> = self
             .entries
             .iter()
             .filter(|(_, e)| !e.is_static && e.port == port)
-            .map(|(m, _)| *m)
+            .map(|(k, _)| *k)
             .collect();
-        for m in gone {
-            self.entries.remove(&m);
-            self.remember_departure(m, port);
+        for k in gone {
+            self.entries.remove(&k);
+            self.remember_departure(k, port);
         }
     }
 
@@ -173,11 +197,23 @@ impl Fdb {
         before - self.entries.len()
     }
 
-    /// All entries, sorted by port then MAC.
-    pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
-        let mut v: Vec<_> = self.entries.iter().map(|(m, e)| (*m, *e)).collect();
-        v.sort_by_key(|(m, e)| (e.port, *m));
+    /// All entries, sorted by port, VLAN then MAC.
+    pub fn entries(&self) -> Vec<(FdbKey, FdbEntry)> {
+        let mut v: Vec<_> = self.entries.iter().map(|(k, e)| (*k, *e)).collect();
+        v.sort_by_key(|(k, e)| (e.port, *k));
         v
+    }
+}
+
+impl FdbEntry {
+    fn learned(port: PortId, remote: Remote, now: u64) -> Self {
+        FdbEntry {
+            port,
+            remote,
+            last_seen: now,
+            is_static: false,
+            any_vlan: false,
+        }
     }
 }
 
@@ -189,42 +225,81 @@ mod tests {
         MacAddr([2, 0, 0, 0, i, 1])
     }
 
+    fn k(i: u8) -> FdbKey {
+        FdbKey::new(0, mac(i))
+    }
+
     #[test]
     fn learn_refresh_move() {
         let mut f = Fdb::new(300);
-        assert_eq!(f.learn(mac(1), PortId(0), 0), Learned::New);
-        assert_eq!(f.learn(mac(1), PortId(0), 5), Learned::Refreshed);
+        assert_eq!(f.learn(k(1), PortId(0), 0, 0), Learned::New);
+        assert_eq!(f.learn(k(1), PortId(0), 3, 5), Learned::Refreshed);
         assert_eq!(
-            f.learn(mac(1), PortId(2), 6),
+            f.lookup(k(1), 5),
+            Some((PortId(0), 3)),
+            "the remote follows"
+        );
+        assert_eq!(
+            f.learn(k(1), PortId(2), 0, 6),
             Learned::Moved { from: PortId(0) }
         );
-        assert_eq!(f.lookup(mac(1), 6), Some(PortId(2)));
+        assert_eq!(f.lookup(k(1), 6), Some((PortId(2), 0)));
+    }
+
+    #[test]
+    fn the_vlan_is_part_of_the_key() {
+        let mut f = Fdb::new(300);
+        f.learn(FdbKey::new(10, mac(1)), PortId(300), 0, 0);
+        assert_eq!(
+            f.learn(FdbKey::new(20, mac(1)), PortId(301), 0, 0),
+            Learned::New
+        );
+        assert_eq!(f.lookup(FdbKey::new(10, mac(1)), 0), Some((PortId(300), 0)));
+        assert_eq!(f.lookup(FdbKey::new(20, mac(1)), 0), Some((PortId(301), 0)));
+        assert_eq!(f.lookup(FdbKey::new(30, mac(1)), 0), None);
+        assert_eq!(f.lookup(k(1), 0), None);
+    }
+
+    #[test]
+    fn a_vf_without_port_vlan_matches_in_other_vlans_unless_they_have_an_entry() {
+        let mut f = Fdb::new(300);
+        f.add_static(k(1), PortId(1));
+        f.add_static(FdbKey::new(100, mac(2)), PortId(2));
+        assert_eq!(f.lookup(FdbKey::new(7, mac(1)), 0), Some((PortId(1), 0)));
+        assert_eq!(
+            f.lookup(FdbKey::new(7, mac(2)), 0),
+            None,
+            "port VLAN 100 only"
+        );
+        assert_eq!(f.lookup(k(2), 0), None);
+        f.learn(FdbKey::new(7, mac(1)), PortId(300), 0, 0);
+        assert_eq!(f.lookup(FdbKey::new(7, mac(1)), 0), Some((PortId(300), 0)));
     }
 
     #[test]
     fn entries_age_out() {
         let mut f = Fdb::new(10);
-        f.learn(mac(1), PortId(0), 0);
-        f.add_static(mac(2), PortId(1));
-        assert_eq!(f.lookup(mac(1), 9), Some(PortId(0)));
-        assert_eq!(f.lookup(mac(1), 10), None);
+        f.learn(k(1), PortId(0), 0, 0);
+        f.add_static(k(2), PortId(1));
+        assert_eq!(f.lookup(k(1), 9), Some((PortId(0), 0)));
+        assert_eq!(f.lookup(k(1), 10), None);
         assert_eq!(f.age(10), 1);
-        assert_eq!(f.lookup(mac(2), 1_000_000), Some(PortId(1)));
+        assert_eq!(f.lookup(k(2), 1_000_000), Some((PortId(1), 0)));
     }
 
     #[test]
     fn a_withdrawn_mac_learned_elsewhere_is_a_move() {
         let mut f = Fdb::new(300);
-        f.add_static(mac(1), PortId(0));
+        f.add_static(k(1), PortId(0));
         assert_eq!(f.remove_statics_of(PortId(0)), 1);
         assert_eq!(
-            f.learn(mac(1), PortId(254), 1),
+            f.learn(k(1), PortId(254), 0, 1),
             Learned::Moved { from: PortId(0) }
         );
-        f.learn(mac(2), PortId(3), 1);
+        f.learn(k(2), PortId(3), 0, 1);
         f.flush_port(PortId(3));
         assert_eq!(
-            f.learn(mac(2), PortId(3), 2),
+            f.learn(k(2), PortId(3), 0, 2),
             Learned::New,
             "back on the same port"
         );
@@ -233,10 +308,10 @@ mod tests {
     #[test]
     fn static_entries_do_not_move() {
         let mut f = Fdb::new(300);
-        f.add_static(mac(1), PortId(0));
-        assert_eq!(f.learn(mac(1), PortId(4), 1), Learned::Static);
-        assert_eq!(f.lookup(mac(1), 1), Some(PortId(0)));
+        f.add_static(k(1), PortId(0));
+        assert_eq!(f.learn(k(1), PortId(4), 0, 1), Learned::Static);
+        assert_eq!(f.lookup(k(1), 1), Some((PortId(0), 0)));
         assert_eq!(f.remove_statics_of(PortId(0)), 1);
-        assert_eq!(f.lookup(mac(1), 1), None);
+        assert_eq!(f.lookup(k(1), 1), None);
     }
 }

@@ -18,8 +18,8 @@ pub mod policy;
 mod rate;
 pub mod vlan;
 
-pub use fdb::{Fdb, FdbEntry, Learned};
-pub use forward::{fan_out, FdbMove};
+pub use fdb::{Fdb, FdbEntry, FdbKey, Learned, Remote};
+pub use forward::{fan_out, FdbMove, ALL_REMOTES};
 pub use policy::{EdgePolicy, Egress, Ingress, PolicyDrop};
 pub use rate::TokenBucket;
 
@@ -29,7 +29,7 @@ use std::fmt;
 /// Default FDB aging time, as in Linux bridges and most switches.
 pub const DEFAULT_AGING_SECS: u64 = 300;
 
-/// A switch port: VFs first (0..numvfs), PV ports after them.
+/// A switch port: VFs first (0..numvfs), PV ports after them, the uplink last.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct PortId(pub u16);
 
@@ -45,15 +45,52 @@ impl fmt::Display for PortId {
     }
 }
 
+/// What a port is to the embedded bridge (VEB): which floods reach it and whether it learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRole {
+    /// A VF: its MAC is a static entry; it gets unknown unicast only when promiscuous (a
+    /// trusted VF the host put in promiscuous mode).
+    Vf { promisc: bool },
+    /// A PV port: the PF's software side (the host's vSwitch); learns, gets unknown unicast.
+    Pv,
+    /// The wire: learns, gets unknown unicast from the VFs and PV ports.
+    Uplink,
+}
+
+impl PortRole {
+    /// Source MACs of frames from this port are learned (VF MACs are static entries).
+    pub fn learns(self) -> bool {
+        !matches!(self, PortRole::Vf { .. })
+    }
+
+    /// Unknown unicast is flooded to this port.
+    pub fn takes_unknown_unicast(self) -> bool {
+        !matches!(self, PortRole::Vf { promisc: false })
+    }
+}
+
 /// Where a frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// To one known port.
-    Unicast(PortId),
-    /// To every attached port except the ingress one (broadcast, multicast, unknown unicast).
+    /// To one known port (at `remote` behind it).
+    Unicast(PortId, Remote),
+    /// Broadcast or multicast: to every attached port except the ingress one.
     Flood,
+    /// Unknown unicast: to the ports that take it (`PortRole::takes_unknown_unicast`).
+    Unknown,
     /// The destination is on the ingress port: a bridge never sends a frame back.
     SamePort,
+}
+
+/// Where a frame entered the switch, as the FDB needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FromPort {
+    pub port: PortId,
+    pub role: PortRole,
+    /// Where behind the port it came from (a VXLAN remote), learned with its source MAC.
+    pub remote: Remote,
+    /// The frame's VLAN in the switch (its outer tag after any port VLAN; 0 = untagged).
+    pub vlan: u16,
 }
 
 /// The switch state: the FDB plus the aging clock.
@@ -73,32 +110,34 @@ impl Switch {
         &self.fdb
     }
 
-    /// Learns the source and decides the destination of one frame at time `now` (seconds).
-    /// Returns the verdict and what learning did (for move events).
-    pub fn forward(&mut self, ingress: PortId, hdr: &FrameHeader, now: u64) -> (Verdict, Learned) {
-        let learned = if hdr.src.is_assignable() {
-            self.fdb.learn(hdr.src, ingress, now)
+    /// Learns the source (on ports that learn) and decides the destination of one frame at
+    /// time `now` (seconds). Returns the verdict and what learning did (for move events).
+    pub fn forward(&mut self, at: &FromPort, hdr: &FrameHeader, now: u64) -> (Verdict, Learned) {
+        let learned = if at.role.learns() && hdr.src.is_assignable() {
+            self.fdb
+                .learn(FdbKey::new(at.vlan, hdr.src), at.port, at.remote, now)
         } else {
             Learned::Ignored
         };
         let verdict = if hdr.dst.is_multicast() {
             Verdict::Flood
         } else {
-            match self.fdb.lookup(hdr.dst, now) {
-                Some(p) if p == ingress => Verdict::SamePort,
-                Some(p) => Verdict::Unicast(p),
-                None => Verdict::Flood,
+            match self.fdb.lookup(FdbKey::new(at.vlan, hdr.dst), now) {
+                Some((p, _)) if p == at.port => Verdict::SamePort,
+                Some((p, r)) => Verdict::Unicast(p, r),
+                None => Verdict::Unknown,
             }
         };
         (verdict, learned)
     }
 
-    /// A port's frontend attached: a VF's MAC (`vf_mac`) is pinned to it from now on. Called
-    /// before the attach is visible to anyone else, so no frame to that MAC floods meanwhile.
-    pub fn port_attached(&mut self, port: PortId, vf_mac: Option<MacAddr>) {
+    /// A port's frontend attached: a VF's MAC in its port VLAN (`vf`: MAC, VLAN) is pinned to
+    /// it from now on. Called before the attach is visible to anyone else, so no frame to that
+    /// MAC is lost meanwhile.
+    pub fn port_attached(&mut self, port: PortId, vf: Option<(MacAddr, u16)>) {
         self.fdb.remove_statics_of(port);
-        if let Some(m) = vf_mac {
-            self.fdb.add_static(m, port);
+        if let Some((m, vlan)) = vf {
+            self.fdb.add_static(FdbKey::new(vlan, m), port);
         }
     }
 
@@ -109,11 +148,11 @@ impl Switch {
         self.fdb.flush_port(port);
     }
 
-    /// A VF's MAC changed: if the port has a pinned MAC (it is attached or attaching), `mac`
-    /// replaces it.
-    pub fn vf_mac_changed(&mut self, port: PortId, mac: MacAddr) {
+    /// A VF's MAC or port VLAN changed: if the port has a pinned MAC (it is attached or
+    /// attaching), (`mac`, `vlan`) replaces it.
+    pub fn vf_address_changed(&mut self, port: PortId, mac: MacAddr, vlan: u16) {
         if self.fdb.remove_statics_of(port) > 0 {
-            self.fdb.add_static(mac, port);
+            self.fdb.add_static(FdbKey::new(vlan, mac), port);
         }
     }
 
@@ -140,18 +179,48 @@ mod tests {
         }
     }
 
+    const VF: PortRole = PortRole::Vf { promisc: false };
+
+    fn at(port: u16, role: PortRole) -> FromPort {
+        FromPort {
+            port: PortId(port),
+            role,
+            remote: 0,
+            vlan: 0,
+        }
+    }
+
     #[test]
-    fn unknown_unicast_floods_until_learned() {
+    fn pv_and_uplink_learn_vfs_do_not() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
-        let (a, b) = ("02:00:00:00:00:01", "02:00:00:00:01:01");
-        assert_eq!(sw.forward(PortId(0), &hdr(b, a), 0).0, Verdict::Flood);
-        assert_eq!(
-            sw.forward(PortId(1), &hdr(a, b), 0).0,
-            Verdict::Unicast(PortId(0))
+        let (a, b, c) = (
+            "02:00:00:00:00:01",
+            "02:00:00:00:01:01",
+            "02:00:00:00:02:01",
         );
         assert_eq!(
-            sw.forward(PortId(0), &hdr(b, a), 0).0,
-            Verdict::Unicast(PortId(1))
+            sw.forward(&at(0, VF), &hdr(b, a), 0),
+            (Verdict::Unknown, Learned::Ignored)
+        );
+        assert_eq!(
+            sw.forward(&at(254, PortRole::Pv), &hdr(a, b), 0).1,
+            Learned::New
+        );
+        assert_eq!(
+            sw.forward(&at(0, VF), &hdr(b, a), 0).0,
+            Verdict::Unicast(PortId(254), 0)
+        );
+        let mut up = at(318, PortRole::Uplink);
+        up.remote = 2;
+        assert_eq!(sw.forward(&up, &hdr(b, c), 0).1, Learned::New);
+        assert_eq!(
+            sw.forward(&at(0, VF), &hdr(c, a), 0).0,
+            Verdict::Unicast(PortId(318), 2)
+        );
+        assert_eq!(
+            sw.forward(&at(254, PortRole::Pv), &hdr(a, b), 0).0,
+            Verdict::Unknown,
+            "a VF's MAC is known only through its static entry"
         );
     }
 
@@ -159,61 +228,90 @@ mod tests {
     fn broadcast_always_floods_and_same_port_is_filtered() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
         let a = "02:00:00:00:00:01";
+        let pv = at(254, PortRole::Pv);
         assert_eq!(
-            sw.forward(PortId(0), &hdr("ff:ff:ff:ff:ff:ff", a), 0).0,
+            sw.forward(&pv, &hdr("ff:ff:ff:ff:ff:ff", a), 0).0,
             Verdict::Flood
         );
-        assert_eq!(sw.forward(PortId(0), &hdr(a, a), 0).0, Verdict::SamePort);
+        assert_eq!(
+            sw.forward(&pv, &hdr("33:33:00:00:00:01", a), 0).0,
+            Verdict::Flood
+        );
+        assert_eq!(sw.forward(&pv, &hdr(a, a), 0).0, Verdict::SamePort);
+    }
+
+    #[test]
+    fn learning_is_per_vlan() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        let (a, b) = ("02:00:00:00:00:01", "02:00:00:00:01:01");
+        let mut pv = at(254, PortRole::Pv);
+        pv.vlan = 10;
+        sw.forward(&pv, &hdr("ff:ff:ff:ff:ff:ff", b), 0);
+        let mut from = at(318, PortRole::Uplink);
+        from.vlan = 10;
+        assert_eq!(
+            sw.forward(&from, &hdr(b, a), 0).0,
+            Verdict::Unicast(PortId(254), 0)
+        );
+        from.vlan = 11;
+        assert_eq!(sw.forward(&from, &hdr(b, a), 0).0, Verdict::Unknown);
     }
 
     #[test]
     fn an_attached_vf_mac_is_pinned_until_detach_then_moves() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
-        let (vf, pv) = (PortId(1), PortId(254));
+        let (vf, pv) = (PortId(1), at(254, PortRole::Pv));
         let m: MacAddr = "02:00:00:00:00:02".parse().unwrap();
-        sw.port_attached(vf, Some(m));
+        sw.port_attached(vf, Some((m, 0)));
         // The pinned MAC neither floods nor moves when another port sends with it.
         let to_vf = hdr("02:00:00:00:00:02", "02:00:00:00:00:09");
-        assert_eq!(sw.forward(PortId(0), &to_vf, 0).0, Verdict::Unicast(vf));
+        assert_eq!(sw.forward(&at(0, VF), &to_vf, 0).0, Verdict::Unicast(vf, 0));
         let from_pv = hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:00:02");
-        assert_eq!(sw.forward(pv, &from_pv, 0).1, Learned::Static);
-        // A new MAC replaces the pinned one.
+        assert_eq!(sw.forward(&pv, &from_pv, 0).1, Learned::Static);
+        // A new MAC (and a port VLAN) replaces the pinned one.
         let m2: MacAddr = "02:00:00:00:00:22".parse().unwrap();
-        sw.vf_mac_changed(vf, m2);
-        assert_eq!(sw.fdb().lookup(m2, 0), Some(vf));
-        assert_eq!(sw.fdb().lookup(m, 0), None);
+        sw.vf_address_changed(vf, m2, 5);
+        assert_eq!(sw.fdb().lookup(FdbKey::new(5, m2), 0), Some((vf, 0)));
+        assert_eq!(sw.fdb().lookup(FdbKey::new(0, m2), 0), None);
+        assert_eq!(sw.fdb().lookup(FdbKey::new(0, m), 0), None);
         // Detached: the PV port sending with the VF's MAC is a move (failover).
         sw.port_detached(vf);
+        let mut pv5 = pv;
+        pv5.vlan = 5;
         assert_eq!(
-            sw.forward(pv, &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:00:22"), 1)
+            sw.forward(&pv5, &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:00:22"), 1)
                 .1,
             Learned::Moved { from: vf }
         );
-        // A detached VF's MAC change pins nothing.
-        sw.vf_mac_changed(vf, m);
-        assert_eq!(sw.fdb().lookup(m, 1), None);
+        // A detached VF's address change pins nothing.
+        sw.vf_address_changed(vf, m, 0);
+        assert_eq!(sw.fdb().lookup(FdbKey::new(0, m), 1), None);
     }
 
     #[test]
     fn multicast_sources_are_not_learned() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
-        let (_, l) = sw.forward(PortId(0), &hdr("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"), 0);
+        let pv = at(254, PortRole::Pv);
+        let (_, l) = sw.forward(&pv, &hdr("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"), 0);
         assert_eq!(l, Learned::Ignored);
-        assert!(sw
-            .fdb()
-            .lookup("01:00:5e:00:00:01".parse::<MacAddr>().unwrap(), 0)
-            .is_none());
+        let m: MacAddr = "01:00:5e:00:00:01".parse().unwrap();
+        assert!(sw.fdb().lookup(FdbKey::new(0, m), 0).is_none());
     }
 
     #[test]
     fn a_detached_port_forgets_its_macs() {
         let mut sw = Switch::new(DEFAULT_AGING_SECS);
-        sw.forward(PortId(3), &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:03:01"), 0);
-        sw.port_detached(PortId(3));
+        let pv = at(255, PortRole::Pv);
+        sw.forward(&pv, &hdr("ff:ff:ff:ff:ff:ff", "02:00:00:00:03:01"), 0);
+        sw.port_detached(PortId(255));
         assert_eq!(
-            sw.forward(PortId(0), &hdr("02:00:00:00:03:01", "02:00:00:00:00:01"), 0)
-                .0,
-            Verdict::Flood
+            sw.forward(
+                &at(0, VF),
+                &hdr("02:00:00:00:03:01", "02:00:00:00:00:01"),
+                0
+            )
+            .0,
+            Verdict::Unknown
         );
     }
 }

@@ -18,6 +18,8 @@ pub struct EdgePolicy {
     pub mac: MacAddr,
     pub spoofchk: bool,
     pub trust: bool,
+    /// Receives unknown unicast (trusted VFs only).
+    pub promisc: bool,
     /// Port VLAN id; 0 = none.
     pub vlan: u16,
     pub qos: u8,
@@ -35,6 +37,7 @@ impl EdgePolicy {
         mac: MacAddr::ZERO,
         spoofchk: false,
         trust: false,
+        promisc: false,
         vlan: 0,
         qos: 0,
         tpid: TPID_8021Q,

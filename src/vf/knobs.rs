@@ -119,6 +119,16 @@ pub static KNOBS: &[Knob] = &[
         shown_with: None,
     },
     Knob {
+        qmp: "promisc",
+        toml: "promisc",
+        words: &["promisc"],
+        kind: Kind::OnOff(Field {
+            set: |u, v| u.promisc = Some(v),
+            get: |s| s.promisc,
+        }),
+        shown_with: None,
+    },
+    Knob {
         qmp: "link-state",
         toml: "link_state",
         words: &["state"],
@@ -336,10 +346,12 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    /// Defaults with room for every knob to change alone (qos needs a VLAN, min <= max).
+    /// Defaults with room for every knob to change alone (qos needs a VLAN, min <= max,
+    /// promisc trust).
     fn base() -> VfSettings {
         SettingsUpdate {
             vlan: Some(100),
+            trust: Some(true),
             max_tx_rate: Some(1000),
             ..Default::default()
         }

@@ -283,6 +283,12 @@ impl Port {
         EnabledQueues::from_mask(self.connection().map_or(0, |c| c.enabled_rx_mask(qp)))
     }
 
+    /// The name of remote `r` behind this port, for the FDB's view (a VXLAN uplink's remote
+    /// address); `None` for a vhost-user port, which has nothing behind it.
+    pub fn remote_name(&self, _r: crate::switch::Remote) -> Option<String> {
+        None
+    }
+
     pub fn is_attached(&self) -> bool {
         self.connection().is_some()
     }

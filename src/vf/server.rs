@@ -170,9 +170,11 @@ impl PortServer {
     fn attach(&self, conn: Arc<Connection>) {
         {
             let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
-            let mac =
-                matches!(self.port.spec.kind, PortKind::Vf(_)).then(|| self.port.settings().mac);
-            sw.port_attached(self.port.spec.id, mac);
+            let vf = matches!(self.port.spec.kind, PortKind::Vf(_)).then(|| {
+                let s = self.port.settings();
+                (s.mac, s.vlan)
+            });
+            sw.port_attached(self.port.spec.id, vf);
         }
         self.port.set_connection(Some(conn));
     }

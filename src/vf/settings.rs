@@ -102,6 +102,8 @@ pub enum SettingsError {
     LinkState(String),
     #[error("{which} {value} Mbit/s is out of range 0..={MAX_RATE_MBPS} (0 = unlimited)")]
     Rate { which: &'static str, value: i64 },
+    #[error("promiscuous mode needs a trusted VF: set trust on first (or in the same command)")]
+    PromiscUntrusted,
     #[error("min_tx_rate {min} Mbit/s is above max_tx_rate {max} Mbit/s")]
     MinAboveMax { min: u32, max: u32 },
 }
@@ -116,6 +118,9 @@ pub struct VfSettings {
     pub proto: VlanProto,
     pub spoofchk: bool,
     pub trust: bool,
+    /// Promiscuous: the VF also receives unknown unicast of its VLAN. Trusted VFs only;
+    /// taking trust away turns it off (as i40e does).
+    pub promisc: bool,
     pub link_state: LinkState,
     /// Mbit/s, 0 = unlimited.
     pub max_tx_rate: u32,
@@ -132,6 +137,7 @@ impl VfSettings {
             proto: VlanProto::Dot1Q,
             spoofchk: true,
             trust: false,
+            promisc: false,
             link_state: LinkState::Auto,
             max_tx_rate: 0,
             min_tx_rate: 0,
@@ -158,6 +164,7 @@ impl VfSettings {
             mac: self.mac,
             spoofchk: self.spoofchk,
             trust: self.trust,
+            promisc: self.promisc && self.trust,
             vlan: self.vlan,
             qos: self.qos,
             tpid: self.proto.tpid(),
@@ -176,6 +183,7 @@ pub struct SettingsUpdate {
     pub proto: Option<String>,
     pub spoofchk: Option<bool>,
     pub trust: Option<bool>,
+    pub promisc: Option<bool>,
     pub link_state: Option<String>,
     pub max_tx_rate: Option<i64>,
     pub min_tx_rate: Option<i64>,
@@ -225,6 +233,15 @@ impl SettingsUpdate {
         }
         if let Some(b) = self.trust {
             s.trust = b;
+            if !b {
+                s.promisc = false;
+            }
+        }
+        if let Some(b) = self.promisc {
+            if b && !s.trust {
+                return Err(SettingsError::PromiscUntrusted);
+            }
+            s.promisc = b;
         }
         if let Some(l) = &self.link_state {
             s.link_state = l.parse()?;
@@ -286,6 +303,25 @@ mod tests {
         .apply(&s)
         .unwrap();
         assert_eq!((s2.vlan, s2.qos, s2.proto), (7, 0, VlanProto::Dot1Q));
+    }
+
+    #[test]
+    fn promiscuous_mode_needs_trust_and_leaves_with_it() {
+        let on = SettingsUpdate {
+            trust: Some(true),
+            promisc: Some(true),
+            ..Default::default()
+        }
+        .apply(&base())
+        .unwrap();
+        assert!(on.promisc && on.edge_policy(true).promisc);
+        let off = SettingsUpdate {
+            trust: Some(false),
+            ..Default::default()
+        }
+        .apply(&on)
+        .unwrap();
+        assert!(!off.promisc && !off.edge_policy(true).promisc);
     }
 
     #[test]
@@ -355,6 +391,21 @@ mod tests {
                     ..Default::default()
                 },
                 SettingsError::LinkState("up".into()),
+            ),
+            (
+                SettingsUpdate {
+                    promisc: Some(true),
+                    ..Default::default()
+                },
+                SettingsError::PromiscUntrusted,
+            ),
+            (
+                SettingsUpdate {
+                    trust: Some(false),
+                    promisc: Some(true),
+                    ..Default::default()
+                },
+                SettingsError::PromiscUntrusted,
             ),
             (
                 SettingsUpdate {
