@@ -4,5 +4,14 @@
 //!
 //! - `spec.rs`: the `--uplink` value (`tap:...`, `vxlan:...`) parsed and printed, and the MTU
 //!   arithmetic (VXLAN's 36/56 bytes of overhead); unit tests in `spec_tests.rs`.
+//! - `vxlan_header.rs`: the RFC 7348 header, built and checked.
+//! - `udp_batch.rs`: a non-blocking UDP socket read with `recvmmsg` and written with
+//!   `sendmmsg` into buffers allocated once, counting its syscalls; unit tests in
+//!   `udp_batch_tests.rs`, the test against Linux's vxlan in `tests/uplink_vxlan.rs`.
+//! - `socket.rs`: the C side of `udp_batch.rs`: socket addresses to and from
+//!   `sockaddr_storage`, socket buffer sizes.
 
+mod socket;
 pub mod spec;
+pub mod udp_batch;
+pub mod vxlan_header;
