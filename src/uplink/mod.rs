@@ -2,7 +2,19 @@
 //! network stack (a TAP device) or to other hosts (VXLAN over UDP). An uplink is a port kind
 //! behind the same seam as a vhost-user port (`port::TxQueues`, `port::RxQueues`).
 //!
+//! - `spec.rs`: the `--uplink` value (`tap:...`, `vxlan:...`) parsed and printed, and the MTU
+//!   arithmetic (VXLAN's 36/56 bytes of overhead); unit tests in `spec_tests.rs`.
 //! - `tap.rs`: TAP device I/O: open or attach (multi-queue), frames behind the vnet header,
 //!   administrative state and MTU; its unit tests (root, network namespaces) in `tap_tests.rs`.
+//! - `vxlan_header.rs`: the RFC 7348 header, built and checked.
+//! - `udp_batch.rs`: a non-blocking UDP socket read with `recvmmsg` and written with
+//!   `sendmmsg` into buffers allocated once, counting its syscalls; unit tests in
+//!   `udp_batch_tests.rs`, the test against Linux's vxlan in `tests/uplink_vxlan.rs`.
+//! - `socket.rs`: the C side of `udp_batch.rs`: socket addresses to and from
+//!   `sockaddr_storage`, socket buffer sizes.
 
+mod socket;
+pub mod spec;
 pub mod tap;
+pub mod udp_batch;
+pub mod vxlan_header;
