@@ -90,7 +90,7 @@ fn parse_and_switch(c: &mut Criterion) {
     c.bench_function("fdb_forward_1024_macs", |b| {
         b.iter(|| sw.forward(&vf0, black_box(&hdr), 1))
     });
-    let s = VfSettings::new(default_vf_mac(0)).edge_policy(true);
+    let s = VfSettings::new(default_vf_mac(0)).edge_policy(true, true);
     let mut bucket = TokenBucket::new(0);
     c.bench_function("edge_policy_ingress", |b| {
         b.iter(|| policy::ingress(black_box(&s), black_box(&hdr), &mut bucket, 512, 0))

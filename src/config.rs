@@ -77,6 +77,10 @@ pub struct ConfigFile {
     pub fdb_aging: Option<u64>,
     pub flow_learning: Option<bool>,
     pub stats_interval: Option<u64>,
+    /// `--uplink`'s value, as a string.
+    pub uplink: Option<crate::uplink::UplinkSpec>,
+    pub uplink_mtu: Option<u32>,
+    pub uplink_rate: Option<u32>,
     #[serde(default)]
     pub vf: Vec<VfConfig>,
 }

@@ -6,9 +6,10 @@ use crate::events::EventBus;
 use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
 use crate::port::Waker;
 use crate::switch::{PortId, Switch};
+use crate::uplink::{Uplink, UplinkError, UplinkSpec};
 use crate::vf::{
-    port_event_data, Port, PortServer, PortTable, ServerError, ServerHandle, SettingsError,
-    SettingsUpdate, VfSettings,
+    port_event_data, LinkState, Port, PortServer, PortTable, ServerError, ServerHandle,
+    SettingsError, SettingsUpdate, VfSettings,
 };
 use crate::wire::MacAddr;
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub enum DaemonError {
     Waker(#[source] std::io::Error),
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    #[error("cannot open the uplink")]
+    Uplink(#[source] UplinkError),
 }
 
 /// One FDB entry as the control plane shows it.
@@ -70,6 +73,12 @@ pub struct DaemonConfig {
     pub workers: usize,
     /// Pin worker i to `cpus[i % len]`; empty: no pinning.
     pub cpus: Vec<usize>,
+    /// The PF's wire, if any.
+    pub uplink: Option<UplinkSpec>,
+    /// Its MTU (TAP: the device's; VXLAN: the underlay's).
+    pub uplink_mtu: u32,
+    /// Its line rate, Mbit/s.
+    pub uplink_rate: u32,
 }
 
 impl DaemonConfig {
@@ -84,6 +93,9 @@ impl DaemonConfig {
             poll: false,
             workers: 1,
             cpus: Vec::new(),
+            uplink: None,
+            uplink_mtu: crate::uplink::spec::DEFAULT_UNDERLAY_MTU,
+            uplink_rate: 10_000,
         }
     }
 }
@@ -92,13 +104,17 @@ impl DaemonConfig {
 pub struct Daemon {
     pf: Mutex<Pf>,
     table: Arc<PortTable>,
-    servers: Mutex<HashMap<PortId, ServerHandle>>,
+    servers: Arc<Mutex<HashMap<PortId, ServerHandle>>>,
     switch: Arc<Mutex<Switch>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     socket_dir: PathBuf,
     flow_learning: bool,
     events: Arc<EventBus>,
+    uplink: Option<Arc<Uplink>>,
+    /// The PF's carrier: the uplink's, or up when there is none. VFs with link state `auto`
+    /// follow it.
+    carrier: Arc<AtomicBool>,
 }
 
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -141,9 +157,16 @@ impl Daemon {
         let table = Arc::new(PortTable::new(pf::PORT_SLOTS));
         let switch = Arc::new(Mutex::new(Switch::new(cfg.fdb_aging_secs)));
         let stop = Arc::new(AtomicBool::new(false));
+        let uplink = match &cfg.uplink {
+            Some(spec) => Some(Arc::new(
+                Uplink::open(spec, cfg.uplink_mtu).map_err(DaemonError::Uplink)?,
+            )),
+            None => None,
+        };
+        let carrier = Arc::new(AtomicBool::new(uplink.as_ref().is_none_or(|u| u.carrier())));
         let daemon = Daemon {
             table: table.clone(),
-            servers: Mutex::new(HashMap::new()),
+            servers: Arc::new(Mutex::new(HashMap::new())),
             switch: switch.clone(),
             waker: waker.clone(),
             stop: stop.clone(),
@@ -151,8 +174,23 @@ impl Daemon {
             flow_learning: cfg.flow_learning,
             events: EventBus::new(),
             pf: Mutex::new(pf.clone()),
+            uplink: uplink.clone(),
+            carrier: carrier.clone(),
         };
         daemon.add_ports(pf.port_specs())?;
+        if let Some(up) = &uplink {
+            let mtu = u16::try_from(up.max_frame().saturating_sub(14)).unwrap_or(u16::MAX);
+            let queues = u16::try_from(up.queues()).unwrap_or(1);
+            let port =
+                Arc::new(Port::new(pf::uplink_spec(queues, mtu)).with_carrier(carrier.clone()));
+            daemon.table.set(port.spec.id, Some(port));
+            tracing::info!(
+                uplink = %up.spec(),
+                max_frame = up.max_frame(),
+                carrier = up.carrier(),
+                "uplink open"
+            );
+        }
         for w in 0..waker.workers() {
             let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]);
             DataPlane::new(
@@ -162,11 +200,25 @@ impl Daemon {
                 stop.clone(),
                 daemon.events.clone(),
             )
+            .with_uplink(uplink.clone())
             .worker(w)
             .polling(cfg.poll)
             .on_cpu(cpu)
             .spawn()
             .map_err(DaemonError::Thread)?;
+        }
+        if let Some(up) = uplink {
+            let (table, events, carrier, stop) = (
+                table.clone(),
+                daemon.events.clone(),
+                carrier.clone(),
+                stop.clone(),
+            );
+            let servers = daemon.servers.clone();
+            std::thread::Builder::new()
+                .name("uplink-carrier".into())
+                .spawn(move || watch_carrier(&up, &table, &events, &carrier, &servers, &stop))
+                .map_err(DaemonError::Thread)?;
         }
         if let Some(every) = cfg.stats_interval {
             std::thread::Builder::new()
@@ -189,7 +241,7 @@ impl Daemon {
     fn add_ports(&self, specs: Vec<PortSpec>) -> Result<(), DaemonError> {
         let mut bound = Vec::with_capacity(specs.len());
         for spec in specs {
-            let port = Arc::new(Port::new(spec));
+            let port = Arc::new(Port::new(spec).with_carrier(self.carrier.clone()));
             port.rss().set_learning(self.flow_learning);
             match PortServer::bind(
                 port,
@@ -316,7 +368,8 @@ impl Daemon {
                 .vf_address_changed(port.spec.id, new.mac, new.vlan);
         }
         self.waker.wake();
-        let (was_up, is_up) = (old.link_up(true), new.link_up(true));
+        let carrier = self.carrier.load(Ordering::Acquire);
+        let (was_up, is_up) = (old.link_up(carrier), new.link_up(carrier));
         if was_up != is_up {
             let mut data = port_event_data(&port, if is_up { "up" } else { "down" });
             data["link-state"] = serde_json::json!(new.link_state.to_string());
@@ -340,6 +393,11 @@ impl Daemon {
             .filter(|v| *v < numvfs)
             .and_then(|v| self.table.get(pf::vf_port_id(v)))
             .ok_or(PfError::NoSuchVf { vf, numvfs }.into())
+    }
+
+    /// The uplink, if the PF has one.
+    pub fn uplink(&self) -> Option<&Arc<Uplink>> {
+        self.uplink.as_ref()
     }
 
     /// The event bus (control clients subscribe to it).
@@ -396,7 +454,11 @@ impl Daemon {
                         .map(|p| p.spec.name.clone())
                         .unwrap_or_default(),
                     is_static: e.is_static,
-                    remote: port.and_then(|p| p.remote_name(e.remote)),
+                    remote: self
+                        .uplink
+                        .as_ref()
+                        .filter(|_| e.port == pf::UPLINK_PORT_ID)
+                        .and_then(|u| u.remote_name(e.remote)),
                 }
             })
             .collect()
@@ -422,6 +484,54 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Follows the uplink's carrier (every 100 ms) and sends its keepalives (every second). On a
+/// change every port re-reads its edge policy, and the VFs with link state `auto` follow: down,
+/// their frontends are disconnected and refused (QEMU shows the guest NO-CARRIER); up, they
+/// are accepted again (QEMU reconnects).
+fn watch_carrier(
+    up: &Uplink,
+    table: &PortTable,
+    events: &EventBus,
+    carrier: &AtomicBool,
+    servers: &Mutex<HashMap<PortId, ServerHandle>>,
+    stop: &AtomicBool,
+) {
+    let mut tick = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        if tick.is_multiple_of(10) {
+            up.send_keepalives();
+        }
+        tick += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(now) = up.check_carrier() else {
+            continue;
+        };
+        carrier.store(now, Ordering::Release);
+        let state = if now { "up" } else { "down" };
+        tracing::info!(uplink = %up.spec(), "uplink carrier {state}");
+        events.emit(
+            "UPLINK_CARRIER",
+            serde_json::json!({"port": "uplink", "carrier": state}),
+        );
+        for p in table.ports() {
+            p.touch_settings();
+            let s = p.settings();
+            if !p.spec.kind.is_vf() || s.link_state != LinkState::Auto {
+                continue;
+            }
+            let mut data = port_event_data(&p, state);
+            data["link-state"] = serde_json::json!("auto");
+            events.emit("VF_LINK_CHANGE", data);
+            if !now {
+                let servers = servers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(h) = servers.get(&p.spec.id) {
+                    h.disconnect_frontend();
+                }
+            }
+        }
     }
 }
 

@@ -37,6 +37,8 @@ enum MainError {
     StatsInterval,
     #[error("--fdb-aging must be at least 1 second")]
     FdbAging,
+    #[error("--uplink-rate {0} Mbit/s is out of range 1..=100000")]
+    UplinkRate(u32),
     #[error("{kind}{index} does not exist: there are {count} {kind} ports (indices 0..{count})")]
     NoSuchPort {
         kind: String,
@@ -173,6 +175,22 @@ struct RunArgs {
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
     flow_learning: bool,
+    /// The PF's wire. `tap:IFNAME[,queues=N]`: a TAP device of this host (created if missing)
+    /// carries the traffic to the host's network stack. `vxlan:local=IP:PORT,remote=IP:PORT
+    /// [,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N]`: VXLAN (RFC 7348) to
+    /// other sriov-emu instances or Linux vxlan devices; floods go to every remote. Without
+    /// an uplink, VFs with link state `auto` are up.
+    #[arg(long, value_name = "SPEC")]
+    uplink: Option<sriov_emu::uplink::UplinkSpec>,
+    /// The uplink's MTU: TAP: the device's MTU; VXLAN: the IP MTU towards the remotes, of
+    /// which 36 bytes (50 with IPv6) go to encapsulation, so 1500 carries guest MTU 1450.
+    /// Frames that do not fit are dropped and counted (`drop_mtu`), never fragmented
+    /// [default: 1500].
+    #[arg(long, value_name = "BYTES")]
+    uplink_mtu: Option<u32>,
+    /// The uplink's line rate in Mbit/s: a 10G adapter [default: 10000].
+    #[arg(long, value_name = "MBPS")]
+    uplink_rate: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +305,9 @@ fn parse_cpu_list(s: &str) -> Result<CpuList, CpuListError> {
     Ok(CpuList(cpus))
 }
 
+/// The modelled adapter's line rate, Mbit/s.
+const DEFAULT_UPLINK_RATE: u32 = 10_000;
+
 fn run(args: RunArgs) -> Result<(), MainError> {
     let (pf, file) = pf_config(&args.pf)?;
     let fdb_aging = args
@@ -314,6 +335,19 @@ fn run(args: RunArgs) -> Result<(), MainError> {
         poll: args.poll,
         workers: usize::from(args.workers),
         cpus: args.cpus.clone().map(|c| c.0).unwrap_or_default(),
+        uplink: args.uplink.clone().or(file.uplink.clone()),
+        uplink_mtu: args
+            .uplink_mtu
+            .or(file.uplink_mtu)
+            .unwrap_or(sriov_emu::uplink::spec::DEFAULT_UNDERLAY_MTU),
+        uplink_rate: match args
+            .uplink_rate
+            .or(file.uplink_rate)
+            .unwrap_or(DEFAULT_UPLINK_RATE)
+        {
+            r @ 1..=100_000 => r,
+            r => return Err(MainError::UplinkRate(r)),
+        },
     })?;
     let daemon = Arc::new(daemon);
     if let Err(e) = file.apply_vfs(&daemon) {

@@ -8,98 +8,18 @@
 //! that namespace (`setns` affects the calling thread only). Needs root and `ip`; without `ip`
 //! the test prints `SKIPPED:` and passes.
 
+mod common;
+
+use common::netns::{in_netns, ip, run, skip_without_ip, Netns};
 use sriov_emu::uplink::udp_batch::{UdpBatch, UdpCounters};
 use sriov_emu::uplink::vxlan_header::{self, VXLAN_HDR_LEN, VXLAN_PORT};
-use std::fs::File;
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x99, 0x01];
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 251, 1);
 const LINUX_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 251, 2);
 const VNI: u32 = 42;
-
-/// `true` (after printing the SKIPPED line past the harness's capture) when `ip` is missing.
-fn skip_without_ip(test: &str) -> bool {
-    match Command::new("ip").arg("-V").output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let _ = std::io::stderr()
-                .write_all(format!("\nSKIPPED: {test}: the `ip` command is missing\n").as_bytes());
-            true
-        }
-        _ => false,
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(args: &[&str]) -> String {
-    run("ip", args)
-}
-
-/// Network namespaces deleted on drop, with everything in them (veth, vxlan).
-struct Netns(Vec<String>);
-
-impl Netns {
-    /// `n` new namespaces with names unique to this process and call.
-    fn new(n: usize) -> Netns {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let mut guard = Netns(Vec::new());
-        for _ in 0..n {
-            let name = format!(
-                "sxvx{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            );
-            ip(&["netns", "add", &name]);
-            guard.0.push(name);
-        }
-        guard
-    }
-
-    fn name(&self, i: usize) -> &str {
-        &self.0[i]
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns`: sockets it creates belong to
-/// `ns` for good. A panic in `f` is the caller's panic.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: `file` is an open namespace file for the duration of the call; setns with
-        // CLONE_NEWNET changes the namespace of this (new, short-lived) thread only.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
 
 fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = data

@@ -141,12 +141,14 @@ fn query_pf(d: &Daemon) -> CmdResult {
 fn vf_json(p: &Port) -> Value {
     let vf = match p.spec.kind {
         PortKind::Vf(i) => i,
-        PortKind::Pv(_) => 0,
+        PortKind::Pv(_) | PortKind::Uplink => 0,
     };
     let mut m = Map::new();
     m.insert("vf".into(), json!(vf));
     m.insert("name".into(), json!(p.spec.name));
     m.extend(knobs::json_fields(&p.settings(), p.spec.queue_pairs));
+    // The link as it is now: `auto` follows the uplink's carrier.
+    m.insert("link-up".into(), json!(p.link_up()));
     m.insert(
         "enabled-queues".into(),
         json!(p.enabled_rx_queues().as_slice()),
@@ -356,16 +358,42 @@ fn query_stats(d: &Daemon, a: &mut Args) -> CmdResult {
         .iter()
         .filter(|p| want.as_ref().is_none_or(|w| &p.spec.name == w))
         .map(|p| {
-            let counters: Map<String, Value> = p
+            let is_uplink = p.spec.kind == PortKind::Uplink;
+            let mut counters: Map<String, Value> = p
                 .counters
                 .snapshot()
                 .into_iter()
-                .map(|(n, v)| (n, json!(v)))
+                .map(|(n, v)| (if is_uplink { wire_name(&n) } else { n }, json!(v)))
                 .collect();
-            json!({"port": p.spec.name, "attached": p.is_attached(), "counters": counters})
+            match d.uplink().filter(|_| is_uplink) {
+                Some(up) => {
+                    up.for_each_counter(|n, v| {
+                        counters.insert(n, json!(v));
+                    });
+                    json!({"port": p.spec.name, "attached": true, "carrier": up.carrier(),
+                           "remotes": up.remote_addrs(), "counters": counters})
+                }
+                None => {
+                    json!({"port": p.spec.name, "attached": p.is_attached(), "counters": counters})
+                }
+            }
         })
         .collect();
     Ok(Value::Array(out))
+}
+
+/// An uplink counter's name as the PF's `ethtool -S` has it: `rx_*` came in from the wire,
+/// `tx_*` went out onto it. (A vhost-user port's are named from its guest's side, where `tx`
+/// is what the guest sent into the switch; the uplink's "guest" is the wire.)
+fn wire_name(n: &str) -> String {
+    let swapped = |rest: &str, to: &str| format!("{to}{rest}");
+    if let Some(rest) = n.strip_prefix("tx_") {
+        swapped(rest, "rx_")
+    } else if let Some(rest) = n.strip_prefix("rx_").filter(|r| !r.starts_with("steer")) {
+        swapped(rest, "tx_")
+    } else {
+        n.to_string()
+    }
 }
 
 fn query_fdb(d: &Daemon) -> CmdResult {

@@ -33,6 +33,7 @@ struct RxTally {
     bytes: u64,
     no_buffer: u64,
     oversize: u64,
+    mtu: u64,
     steer: [u64; 4],
     fallback: u64,
     faults: u64,
@@ -54,6 +55,7 @@ impl RxTally {
         }
         add(&t.drop_no_rx_buffer, self.no_buffer);
         add(&t.drop_oversize_rx, self.oversize);
+        add(&t.drop_mtu, self.mtu);
         add(&t.rx_steer_rss, self.steer[0]);
         add(&t.rx_steer_flow_rule, self.steer[1]);
         add(&t.rx_steer_flow_learned, self.steer[2]);
@@ -159,10 +161,15 @@ fn write_group(
             }
             Err(RxDrop::NoBuffer) => tally.no_buffer += 1,
             Err(RxDrop::Oversize) => tally.oversize += 1,
+            Err(RxDrop::Mtu) => tally.mtu += 1,
         }
     }
     if let Some(rx) = rx {
-        rx.close();
+        // Frames the port took but could not send after all (a full socket at the end).
+        let lost = rx.close();
+        tally.packets -= lost.frames;
+        tally.bytes -= lost.bytes;
+        tally.no_buffer += lost.frames;
     }
     fault
 }

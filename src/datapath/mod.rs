@@ -24,4 +24,4 @@ mod worker;
 pub use worker::DataPlane;
 
 /// Chains popped from a TX ring per lock hold, and frames decided together.
-pub const TX_BATCH: usize = 64;
+pub const TX_BATCH: usize = crate::port::MAX_BATCH;

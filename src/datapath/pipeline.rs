@@ -9,22 +9,24 @@ use super::groups::Groups;
 use super::views::Views;
 use super::TX_BATCH;
 use crate::events::EventBus;
-use crate::port::{TxFrame, TxPop, TxQueues};
+use crate::port::{TxFrame, TxPending, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
 use crate::stats::PortTotals;
 use crate::switch::{
-    fan_out, policy, vlan, Egress, FdbMove, FromPort, Ingress, Learned, PolicyDrop, PortId, Remote,
-    Switch, TokenBucket, Verdict,
+    fan_out, policy, vlan, Egress, FdbMove, FromPort, Ingress, Learned, PolicyDrop, PortId,
+    PortRole, Remote, Switch, TokenBucket, Verdict,
 };
-use crate::vf::{Connection, Port};
+use crate::vf::Port;
 use crate::wire::{FrameHeader, MacAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Frames taken from one TX queue per pass before other queues get their turn.
 const TX_BUDGET: usize = 256;
-/// `Delivery::queue` of a delivery still to be steered under the destination's RSS lock.
-const STEER_PENDING: u16 = u16::MAX;
+/// `Delivery::queue` of a delivery still to be steered under the destination's RSS lock (never
+/// a queue, nor a remote of the uplink: `uplink::MAX_REMOTES` and `switch::ALL_REMOTES` are
+/// below and above it).
+const STEER_PENDING: u16 = u16::MAX - 1;
 
 /// What the pipeline decided about one frame of the batch.
 #[derive(Default)]
@@ -102,7 +104,7 @@ impl Pipeline {
         &mut self,
         views: &mut Views,
         src: usize,
-        conn: &Connection,
+        pending: &TxPending,
         qp: usize,
     ) -> bool {
         let mut done = 0;
@@ -130,7 +132,7 @@ impl Pipeline {
             }
             done += n;
             if done >= TX_BUDGET {
-                conn.mark_tx_pending(qp);
+                pending.mark(qp);
                 break;
             }
         }
@@ -283,10 +285,27 @@ impl Pipeline {
 
     /// Applies port `dst`'s egress policy (link, port VLAN) and steering to frame `k` and
     /// queues the delivery; drops are counted on `dst`.
-    fn queue_delivery(&mut self, views: &mut Views, k: usize, dst: usize, _remote: Remote) {
+    fn queue_delivery(&mut self, views: &mut Views, k: usize, dst: usize, remote: Remote) {
         let Some(view) = views.get_mut(dst) else {
             return;
         };
+        if view.role == PortRole::Uplink {
+            // The wire: no RSS; its "queue" is the remote behind it (or all of them).
+            let c = &view.port.counters.totals;
+            if let Err(drop) = policy::egress(&view.policy, self.frames[k].head()) {
+                count_policy_drop(c, drop);
+                return;
+            }
+            self.deliveries.list.push(Delivery {
+                frame: k as u16,
+                dst: dst as u16,
+                queue: remote,
+                strip: false,
+                by: Steering::Rss,
+                fell_back: false,
+            });
+            return;
+        }
         if view.enabled.is_empty() {
             // Views are refreshed once per pass (every POLL_SYNC_ROUNDS when polling): look
             // again before dropping, the guest may have just enabled its first queue.

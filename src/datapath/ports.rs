@@ -3,25 +3,30 @@
 //! `port::TxQueues` / `port::RxQueues` in its own module.
 
 use crate::port::{
-    FrameView, QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame, TxPop, TxQueues,
+    FrameView, QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame, TxPop, TxQueues, Unsent,
 };
 use crate::rss::EnabledQueues;
+use crate::uplink::{UplinkIo, UplinkRx};
 use crate::vf::{VhostIo, VhostRx};
 
 /// A worker's handle on one attached port.
 pub enum PortIo {
     /// A VF or PV port's vhost-user connection.
     Vhost(VhostIo),
+    /// The PF's wire.
+    Uplink(UplinkIo),
 }
 
 /// A popped TX batch, to complete.
 pub enum PortBatch {
     Vhost(<VhostIo as TxQueues>::Batch),
+    Uplink(<UplinkIo as TxQueues>::Batch),
 }
 
 /// An RX queue open for a group of frames.
 pub enum PortRx<'a> {
     Vhost(VhostRx<'a>),
+    Uplink(UplinkRx<'a>),
 }
 
 impl PortIo {
@@ -30,6 +35,7 @@ impl PortIo {
     pub fn refresh(&mut self) {
         match self {
             PortIo::Vhost(v) => v.refresh(),
+            PortIo::Uplink(_) => {}
         }
     }
 }
@@ -45,6 +51,11 @@ impl TxQueues for PortIo {
                 TxPop::Empty => TxPop::Empty,
                 TxPop::Fault(f) => TxPop::Fault(f),
             },
+            PortIo::Uplink(u) => match u.pop(qp, frames) {
+                TxPop::Batch(n, b) => TxPop::Batch(n, PortBatch::Uplink(b)),
+                TxPop::Empty => TxPop::Empty,
+                TxPop::Fault(f) => TxPop::Fault(f),
+            },
         }
     }
 
@@ -52,6 +63,9 @@ impl TxQueues for PortIo {
     fn complete(&mut self, qp: usize, frames: &[TxFrame], batch: PortBatch) {
         match (self, batch) {
             (PortIo::Vhost(v), PortBatch::Vhost(b)) => v.complete(qp, frames, b),
+            (PortIo::Uplink(u), PortBatch::Uplink(b)) => u.complete(qp, frames, b),
+            // A batch goes back to the port that gave it (`Pipeline::process_tx`).
+            _ => {}
         }
     }
 }
@@ -61,13 +75,15 @@ impl RxBatch for PortRx<'_> {
     fn push(&mut self, frame: &FrameView<'_>, scratch: &mut RxScratch) -> Result<(), RxDrop> {
         match self {
             PortRx::Vhost(r) => r.push(frame, scratch),
+            PortRx::Uplink(r) => r.push(frame, scratch),
         }
     }
 
     #[inline]
-    fn close(self) {
+    fn close(self) -> Unsent {
         match self {
             PortRx::Vhost(r) => r.close(),
+            PortRx::Uplink(r) => r.close(),
         }
     }
 }
@@ -78,6 +94,7 @@ impl RxQueues for PortIo {
     fn enabled(&self) -> EnabledQueues {
         match self {
             PortIo::Vhost(v) => v.enabled(),
+            PortIo::Uplink(u) => u.enabled(),
         }
     }
 
@@ -85,6 +102,7 @@ impl RxQueues for PortIo {
     fn open(&mut self, queue: usize, expected: usize) -> Result<Option<PortRx<'_>>, QueueFault> {
         match self {
             PortIo::Vhost(v) => Ok(v.open(queue, expected)?.map(PortRx::Vhost)),
+            PortIo::Uplink(u) => Ok(u.open(queue, expected)?.map(PortRx::Uplink)),
         }
     }
 }

@@ -4,10 +4,12 @@
 //! locks on the fast path: each piece has a generation counter that is compared first.
 
 use super::ports::PortIo;
-use crate::port::{RxQueues, Waker};
+use crate::pf::PortKind;
+use crate::port::{RxQueues, TxPending, WaitFd, Waker};
 use crate::rss::{EnabledQueues, SteeringSnapshot};
 use crate::switch::{EdgePolicy, PortRole};
-use crate::vf::{Connection, Port, PortTable, VhostIo};
+use crate::uplink::{Uplink, UplinkIo};
+use crate::vf::{Port, PortTable, VhostIo};
 use std::sync::Arc;
 
 /// A worker's view of one port.
@@ -15,10 +17,13 @@ pub struct PortView {
     pub port: Arc<Port>,
     /// `port.generation()` when the connection was last looked at.
     generation: u64,
-    /// The frontend's connection (its kicks), while attached.
-    pub conn: Option<Arc<Connection>>,
-    /// The port's queues, while attached.
+    /// The port's pending TX queue pairs (a vhost-user frontend's kicks, a readable uplink),
+    /// while attached.
+    pub pending: Option<Arc<TxPending>>,
+    /// The port's queues, while attached (an uplink always is).
     pub io: Option<PortIo>,
+    /// The uplink, for the uplink's view.
+    uplink: Option<Arc<Uplink>>,
     /// RX queues that can take frames, refreshed with the view.
     pub enabled: EnabledQueues,
     /// The port's settings as the switch enforces them, re-read when they change.
@@ -38,12 +43,13 @@ pub struct PortView {
 }
 
 impl PortView {
-    fn new(port: Arc<Port>, own_tx: u64, poll: bool) -> Self {
+    fn new(port: Arc<Port>, own_tx: u64, poll: bool, uplink: Option<Arc<Uplink>>) -> Self {
         let policy = edge_policy(&port);
         PortView {
             generation: u64::MAX,
-            conn: None,
+            pending: None,
             io: None,
+            uplink: uplink.filter(|_| port.spec.kind == PortKind::Uplink),
             enabled: EnabledQueues::NONE,
             role: role(&port, &policy),
             policy,
@@ -65,20 +71,29 @@ impl PortView {
             return false;
         }
         self.generation = g;
-        self.conn = self.port.connection();
         let spec = &self.port.spec;
-        self.io = self.conn.as_ref().map(|c| {
-            PortIo::Vhost(VhostIo::new(
-                c.clone(),
-                spec.mtu,
-                spec.queue_pairs,
-                self.poll,
-            ))
-        });
+        (self.io, self.pending) = match &self.uplink {
+            Some(up) => (
+                Some(PortIo::Uplink(UplinkIo::new(up.clone(), self.poll))),
+                Some(up.tx_pending().clone()),
+            ),
+            None => match self.port.connection() {
+                Some(c) => (
+                    Some(PortIo::Vhost(VhostIo::new(
+                        c.clone(),
+                        spec.mtu,
+                        spec.queue_pairs,
+                        self.poll,
+                    ))),
+                    Some(c.tx_pending().clone()),
+                ),
+                None => (None, None),
+            },
+        };
         self.warned = false;
-        if let Some(c) = &self.conn {
+        if let Some(p) = &self.pending {
             // Frames may have been queued before this view saw the connection.
-            c.mark_tx_pending_mask(self.own_tx);
+            p.mark_mask(self.own_tx);
         }
         self.refresh_enabled();
         true
@@ -118,17 +133,17 @@ impl PortView {
 
 /// The port's current settings as the switch enforces them.
 fn edge_policy(port: &Port) -> EdgePolicy {
-    port.settings().edge_policy(port.spec.kind.is_vf())
+    port.edge_policy()
 }
 
 /// The port's role in the switch under `policy`.
 fn role(port: &Port, policy: &EdgePolicy) -> PortRole {
-    if port.spec.kind.is_vf() {
-        PortRole::Vf {
+    match port.spec.kind {
+        PortKind::Vf(_) => PortRole::Vf {
             promisc: policy.promisc,
-        }
-    } else {
-        PortRole::Pv
+        },
+        PortKind::Pv(_) => PortRole::Pv,
+        PortKind::Uplink => PortRole::Uplink,
     }
 }
 
@@ -139,25 +154,37 @@ pub struct Views {
     worker: usize,
     waker: Arc<Waker>,
     poll: bool,
+    uplink: Option<Arc<Uplink>>,
     /// One slot per port id, following `table`.
     pub slots: Vec<Option<PortView>>,
-    /// The attached ports with TX queues this worker owns: (slot, connection, owned queue
-    /// pairs), rebuilt by `refresh` so a round clones no `Arc`.
-    pub active: Vec<(usize, Arc<Connection>, u64)>,
+    /// The attached ports with TX queues this worker owns: (slot, pending queue pairs, owned
+    /// queue pairs), rebuilt by `refresh` so a round clones no `Arc`.
+    pub active: Vec<(usize, Arc<TxPending>, u64)>,
+    /// The file descriptors a sleeping worker waits on besides its eventfd (the uplink's
+    /// queues it owns), rebuilt with `active`.
+    pub wait_fds: Vec<WaitFd>,
     /// A view's connection or the table changed since `active` was built.
     active_stale: bool,
 }
 
 impl Views {
-    pub fn new(table: Arc<PortTable>, worker: usize, waker: Arc<Waker>, poll: bool) -> Self {
+    pub fn new(
+        table: Arc<PortTable>,
+        worker: usize,
+        waker: Arc<Waker>,
+        poll: bool,
+        uplink: Option<Arc<Uplink>>,
+    ) -> Self {
         Views {
             table,
             table_generation: u64::MAX,
             worker,
             waker,
             poll,
+            uplink,
             slots: Vec::new(),
             active: Vec::new(),
+            wait_fds: Vec::new(),
             active_stale: true,
         }
     }
@@ -190,7 +217,7 @@ impl Views {
             if !same {
                 self.slots[k] = slot.map(|p| {
                     let own = self.own_mask(&p);
-                    PortView::new(p, own, self.poll)
+                    PortView::new(p, own, self.poll, self.uplink.clone())
                 });
             }
         }
@@ -209,9 +236,30 @@ impl Views {
         }
         if std::mem::take(&mut self.active_stale) || stale {
             self.active.clear();
+            self.wait_fds.clear();
+            if let Some(v) = self
+                .uplink
+                .as_ref()
+                .and_then(|u| self.slots.get(u.port_id().index()))
+            {
+                if let (Some(v), Some(up)) = (v, &self.uplink) {
+                    let mut own = v.own_tx;
+                    while own != 0 {
+                        let qp = own.trailing_zeros() as usize;
+                        own &= own - 1;
+                        if let Some(fd) = up.fd(qp) {
+                            self.wait_fds.push(WaitFd {
+                                fd,
+                                pending: up.tx_pending().clone(),
+                                qp,
+                            });
+                        }
+                    }
+                }
+            }
             for (i, v) in self.slots.iter().enumerate() {
                 if let Some(PortView {
-                    conn: Some(c),
+                    pending: Some(c),
                     own_tx,
                     ..
                 }) = v
@@ -230,10 +278,10 @@ impl Views {
     #[inline]
     pub fn attached(&mut self, d: usize) -> Option<PortRole> {
         let v = self.slots.get_mut(d).and_then(Option::as_mut)?;
-        if v.conn.is_none() && v.sync_connection() {
+        if v.io.is_none() && v.sync_connection() {
             self.active_stale = true;
         }
-        v.conn.as_ref().map(|_| v.role)
+        v.io.as_ref().map(|_| v.role)
     }
 
     #[inline]

@@ -9,6 +9,7 @@ use super::views::Views;
 use crate::events::EventBus;
 use crate::port::Waker;
 use crate::switch::Switch;
+use crate::uplink::Uplink;
 use crate::vf::PortTable;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,7 @@ pub struct DataPlane {
     stop: Arc<AtomicBool>,
     switch: Arc<Mutex<Switch>>,
     events: Arc<EventBus>,
+    uplink: Option<Arc<Uplink>>,
 }
 
 impl DataPlane {
@@ -52,7 +54,14 @@ impl DataPlane {
             stop,
             switch,
             events,
+            uplink: None,
         }
+    }
+
+    /// Serves the uplink too (its port is in the table).
+    pub fn with_uplink(mut self, uplink: Option<Arc<Uplink>>) -> Self {
+        self.uplink = uplink;
+        self
     }
 
     /// This is worker `w` of `Waker::workers()`.
@@ -92,7 +101,13 @@ struct Worker {
 impl Worker {
     fn new(cfg: DataPlane) -> Self {
         Worker {
-            views: Views::new(cfg.table.clone(), cfg.worker, cfg.waker.clone(), cfg.poll),
+            views: Views::new(
+                cfg.table.clone(),
+                cfg.worker,
+                cfg.waker.clone(),
+                cfg.poll,
+                cfg.uplink.clone(),
+            ),
             pipeline: Pipeline::new(cfg.switch.clone(), cfg.events.clone()),
             last_age: 0,
             cfg,
@@ -107,8 +122,14 @@ impl Worker {
         if self.cfg.poll {
             return self.run_polling();
         }
+        let mut poll_set = Vec::new();
         while !self.cfg.stop.load(Ordering::Acquire) {
-            self.cfg.waker.wait(self.cfg.worker, IDLE_WAIT);
+            self.cfg.waker.wait(
+                self.cfg.worker,
+                IDLE_WAIT,
+                &self.views.wait_fds,
+                &mut poll_set,
+            );
             self.views.sync_table();
             self.views.refresh();
             self.age_fdb();
@@ -140,16 +161,12 @@ impl Worker {
     fn tx_round(&mut self, polling: bool) -> bool {
         let mut worked = false;
         let active = std::mem::take(&mut self.views.active);
-        for (i, conn, own) in &active {
-            let mut mask = if polling {
-                *own
-            } else {
-                conn.take_tx_pending(*own)
-            };
+        for (i, pending, own) in &active {
+            let mut mask = if polling { *own } else { pending.take(*own) };
             while mask != 0 {
                 let qp = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                worked |= self.pipeline.process_tx(&mut self.views, *i, conn, qp);
+                worked |= self.pipeline.process_tx(&mut self.views, *i, pending, qp);
             }
         }
         // A view refreshed during the round (a destination that just attached) leaves the

@@ -6,7 +6,7 @@
 //! sender's guest memory, or in a host buffer a port owns (`Segments::push_host`). Only the
 //! copy functions here read it.
 
-use super::copy::{copy_segments, copy_short, write_segments, CopyError};
+use super::copy::{copy_segments, copy_short, read_segments, write_segments, CopyError};
 use super::net_hdr::{rx_header, VNET_HDR_MAX};
 use super::segments::Segments;
 
@@ -48,6 +48,20 @@ impl<'a> FrameView<'a> {
     /// The same frame with another head of `len` bytes in all (a VLAN tag stripped from it).
     pub fn with_head(&self, head: &'a [u8], len: usize) -> Self {
         FrameView { head, len, ..*self }
+    }
+
+    /// Copies the whole frame (its head, then the rest from where the sender left it) into
+    /// the start of `out`; `None` if `out` is shorter than the frame or the rest is not all
+    /// there.
+    pub fn copy_to(&self, out: &mut [u8]) -> Option<usize> {
+        let out = out.get_mut(..self.len)?;
+        let split = self.head.len().min(self.len);
+        out[..split].copy_from_slice(&self.head[..split]);
+        // SAFETY: the segments are readable while the view lives (`FrameView::new`'s
+        // contract) and are the sender's memory, never `out` (a host buffer of the receiver).
+        let read =
+            unsafe { read_segments(self.segs.as_slice(), self.tail_base, &mut out[split..]) };
+        (read == self.len - split).then_some(self.len)
     }
 }
 
@@ -124,7 +138,6 @@ pub unsafe fn copy_frame_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dma_engine::copy::read_segments;
 
     #[test]
     fn a_frame_from_a_host_buffer_is_copied_with_its_head() {
@@ -167,5 +180,9 @@ mod tests {
             want[..],
             "head from the copy, the rest from the buffer"
         );
+        let mut linear = vec![0u8; frame.len() + 5];
+        assert_eq!(f.copy_to(&mut linear), Some(frame.len()));
+        assert_eq!(linear[..frame.len()], want[..]);
+        assert_eq!(f.copy_to(&mut linear[..frame.len() - 1]), None, "too short");
     }
 }

@@ -24,6 +24,8 @@ pub enum RxDrop {
     NoBuffer,
     /// The buffers are too small and mergeable buffers were not negotiated.
     Oversize,
+    /// (The uplink) the frame does not fit the wire's MTU after encapsulation.
+    Mtu,
 }
 
 /// The driver's avail index is further ahead than the ring is long: a broken driver.

@@ -5,7 +5,8 @@
 //!   VF's channel count, and the pools they come from.
 //! - this file: limits, errors, the static start configuration and port descriptions.
 //!
-//! Port ids are fixed: VF i is port i, PV port j is port `TOTAL_VFS + j`, whatever numvfs is.
+//! Port ids are fixed: VF i is port i, PV port j is port `TOTAL_VFS + j`, whatever numvfs is,
+//! and the uplink (when there is one) is the last port, `UPLINK_PORT_ID`.
 
 mod pool;
 mod resources;
@@ -67,6 +68,8 @@ pub enum PfError {
 pub enum PortKind {
     Vf(u16),
     Pv(u16),
+    /// The PF's wire (a TAP device or a VXLAN tunnel).
+    Uplink,
 }
 
 impl PortKind {
@@ -186,8 +189,25 @@ pub fn pv_port_id(pv: u16) -> PortId {
     PortId(TOTAL_VFS + pv)
 }
 
-/// Number of port ids: every possible VF and PV port.
-pub const PORT_SLOTS: usize = (TOTAL_VFS + MAX_PV_PORTS) as usize;
+/// Port id of the uplink.
+pub const UPLINK_PORT_ID: PortId = PortId(TOTAL_VFS + MAX_PV_PORTS);
+
+/// Number of port ids: every possible VF and PV port, and the uplink.
+pub const PORT_SLOTS: usize = (TOTAL_VFS + MAX_PV_PORTS + 1) as usize;
+
+/// The description of the uplink port: `queues` queue pairs (TAP queues; 1 for VXLAN),
+/// frames up to `mtu` bytes of payload.
+pub fn uplink_spec(queues: u16, mtu: u16) -> PortSpec {
+    PortSpec {
+        id: UPLINK_PORT_ID,
+        kind: PortKind::Uplink,
+        name: "uplink".into(),
+        mac: None,
+        queue_pairs: queues,
+        mtu,
+        socket: PathBuf::new(),
+    }
+}
 
 #[cfg(test)]
 mod tests {

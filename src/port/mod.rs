@@ -16,9 +16,12 @@ mod waker;
 pub use crate::dma_engine::rx::{RxDrop, RxScratch};
 pub use crate::dma_engine::FrameView;
 pub use frame::TxFrame;
-pub use waker::Waker;
+pub use waker::{TxPending, WaitFd, Waker};
 
 use crate::rss::EnabledQueues;
+
+/// Most frames the pipeline asks one `TxQueues::pop` for (its batch, `datapath::TX_BATCH`).
+pub const MAX_BATCH: usize = 64;
 
 /// A queue the guest (or whoever is behind the port) left in a state the device cannot use:
 /// an index past the ring, a ring outside its memory. The queue is skipped and the fault
@@ -58,8 +61,16 @@ pub trait RxBatch {
     /// Writes one frame; on error the frame is not delivered (the caller counts it).
     fn push(&mut self, frame: &FrameView<'_>, scratch: &mut RxScratch) -> Result<(), RxDrop>;
 
-    /// Publishes what was written and notifies if asked.
-    fn close(self);
+    /// Publishes what was written and notifies if asked. Returns what `push` accepted but the
+    /// port could not send after all (an uplink's socket full when the batch went out).
+    fn close(self) -> Unsent;
+}
+
+/// Frames a port accepted into an RX batch and then could not send.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unsent {
+    pub frames: u64,
+    pub bytes: u64,
 }
 
 /// Giving frames to a port.

@@ -9,7 +9,7 @@
 //! (`drop_malformed`, `drop_link_down`, `drop_spoofchk`, `drop_vlan_filter`, `drop_rate_limit`,
 //! `drop_no_destination`, `drop_same_port`). Every copy the switch tries to deliver to a port is
 //! counted at that port in exactly one of `rx_packets` or an egress drop (`drop_link_down`,
-//! `drop_vlan_filter`, `drop_no_rx_buffer`, `drop_oversize_rx`).
+//! `drop_vlan_filter`, `drop_no_rx_buffer`, `drop_oversize_rx`, `drop_mtu`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +51,8 @@ macro_rules! counters {
     };
 }
 
+pub(crate) use counters;
+
 counters! {
     /// Port totals and drops by reason.
     PortTotals {
@@ -83,6 +85,9 @@ counters! {
         drop_no_rx_buffer,
         /// RX: the frame does not fit the guest's RX buffers (no mergeable buffers).
         drop_oversize_rx,
+        /// RX (the uplink): the frame does not fit the wire's MTU after encapsulation; it is
+        /// never fragmented.
+        drop_mtu,
         /// RX queue decisions made by the RSS hash and indirection table.
         rx_steer_rss,
         /// RX queue decisions made by an explicit flow steering rule.

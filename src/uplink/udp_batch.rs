@@ -191,16 +191,25 @@ impl UdpBatch {
     /// A non-blocking UDP socket bound to `local` (port 0 picks one: see `local_addr`), with
     /// `batch` receive and `batch` send slots of `buf_size` bytes each.
     pub fn bind(local: SocketAddr, batch: usize, buf_size: usize) -> Result<Self, UdpError> {
+        let sock = UdpSocket::bind(local).map_err(|source| UdpError::Bind {
+            addr: local,
+            source,
+        })?;
+        Self::from_socket(sock, batch, buf_size)
+    }
+
+    /// The same around a socket already bound (a `try_clone` of another `UdpBatch`'s socket,
+    /// so that several threads send on one address, each with its own batch).
+    pub fn from_socket(sock: UdpSocket, batch: usize, buf_size: usize) -> Result<Self, UdpError> {
         if !(1..=BATCH_MAX).contains(&batch) {
             return Err(UdpError::BatchSize { batch });
         }
         if !(1..=BUF_SIZE_MAX).contains(&buf_size) {
             return Err(UdpError::BufSize { buf_size });
         }
-        let sock = UdpSocket::bind(local).map_err(|source| UdpError::Bind {
-            addr: local,
-            source,
-        })?;
+        let local = sock
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let configure = |source| UdpError::Configure {
             addr: local,
             source,
@@ -236,6 +245,11 @@ impl UdpBatch {
             tx_count: 0,
             counters: UdpCounters::default(),
         })
+    }
+
+    /// The socket (to clone for another thread's batch).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.sock
     }
 
     /// The socket, for epoll (readable: call `recv`).

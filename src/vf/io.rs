@@ -10,7 +10,7 @@ use super::Vring;
 use crate::dma_engine::rx::{RxFill, RxScratch};
 use crate::dma_engine::tx::walk_tx;
 use crate::dma_engine::{vnet_hdr_len, FrameView, GuestMap, GuestMemAtomic, RingAddrs, SplitRing};
-use crate::port::{QueueFault, RxBatch, RxDrop, RxQueues, TxFrame, TxPop, TxQueues};
+use crate::port::{QueueFault, RxBatch, RxDrop, RxQueues, TxFrame, TxPop, TxQueues, Unsent};
 use crate::rss::EnabledQueues;
 use crate::wire::ETH_HEADER_LEN;
 use std::sync::{Arc, RwLockWriteGuard};
@@ -232,7 +232,7 @@ impl RxBatch for VhostRx<'_> {
         self.fill.deliver(frame, scratch)
     }
 
-    fn close(mut self) {
+    fn close(mut self) -> Unsent {
         let (next_avail, next_used, notify) = self.fill.finish();
         let q = self.state.get_queue_mut();
         q.set_next_avail(next_avail);
@@ -240,6 +240,8 @@ impl RxBatch for VhostRx<'_> {
         if notify {
             let _ = self.state.signal_used_queue();
         }
+        // What was written is in the guest's ring.
+        Unsent::default()
     }
 }
 

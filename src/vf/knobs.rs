@@ -139,7 +139,7 @@ pub static KNOBS: &[Knob] = &[
                 get: |s| s.link_state.to_string(),
             },
         ),
-        // No PF uplink exists yet, so `auto` is up.
+        // `auto` as if the uplink had carrier; `query-vfs` shows the port's actual link.
         shown_with: Some(Derived {
             name: "link-up",
             get: |s| json!(s.link_up(true)),

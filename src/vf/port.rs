@@ -3,11 +3,12 @@
 use super::settings::{SettingsError, SettingsUpdate, VfSettings};
 use super::{GuestMemAtomic, Vring};
 use crate::pf::{PortKind, PortSpec};
+use crate::port::TxPending;
 use crate::rss::{EnabledQueues, VfRss};
 use crate::stats::PortCounters;
-use crate::switch::TokenBucket;
+use crate::switch::{EdgePolicy, TokenBucket};
 use crate::wire::MacAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,8 @@ pub struct Connection {
     vrings: Box<[OnceLock<Box<[Vring]>>]>,
     /// Features the frontend acknowledged.
     acked_features: AtomicU64,
-    /// Bit q: TX queue of queue pair q was kicked and not yet processed.
-    pending_tx: AtomicU64,
+    /// The TX queue pairs kicked and not yet processed.
+    pending_tx: Arc<TxPending>,
     /// Per TX queue pair: `TX_BUSY` while a popped batch is not completed, `TX_ABANDONED` once
     /// a stop gave up waiting for it. Changed under the vring's lock.
     tx_state: Box<[AtomicU8]>,
@@ -40,7 +41,7 @@ impl Connection {
             mem,
             vrings: (0..threads).map(|_| OnceLock::new()).collect(),
             acked_features: AtomicU64::new(0),
-            pending_tx: AtomicU64::new(0),
+            pending_tx: Arc::default(),
             tx_state: (0..num_queues.div_ceil(2))
                 .map(|_| AtomicU8::new(0))
                 .collect(),
@@ -143,19 +144,12 @@ impl Connection {
 
     /// Marks TX queue pair `qp` as kicked. Returns true if it was not pending before.
     pub fn mark_tx_pending(&self, qp: usize) -> bool {
-        let bit = 1u64 << (qp % 64);
-        self.pending_tx.fetch_or(bit, Ordering::AcqRel) & bit == 0
+        self.pending_tx.mark(qp)
     }
 
-    /// Marks every TX queue pair of `mask` as kicked.
-    pub fn mark_tx_pending_mask(&self, mask: u64) {
-        self.pending_tx.fetch_or(mask, Ordering::AcqRel);
-    }
-
-    /// Takes the kicked TX queue pairs among `mask` (the ones a worker owns).
-    #[inline]
-    pub fn take_tx_pending(&self, mask: u64) -> u64 {
-        self.pending_tx.fetch_and(!mask, Ordering::AcqRel) & mask
+    /// The TX queue pairs kicked and not yet processed.
+    pub fn tx_pending(&self) -> &Arc<TxPending> {
+        &self.pending_tx
     }
 }
 
@@ -177,6 +171,9 @@ pub struct Port {
     conn: Mutex<Option<Arc<Connection>>>,
     /// Bumped on every attach and detach, so the data plane notices without locking.
     generation: AtomicU64,
+    /// The PF's carrier (the uplink's; up without one), which link state `auto` follows.
+    /// Shared by every port of the adapter.
+    carrier: Arc<AtomicBool>,
 }
 
 impl Port {
@@ -185,8 +182,9 @@ impl Port {
         let rss = Mutex::new(VfRss::new(spec.queue_pairs));
         let settings = match spec.kind {
             PortKind::Vf(_) => VfSettings::new(spec.mac.unwrap_or(MacAddr::ZERO)),
-            // A PV port is the guest's software path: no VF knobs, any source MAC.
-            PortKind::Pv(_) => VfSettings {
+            // A PV port is the guest's software path, the uplink the wire: no VF knobs, any
+            // source MAC.
+            PortKind::Pv(_) | PortKind::Uplink => VfSettings {
                 spoofchk: false,
                 ..VfSettings::new(MacAddr::ZERO)
             },
@@ -201,7 +199,39 @@ impl Port {
             settings_generation: AtomicU64::new(0),
             conn: Mutex::new(None),
             generation: AtomicU64::new(0),
+            carrier: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// The port follows `carrier`, the PF's (instead of a carrier always up).
+    pub fn with_carrier(mut self, carrier: Arc<AtomicBool>) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// The carrier this port's link state `auto` follows: the PF's, except for a PV port (the
+    /// host's software side, up whatever the wire does).
+    fn carrier(&self) -> bool {
+        match self.spec.kind {
+            PortKind::Pv(_) => true,
+            PortKind::Vf(_) | PortKind::Uplink => self.carrier.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether the port's link is up now (its link state, and the carrier for `auto`).
+    pub fn link_up(&self) -> bool {
+        self.settings().link_up(self.carrier())
+    }
+
+    /// What the switch enforces at this port's edge now.
+    pub fn edge_policy(&self) -> EdgePolicy {
+        self.settings()
+            .edge_policy(self.spec.kind.is_vf(), self.carrier())
+    }
+
+    /// Something the edge policy depends on changed (the carrier): the data plane re-reads it.
+    pub fn touch_settings(&self) {
+        self.settings_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     #[inline]
@@ -283,12 +313,6 @@ impl Port {
         EnabledQueues::from_mask(self.connection().map_or(0, |c| c.enabled_rx_mask(qp)))
     }
 
-    /// The name of remote `r` behind this port, for the FDB's view (a VXLAN uplink's remote
-    /// address); `None` for a vhost-user port, which has nothing behind it.
-    pub fn remote_name(&self, _r: crate::switch::Remote) -> Option<String> {
-        None
-    }
-
     pub fn is_attached(&self) -> bool {
         self.connection().is_some()
     }
@@ -334,5 +358,6 @@ pub fn port_event_data(port: &Port, state: &str) -> serde_json::Value {
     match port.spec.kind {
         PortKind::Vf(i) => serde_json::json!({"port": port.spec.name, "vf": i, "state": state}),
         PortKind::Pv(j) => serde_json::json!({"port": port.spec.name, "pv": j, "state": state}),
+        PortKind::Uplink => serde_json::json!({"port": port.spec.name, "state": state}),
     }
 }

@@ -225,9 +225,10 @@ impl PortServer {
                 let _ = daemon.wait();
                 break;
             }
-            if !self.port.settings().link_up(true) {
-                // Link disabled: QEMU sets the guest's link down while its vhost-user
-                // connection is closed, so refuse frontends until the link is enabled again.
+            if !self.port.link_up() {
+                // Link down (disabled, or `auto` without carrier): QEMU sets the guest's link
+                // down while its vhost-user connection is closed, so refuse frontends until
+                // the link is up again.
                 tracing::info!(port = %name, "link disabled: closing the frontend's connection");
                 daemon.request_shutdown();
                 let _ = daemon.wait();

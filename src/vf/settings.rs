@@ -156,11 +156,11 @@ impl VfSettings {
 
 impl VfSettings {
     /// What the switch enforces at the port's edge (`is_vf`: the VF knobs apply; a PV port
-    /// has none). The PF has no uplink yet, so link state `auto` is up.
-    pub fn edge_policy(&self, is_vf: bool) -> EdgePolicy {
+    /// has none), with the PF's carrier `carrier` (which link state `auto` follows).
+    pub fn edge_policy(&self, is_vf: bool, carrier: bool) -> EdgePolicy {
         EdgePolicy {
             is_vf,
-            link_up: self.link_up(true),
+            link_up: self.link_up(carrier),
             mac: self.mac,
             spoofchk: self.spoofchk,
             trust: self.trust,
@@ -314,14 +314,14 @@ mod tests {
         }
         .apply(&base())
         .unwrap();
-        assert!(on.promisc && on.edge_policy(true).promisc);
+        assert!(on.promisc && on.edge_policy(true, true).promisc);
         let off = SettingsUpdate {
             trust: Some(false),
             ..Default::default()
         }
         .apply(&on)
         .unwrap();
-        assert!(!off.promisc && !off.edge_policy(true).promisc);
+        assert!(!off.promisc && !off.edge_policy(true, true).promisc);
     }
 
     #[test]

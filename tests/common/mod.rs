@@ -4,6 +4,9 @@
 /// A missing QEMU / qemu.qmp venv fails a test, or skips it with SRIOV_SKIP_QEMU=1.
 pub mod skip;
 
+/// Network namespaces, sockets inside them, raw Ethernet sockets.
+pub mod netns;
+
 use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use sriov_emu::pf::{default_vf_mac, PfConfig};
@@ -32,6 +35,19 @@ pub fn start_daemon_mode(
         ..DaemonConfig::new(pf)
     })
     .expect("daemon starts")
+}
+
+/// Starts an emulator in this process with `cfg` adjusting the defaults.
+pub fn start_daemon_cfg(
+    dir: &Path,
+    vfs: u32,
+    pv: u32,
+    cfg: impl FnOnce(&mut DaemonConfig),
+) -> Daemon {
+    let pf = PfConfig::new(dir.to_path_buf(), vfs, pv, 1, 1500).expect("valid pf config");
+    let mut c = DaemonConfig::new(pf);
+    cfg(&mut c);
+    Daemon::start(c).expect("daemon starts")
 }
 
 /// Where frontends attach: an in-process `Daemon`, or the socket directory of a running binary

@@ -1,0 +1,408 @@
+//! The seam for the uplink (`port::TxQueues`, `port::RxQueues`): a data-plane worker's handle
+//! on the wire. Frames from the wire are "transmitted" into the switch by the worker that owns
+//! the uplink's queue; any worker delivers frames onto the wire.
+//!
+//! - TAP: one `read` per frame into buffers allocated once (a TAP has no batch read), one
+//!   `write` per frame from a linear copy.
+//! - VXLAN: one `recvmmsg` per batch, decapsulated in place; frames onto the wire are copied
+//!   behind a VXLAN header into send slots and sent with one `sendmmsg` per group (per
+//!   destination remote, or every remote for a flood: head-end replication).
+
+use super::device::{Uplink, Wire, KEEPALIVE_DST, KEEPALIVE_ETHERTYPE, RX_BUF};
+use super::tap::TapError;
+use super::udp_batch::UdpBatch;
+use super::vxlan_header;
+use crate::port::{
+    FrameView, QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame, TxPop, TxQueues, Unsent,
+};
+use crate::rss::EnabledQueues;
+use crate::switch::ALL_REMOTES;
+use std::sync::Arc;
+
+/// Most frames one pop takes (the pipeline's batch).
+const BATCH: usize = crate::port::MAX_BATCH;
+/// Busy-poll rounds an empty wire is left alone (a read is a syscall; a vhost ring is a load).
+const IDLE_ROUNDS: u32 = 16;
+
+/// A worker's handle on the uplink.
+pub struct UplinkIo {
+    up: Arc<Uplink>,
+    poll: bool,
+    /// Busy-poll rounds left before the wire is read again.
+    idle: u32,
+    /// Frames from the wire (the owning worker only), made on first use.
+    rx: Option<Box<RxSide>>,
+    /// Frames onto the wire, made on first use.
+    tx: Option<Box<TxSide>>,
+}
+
+// Boxed where kept (`UplinkIo::rx`), made once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum RxSide {
+    /// One buffer per frame of a batch.
+    Tap(Box<[u8]>),
+    Vxlan(UdpBatch),
+}
+
+#[allow(clippy::large_enum_variant)]
+enum TxSide {
+    /// The frame copied out before its `write`.
+    Tap(Box<[u8]>),
+    Vxlan(VxlanTx),
+}
+
+/// This worker's send slots, and what each queued datagram carries (for exact counting when
+/// the kernel drops the tail of a batch).
+struct VxlanTx {
+    batch: UdpBatch,
+    /// Per queued datagram: (remote, frame length, first copy of its frame).
+    queued: Vec<(u16, u32, bool)>,
+}
+
+impl UplinkIo {
+    pub fn new(up: Arc<Uplink>, poll: bool) -> Self {
+        UplinkIo {
+            up,
+            poll,
+            idle: 0,
+            rx: None,
+            tx: None,
+        }
+    }
+
+    fn rx_side(&mut self) -> Option<&mut RxSide> {
+        if self.rx.is_none() {
+            let side = match self.up.wire() {
+                Wire::Tap(_) => RxSide::Tap(vec![0u8; BATCH * RX_BUF].into_boxed_slice()),
+                Wire::Vxlan(v) => {
+                    let sock = v.socket.try_clone().ok()?;
+                    RxSide::Vxlan(UdpBatch::from_socket(sock, BATCH, RX_BUF).ok()?)
+                }
+            };
+            self.rx = Some(Box::new(side));
+        }
+        self.rx.as_deref_mut()
+    }
+
+    fn tx_side(&mut self) -> Option<&mut TxSide> {
+        if self.tx.is_none() {
+            let max = self.up.max_frame();
+            let side = match self.up.wire() {
+                Wire::Tap(_) => TxSide::Tap(vec![0u8; max].into_boxed_slice()),
+                Wire::Vxlan(v) => {
+                    let sock = v.socket.try_clone().ok()?;
+                    let slot = max + vxlan_header::VXLAN_HDR_LEN;
+                    TxSide::Vxlan(VxlanTx {
+                        batch: UdpBatch::from_socket(sock, BATCH, slot).ok()?,
+                        queued: Vec::with_capacity(BATCH),
+                    })
+                }
+            };
+            self.tx = Some(Box::new(side));
+        }
+        self.tx.as_deref_mut()
+    }
+
+    /// Reads up to `frames.len()` frames from TAP queue `qp`.
+    fn pop_tap(&mut self, qp: usize, frames: &mut [TxFrame]) -> usize {
+        let up = self.up.clone();
+        let Wire::Tap(tap) = up.wire() else {
+            return 0;
+        };
+        if qp >= tap.queues() {
+            return 0;
+        }
+        let Some(RxSide::Tap(bufs)) = self.rx_side() else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < frames.len() {
+            let buf = &mut bufs[n * RX_BUF..(n + 1) * RX_BUF];
+            up.counters.rx_syscalls.inc();
+            match tap.read_frame(qp, buf) {
+                Ok(Some(len)) => {
+                    let ptr = buf.as_ptr() as usize;
+                    // SAFETY: `buf` is this worker's receive buffer, left alone until the next
+                    // `pop`, after the pipeline completed this batch; no reference into it is
+                    // kept (`buf` ends here).
+                    if unsafe { fill(&mut frames[n], ptr, len, 0) } {
+                        n += 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(TapError::Truncated { .. }) => up.counters.drop_truncated.inc(),
+                Err(TapError::Offloaded { .. }) => up.counters.drop_offloaded.inc(),
+                Err(e) => {
+                    up.counters.device_errors.inc();
+                    up.set_broken(&e);
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// Receives and decapsulates up to `frames.len()` frames.
+    fn pop_vxlan(&mut self, frames: &mut [TxFrame]) -> usize {
+        let up = self.up.clone();
+        let Wire::Vxlan(v) = up.wire() else {
+            return 0;
+        };
+        let Some(RxSide::Vxlan(batch)) = self.rx_side() else {
+            return 0;
+        };
+        let c = &up.counters;
+        loop {
+            c.rx_syscalls.inc();
+            let got = match batch.recv() {
+                Ok(n) => n,
+                Err(e) => {
+                    c.device_errors.inc();
+                    tracing::warn!("uplink: receiving failed: {e}");
+                    return 0;
+                }
+            };
+            let mut n = 0;
+            for i in 0..got {
+                let Some(d) = batch.datagram(i) else {
+                    continue;
+                };
+                let Some(remote) = v.remotes.classify(d.src) else {
+                    c.drop_unknown_remote.inc();
+                    continue;
+                };
+                if d.truncated {
+                    c.drop_truncated.inc();
+                    continue;
+                }
+                let inner = match vxlan_header::decode(d.data) {
+                    Ok((vni, inner)) if vni == v.vni => inner,
+                    Ok(_) => {
+                        c.drop_vni.inc();
+                        continue;
+                    }
+                    Err(_) => {
+                        c.drop_decap.inc();
+                        continue;
+                    }
+                };
+                v.remotes.heard(usize::from(remote));
+                if inner[..6] == KEEPALIVE_DST && inner[12..14] == KEEPALIVE_ETHERTYPE.to_be_bytes()
+                {
+                    c.keepalives_rx.inc();
+                    continue;
+                }
+                if let Some(r) = v.remotes.get(usize::from(remote)) {
+                    r.counters.rx_packets.inc();
+                    r.counters.rx_bytes.add(inner.len() as u64);
+                }
+                let (ptr, len) = (inner.as_ptr() as usize, inner.len());
+                // SAFETY: the datagram is in this worker's receive batch, which is not written
+                // again before the next `recv` (the next `pop`, after the pipeline completed
+                // this batch); `inner` is not used after this.
+                if unsafe { fill(&mut frames[n], ptr, len, remote) } {
+                    n += 1;
+                }
+            }
+            // A batch of nothing but keepalives or errors: look again while the socket had
+            // a full batch.
+            if n > 0 || got < frames.len().min(batch.batch()) {
+                return n;
+            }
+        }
+    }
+}
+
+/// Points `f` at the `len`-byte frame at host address `ptr` that came from `remote`.
+///
+/// # Safety
+/// `[ptr, ptr + len)` must stay valid for reads, with no Rust reference into it, until the
+/// batch `f` belongs to is completed.
+unsafe fn fill(f: &mut TxFrame, ptr: usize, len: usize, remote: u16) -> bool {
+    f.segs.reset(0);
+    f.from = remote;
+    f.returnable = true;
+    // SAFETY: the caller's contract is `push_host`'s.
+    if unsafe { f.segs.push_host(ptr, len) }.is_err() {
+        return false;
+    }
+    // SAFETY: the segments were just made readable (above). A frame shorter than an
+    // Ethernet header still enters: the pipeline counts it malformed.
+    unsafe { f.take_head(0, len) };
+    true
+}
+
+impl TxQueues for UplinkIo {
+    /// Nothing to give back: the buffers are reused by the next pop.
+    type Batch = ();
+
+    fn pop(&mut self, qp: usize, frames: &mut [TxFrame]) -> TxPop<()> {
+        if self.poll && self.idle > 0 {
+            self.idle -= 1;
+            return TxPop::Empty;
+        }
+        if self.up.is_broken() {
+            return TxPop::Fault(QueueFault::RingUnmapped);
+        }
+        let take = frames.len().min(BATCH);
+        let frames = &mut frames[..take];
+        let n = match self.up.wire() {
+            Wire::Tap(_) => self.pop_tap(qp, frames),
+            Wire::Vxlan(_) => {
+                if qp != 0 {
+                    return TxPop::Empty;
+                }
+                self.pop_vxlan(frames)
+            }
+        };
+        if n == 0 {
+            self.idle = IDLE_ROUNDS;
+            return TxPop::Empty;
+        }
+        TxPop::Batch(n, ())
+    }
+
+    fn complete(&mut self, _qp: usize, _frames: &[TxFrame], _batch: ()) {}
+}
+
+impl RxQueues for UplinkIo {
+    type Open<'a> = UplinkRx<'a>;
+
+    /// One queue: the wire.
+    fn enabled(&self) -> EnabledQueues {
+        EnabledQueues::from_mask(1)
+    }
+
+    /// `queue` is the remote the frames go to (`switch::ALL_REMOTES`: every remote).
+    fn open(&mut self, queue: usize, _expected: usize) -> Result<Option<UplinkRx<'_>>, QueueFault> {
+        let up = self.up.clone();
+        let Some(side) = self.tx_side() else {
+            return Ok(None);
+        };
+        Ok(Some(UplinkRx {
+            up,
+            side,
+            remote: u16::try_from(queue).unwrap_or(ALL_REMOTES),
+            unsent: Unsent::default(),
+        }))
+    }
+}
+
+/// Frames onto the wire, for one remote (or all of them).
+pub struct UplinkRx<'a> {
+    up: Arc<Uplink>,
+    side: &'a mut TxSide,
+    remote: u16,
+    unsent: Unsent,
+}
+
+impl UplinkRx<'_> {
+    /// Sends what is queued; frames none of whose copies went out are `unsent`.
+    fn flush(&mut self) {
+        let TxSide::Vxlan(tx) = &mut *self.side else {
+            return;
+        };
+        let Wire::Vxlan(v) = self.up.wire() else {
+            return;
+        };
+        let c = &self.up.counters;
+        let count = tx.queued.len();
+        let r = match tx.batch.flush() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("uplink: sending failed: {e}");
+                c.device_errors.inc();
+                super::udp_batch::FlushResult {
+                    dropped: count,
+                    ..Default::default()
+                }
+            }
+        };
+        c.tx_syscalls.add(r.syscalls as u64);
+        c.send_errors.add(r.failed as u64);
+        // The kernel drops the tail of a batch: everything from `sent_end` on.
+        let sent_end = count - r.dropped.min(count);
+        for (i, &(remote, len, first)) in tx.queued.iter().enumerate() {
+            if i < sent_end {
+                if let Some(rc) = v.remotes.get(usize::from(remote)) {
+                    rc.counters.tx_packets.inc();
+                    rc.counters.tx_bytes.add(u64::from(len));
+                }
+            } else if first {
+                // The frame's copies are queued together: if its first is in the dropped
+                // tail, all are.
+                self.unsent.frames += 1;
+                self.unsent.bytes += u64::from(len);
+            }
+        }
+        tx.queued.clear();
+    }
+}
+
+impl RxBatch for UplinkRx<'_> {
+    fn push(&mut self, frame: &FrameView<'_>, _scratch: &mut RxScratch) -> Result<(), RxDrop> {
+        if frame.len > self.up.max_frame() {
+            return Err(RxDrop::Mtu);
+        }
+        let up = self.up.clone();
+        match (&mut *self.side, up.wire()) {
+            (TxSide::Tap(buf), Wire::Tap(tap)) => {
+                let len = frame.copy_to(buf).ok_or(RxDrop::NoBuffer)?;
+                up.counters.tx_syscalls.inc();
+                match tap.write_frame(0, &[&buf[..len]]) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(RxDrop::NoBuffer),
+                    Err(_) => {
+                        // Down (EIO) between two carrier checks, or deleted.
+                        up.counters.device_errors.inc();
+                        Err(RxDrop::NoBuffer)
+                    }
+                }
+            }
+            (TxSide::Vxlan(_), Wire::Vxlan(v)) => {
+                let (first, end) = if self.remote == ALL_REMOTES {
+                    (0, v.remotes.len())
+                } else {
+                    let r = usize::from(self.remote);
+                    (r, (r + 1).min(v.remotes.len()))
+                };
+                let mut copies = 0;
+                for r in first..end {
+                    let Some(addr) = v.remotes.get(r).map(|x| x.addr) else {
+                        continue;
+                    };
+                    if matches!(&*self.side, TxSide::Vxlan(tx) if tx.queued.len() >= tx.batch.batch())
+                    {
+                        self.flush();
+                    }
+                    let TxSide::Vxlan(tx) = &mut *self.side else {
+                        break;
+                    };
+                    let Ok(Some(mut slot)) = tx.batch.tx_slot(addr) else {
+                        continue;
+                    };
+                    let buf = slot.buf();
+                    buf[..vxlan_header::VXLAN_HDR_LEN]
+                        .copy_from_slice(&vxlan_header::encode(v.vni));
+                    let Some(len) = frame.copy_to(&mut buf[vxlan_header::VXLAN_HDR_LEN..]) else {
+                        continue;
+                    };
+                    if slot.commit(vxlan_header::VXLAN_HDR_LEN + len).is_ok() {
+                        tx.queued.push((r as u16, len as u32, copies == 0));
+                        copies += 1;
+                    }
+                }
+                if copies == 0 {
+                    return Err(RxDrop::NoBuffer);
+                }
+                Ok(())
+            }
+            _ => Err(RxDrop::NoBuffer),
+        }
+    }
+
+    fn close(mut self) -> Unsent {
+        self.flush();
+        self.unsent
+    }
+}
