@@ -1,0 +1,214 @@
+//! The embedded switch forwards as an SR-IOV NIC's VEB does: three VFs, a PV port and a VXLAN
+//! uplink whose remote is a UDP socket of the test, every rule with exact counters.
+
+mod common;
+
+use common::*;
+use sriov_emu::daemon::Daemon;
+use sriov_emu::uplink::vxlan_header;
+use sriov_emu::vf::SettingsUpdate;
+use sriov_emu::wire::MacAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+const VNI: u32 = 77;
+
+/// A free UDP port on 127.0.0.1 (bound and released: good enough for a test).
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The remote VTEP: a plain UDP socket that speaks VXLAN by hand.
+struct Remote {
+    sock: UdpSocket,
+    emulator: SocketAddr,
+}
+
+impl Remote {
+    fn send(&self, frame: &[u8]) {
+        let mut d = vxlan_header::encode(VNI).to_vec();
+        d.extend_from_slice(frame);
+        self.sock.send_to(&d, self.emulator).unwrap();
+    }
+
+    /// The next inner frame within `timeout`.
+    fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.sock.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 9300];
+        let (n, from) = self.sock.recv_from(&mut buf).ok()?;
+        assert_eq!(from, self.emulator, "a datagram from elsewhere");
+        let (vni, inner) = vxlan_header::decode(&buf[..n]).expect("a VXLAN datagram");
+        assert_eq!(vni, VNI);
+        Some(inner.to_vec())
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Daemon, Remote) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let remote = sock.local_addr().unwrap();
+    let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spec = format!("vxlan:local={local},remote={remote},vni={VNI}")
+        .parse()
+        .unwrap();
+    let d = start_daemon_cfg(dir.path(), 3, 1, |c| c.uplink = Some(spec));
+    (
+        dir,
+        d,
+        Remote {
+            sock,
+            emulator: local,
+        },
+    )
+}
+
+fn mac(s: &str) -> MacAddr {
+    s.parse().unwrap()
+}
+
+fn set(d: &Daemon, vf: u32, u: SettingsUpdate) -> Result<(), String> {
+    d.vf_set(vf, &u)
+        .map(|_| ())
+        .map_err(|e| sriov_emu::ErrorChain(&e).to_string())
+}
+
+#[test]
+fn every_veb_rule_with_exact_counters() {
+    let (_dir, d, wire) = setup();
+    let mut vf: Vec<_> = (0..3)
+        .map(|i| connect(&d, &format!("vf{i}"), pairs(1, 1)))
+        .collect();
+    let mut pv = connect(&d, "pv0", pairs(1, 1));
+    let nobody = mac("02:00:00:00:ee:01");
+    let far = mac("02:00:00:00:ff:01");
+    let quiet = |fe: &mut sriov_emu::frontend::VirtioNetFrontend, what: &str| {
+        assert!(fe.recv_timeout(0, QUIET).is_none(), "{what}");
+    };
+
+    // 1. Unknown unicast from a VF: the uplink and the PV port, no other VF.
+    let f1 = udp_frame(nobody, vf_mac(0), 1, 1, 1, 100);
+    vf[0].send(0, &f1).unwrap();
+    assert_eq!(wire.recv(WAIT).as_deref(), Some(&f1[..]), "on the wire");
+    assert_eq!(pv.recv_timeout(0, WAIT).as_deref(), Some(&f1[..]), "at pv0");
+    quiet(&mut vf[1], "vf1 got unknown unicast");
+    quiet(&mut vf[2], "vf2 got unknown unicast");
+
+    // 2. An untrusted VF cannot be promiscuous: a clear error, nothing changes.
+    let promisc = || SettingsUpdate {
+        promisc: Some(true),
+        ..Default::default()
+    };
+    let err = set(&d, 1, promisc()).unwrap_err();
+    assert!(err.contains("promiscuous mode needs a trusted VF"), "{err}");
+    assert!(!d.port("vf1").unwrap().settings().promisc);
+    // A trusted one can; then it gets unknown unicast of its VLAN too.
+    set(
+        &d,
+        2,
+        SettingsUpdate {
+            trust: Some(true),
+            ..promisc()
+        },
+    )
+    .unwrap();
+    vf[0].send(0, &f1).unwrap();
+    assert_eq!(wire.recv(WAIT).as_deref(), Some(&f1[..]));
+    assert_eq!(pv.recv_timeout(0, WAIT).as_deref(), Some(&f1[..]));
+    assert_eq!(
+        vf[2].recv_timeout(0, WAIT).as_deref(),
+        Some(&f1[..]),
+        "promiscuous vf2"
+    );
+    quiet(&mut vf[1], "vf1 got unknown unicast");
+
+    // 3. Unknown unicast from the uplink: PV ports (and the promiscuous VF) only.
+    let f3 = udp_frame(nobody, far, 3, 3, 3, 200);
+    wire.send(&f3);
+    assert_eq!(pv.recv_timeout(0, WAIT).as_deref(), Some(&f3[..]));
+    assert_eq!(vf[2].recv_timeout(0, WAIT).as_deref(), Some(&f3[..]));
+    quiet(&mut vf[0], "vf0 got unknown unicast from the wire");
+    quiet(&mut vf[1], "vf1 got unknown unicast from the wire");
+    assert!(wire.recv(QUIET).is_none(), "back onto the wire");
+
+    // 4. The uplink learned `far` (with its remote): unicast to it goes to the wire only.
+    let f4 = udp_frame(far, vf_mac(1), 4, 4, 4, 300);
+    vf[1].send(0, &f4).unwrap();
+    assert_eq!(wire.recv(WAIT).as_deref(), Some(&f4[..]));
+    quiet(&mut pv, "pv0 got unicast for a MAC known on the uplink");
+    quiet(&mut vf[2], "vf2 got known unicast");
+    let fdb = d.fdb();
+    let learned = fdb.iter().find(|r| r.mac == far).expect("far learned");
+    assert_eq!(
+        (
+            learned.port.as_str(),
+            learned.is_static,
+            learned.remote.clone()
+        ),
+        (
+            "uplink",
+            false,
+            Some(wire.sock.local_addr().unwrap().to_string())
+        )
+    );
+
+    // 5. Broadcast reaches every VF, the PV port and the uplink, never its sender.
+    let bc = broadcast(vf_mac(0));
+    vf[0].send(0, &bc).unwrap();
+    assert_eq!(wire.recv(WAIT).as_deref(), Some(&bc[..]));
+    for (i, fe) in vf.iter_mut().enumerate().skip(1) {
+        assert_eq!(fe.recv_timeout(0, WAIT).as_deref(), Some(&bc[..]), "vf{i}");
+    }
+    assert_eq!(pv.recv_timeout(0, WAIT).as_deref(), Some(&bc[..]));
+    quiet(&mut vf[0], "a broadcast came back to its sender");
+    // ... and from the wire, every VF and the PV port, not back onto the wire.
+    let bw = broadcast(far);
+    wire.send(&bw);
+    for (i, fe) in vf.iter_mut().enumerate() {
+        assert_eq!(fe.recv_timeout(0, WAIT).as_deref(), Some(&bw[..]), "vf{i}");
+    }
+    assert_eq!(pv.recv_timeout(0, WAIT).as_deref(), Some(&bw[..]));
+    assert!(
+        wire.recv(QUIET).is_none(),
+        "a broadcast went back onto the wire"
+    );
+
+    // 6. A VF's static entry wins over learning: the wire sending with vf1's MAC moves
+    // nothing, and unicast to vf1 still reaches vf1 only.
+    wire.send(&broadcast(vf_mac(1)));
+    for fe in vf.iter_mut().chain(std::iter::once(&mut pv)) {
+        fe.drain(QUIET);
+    }
+    let f6 = udp_frame(vf_mac(1), vf_mac(0), 6, 6, 6, 120);
+    vf[0].send(0, &f6).unwrap();
+    assert_eq!(vf[1].recv_timeout(0, WAIT).as_deref(), Some(&f6[..]));
+    assert!(wire.recv(QUIET).is_none(), "a VF's MAC went to the wire");
+    let vf1 = d.fdb().into_iter().find(|r| r.mac == vf_mac(1)).unwrap();
+    assert_eq!((vf1.port.as_str(), vf1.is_static), ("vf1", true));
+
+    // Exact counters. The uplink's internal names are from the wire's side: tx = came in.
+    let c = |p: &str, n: &str| counter(&d, p, n);
+    assert_eq!(c("vf0", "tx_packets"), 4);
+    assert_eq!(c("vf0", "tx_forwarded"), 4);
+    assert_eq!(c("vf1", "tx_packets"), 1);
+    assert_eq!(c("uplink", "tx_packets"), 3, "frames from the wire");
+    assert_eq!(c("uplink", "tx_forwarded"), 3);
+    assert_eq!(c("uplink", "rx_packets"), 4, "frames onto the wire");
+    // pv0: f1 twice, f3, both broadcasts, the wire's broadcast with vf1's MAC.
+    assert_eq!(c("pv0", "rx_packets"), 6);
+    assert_eq!(c("vf0", "rx_packets"), 2);
+    assert_eq!(c("vf1", "rx_packets"), 4);
+    assert_eq!(c("vf2", "rx_packets"), 5);
+    for p in ["vf0", "vf1", "vf2", "pv0", "uplink"] {
+        for n in [
+            "drop_no_destination",
+            "drop_same_port",
+            "drop_no_rx_buffer",
+            "drop_malformed",
+        ] {
+            assert_eq!(c(p, n), 0, "{p} {n}: {}", nonzero_counters(&d, &[p]));
+        }
+    }
+}
