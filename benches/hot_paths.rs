@@ -14,7 +14,7 @@ use sriov_emu::pf::default_vf_mac;
 use sriov_emu::rss::{
     toeplitz_reference, EnabledQueues, FlowTuple, ToeplitzTable, VfRss, DEFAULT_KEY, MAX_INPUT,
 };
-use sriov_emu::switch::{policy, FromPort, PortId, PortRole, Switch, TokenBucket};
+use sriov_emu::switch::{policy, FromPort, PortId, PortRole, Switch};
 use sriov_emu::vf::VfSettings;
 use sriov_emu::wire::{FrameHeader, MacAddr};
 use std::hint::black_box;
@@ -91,9 +91,8 @@ fn parse_and_switch(c: &mut Criterion) {
         b.iter(|| sw.forward(&vf0, black_box(&hdr), 1))
     });
     let s = VfSettings::new(default_vf_mac(0)).edge_policy(true, true);
-    let mut bucket = TokenBucket::new(0);
     c.bench_function("edge_policy_ingress", |b| {
-        b.iter(|| policy::ingress(black_box(&s), black_box(&hdr), &mut bucket, 512, 0))
+        b.iter(|| policy::ingress(black_box(&s), black_box(&hdr)))
     });
 }
 

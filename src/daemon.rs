@@ -179,6 +179,7 @@ impl Daemon {
         };
         daemon.add_ports(pf.port_specs())?;
         if let Some(up) = &uplink {
+            up.set_rate(cfg.uplink_rate);
             let mtu = u16::try_from(up.max_frame().saturating_sub(14)).unwrap_or(u16::MAX);
             let queues = u16::try_from(up.queues()).unwrap_or(1);
             let port =
@@ -190,6 +191,15 @@ impl Daemon {
                 carrier = up.carrier(),
                 "uplink open"
             );
+            let fits = up.spec().guest_mtu(cfg.uplink_mtu);
+            if u32::from(cfg.pf.mtu) > fits {
+                tracing::warn!(
+                    "the ports' MTU {} is above what the uplink carries (guest MTU {fits}): \
+                     larger frames to the wire are dropped and counted (drop_mtu); run with \
+                     --mtu {fits} and give guests host_mtu={fits} (`qemu-args --uplink ...`)",
+                    cfg.pf.mtu
+                );
+            }
         }
         for w in 0..waker.workers() {
             let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]);

@@ -202,6 +202,14 @@ struct QemuArgsCmd {
     index: u32,
     #[command(flatten)]
     pf: PfArgs,
+    /// The emulator's uplink, as given to `run` (or in the config file): the guest MTU
+    /// printed (`host_mtu`) is then the largest whose frames fit the wire (1450 for VXLAN
+    /// over IPv4 with the default --uplink-mtu 1500).
+    #[arg(long, value_name = "SPEC")]
+    uplink: Option<sriov_emu::uplink::UplinkSpec>,
+    /// The uplink's MTU, as given to `run` [default: 1500].
+    #[arg(long, value_name = "BYTES")]
+    uplink_mtu: Option<u32>,
 }
 
 fn default_socket_dir() -> PathBuf {
@@ -481,6 +489,21 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
             count,
         })?;
     let qp = p.queue_pairs;
+    let mut mtu = u32::from(p.mtu);
+    if let Some(up) = a.uplink.as_ref().or(file.uplink.as_ref()) {
+        let underlay = a
+            .uplink_mtu
+            .or(file.uplink_mtu)
+            .unwrap_or(sriov_emu::uplink::spec::DEFAULT_UNDERLAY_MTU);
+        let fits = up.guest_mtu(underlay);
+        if fits < mtu {
+            eprintln!(
+                "note: the uplink ({up}, MTU {underlay}) carries frames of a guest MTU up to \
+                 {fits}: host_mtu={fits} (the port's MTU is {mtu})"
+            );
+            mtu = fits;
+        }
+    }
     // MSI-X vectors: one per queue, plus config and control queue (as libvirt computes it).
     let vectors = 2 * u32::from(qp) + 2;
     let mac = p.mac.map(|m| format!(",mac={m}")).unwrap_or_default();
@@ -490,7 +513,6 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
          -device virtio-net-pci,netdev={n},id={n}dev{mac}{mq},vectors={vectors},host_mtu={mtu}",
         n = p.name,
         s = p.socket.display(),
-        mtu = p.mtu,
     );
     Ok(())
 }

@@ -157,7 +157,6 @@ fn run(poll: bool) {
             "drop_no_destination",
             "drop_same_port",
             "drop_spoofchk",
-            "drop_rate_limit",
         ] {
             assert_eq!(counter(&d, n, drop), 0, "{drop}: {}", ctx());
         }

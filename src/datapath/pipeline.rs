@@ -9,17 +9,19 @@ use super::groups::Groups;
 use super::views::Views;
 use super::TX_BATCH;
 use crate::events::EventBus;
+use crate::pf::UPLINK_PORT_ID;
 use crate::port::{TxFrame, TxPending, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
 use crate::stats::PortTotals;
+use crate::switch::EdgePolicy;
 use crate::switch::{
     fan_out, policy, vlan, Egress, FdbMove, FromPort, Ingress, Learned, PolicyDrop, PortId,
     PortRole, Remote, Switch, TokenBucket, Verdict,
 };
+use crate::uplink::Uplink;
 use crate::vf::Port;
 use crate::wire::{FrameHeader, MacAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Frames taken from one TX queue per pass before other queues get their turn.
 const TX_BUDGET: usize = 256;
@@ -35,6 +37,8 @@ struct Decided {
     hdr: Option<FrameHeader>,
     /// Its VLAN in the switch (the outer tag after the port VLAN's; 0 = untagged).
     vlan: u16,
+    /// Why it was dropped at the sender's edge (counted if the frame was sent).
+    drop: Option<Dropped>,
     /// Its flow may be learned (flow learning on).
     learn: bool,
     /// The RSS / flow steering view of the frame, parsed from its head when first needed.
@@ -54,6 +58,58 @@ impl Decided {
     }
 }
 
+/// Why a frame was dropped at the sender's edge.
+#[derive(Clone, Copy)]
+enum Dropped {
+    Malformed,
+    Policy(PolicyDrop),
+}
+
+/// The bits a frame costs a rate bucket.
+#[inline]
+fn frame_bits(len: usize) -> u64 {
+    len as u64 * 8
+}
+
+/// The wire's TX scheduler for one batch: the uplink's line rate, and the sender's guaranteed
+/// share of it (`min_tx_rate`), locked once per batch with frames for the wire.
+struct WireGate<'a> {
+    line: MutexGuard<'a, TokenBucket>,
+    share: Option<MutexGuard<'a, TokenBucket>>,
+}
+
+impl<'a> WireGate<'a> {
+    fn open(up: &'a Uplink, port: &'a Port, policy: &EdgePolicy, now_ns: u64) -> Self {
+        let mut line = up.rate();
+        line.refill(now_ns);
+        let share = (policy.min_tx_rate != 0).then(|| {
+            let mut g = port.wire_share();
+            g.refill(now_ns);
+            g
+        });
+        WireGate { line, share }
+    }
+
+    /// Admits a frame of `bits` onto the wire: within the sender's guaranteed share (which the
+    /// line is charged for too, even past zero: the others wait), or while the line is not
+    /// in debt. `Err(when)`: held back until then.
+    fn admit(&mut self, bits: u64, now_ns: u64) -> Result<(), u64> {
+        let guaranteed = self.share.as_ref().is_some_and(|g| g.has_credit());
+        if guaranteed || self.line.may_send() {
+            self.line.charge(bits);
+            if let Some(g) = self.share.as_deref_mut().filter(|_| guaranteed) {
+                g.charge(bits);
+            }
+            return Ok(());
+        }
+        let line = self.line.ready_at(now_ns);
+        Err(self
+            .share
+            .as_ref()
+            .map_or(line, |g| line.min(g.ready_at(now_ns))))
+    }
+}
+
 /// A worker's pipeline: buffers reused for every batch.
 pub struct Pipeline {
     switch: Arc<Mutex<Switch>>,
@@ -69,7 +125,10 @@ pub struct Pipeline {
     moves: Vec<FdbMove>,
     /// One frame's destination ports and remotes (reused).
     dests: Vec<(PortId, Remote)>,
-    start: Instant,
+    /// When the batch just held back by a rate may go (ns, `now_ns` clock).
+    throttle: u64,
+    /// The earliest time a held-back queue is to be tried again.
+    next_retry: Option<u64>,
 }
 
 impl Pipeline {
@@ -84,13 +143,14 @@ impl Pipeline {
             verdicts: vec![Verdict::SamePort; TX_BATCH].into_boxed_slice(),
             moves: Vec::with_capacity(4),
             dests: Vec::with_capacity(crate::pf::PORT_SLOTS),
-            start: Instant::now(),
+            throttle: 0,
+            next_retry: None,
         }
     }
 
-    /// Seconds since the worker started (the FDB's clock).
+    /// Seconds on the data plane's clock (the FDB's).
     pub fn now_secs(&self) -> u64 {
-        self.start.elapsed().as_secs()
+        super::now_ns() / 1_000_000_000
     }
 
     /// The switch (for upkeep).
@@ -112,6 +172,16 @@ impl Pipeline {
             let Some(view) = views.get_mut(src) else {
                 return done > 0;
             };
+            if view.throttled_until != 0 {
+                // Held back by a rate: not before its bucket has tokens again.
+                let now = super::now_ns();
+                if now < view.throttled_until {
+                    pending.mark(qp);
+                    self.retry_at(view.throttled_until);
+                    return done > 0;
+                }
+                view.throttled_until = 0;
+            }
             let Some(io) = view.io.as_mut() else {
                 return done > 0;
             };
@@ -125,12 +195,23 @@ impl Pipeline {
                 }
             };
             let port = view.port.clone();
-            self.switch_batch(views, src, &port, qp, n);
-            self.deliveries.write(&self.frames[..n], views);
-            if let Some(io) = views.get_mut(src).and_then(|v| v.io.as_mut()) {
-                io.complete(qp, &self.frames[..n], batch);
+            let sent = self.switch_batch(views, src, &port, qp, n);
+            self.deliveries.write(&self.frames[..sent], views);
+            let Some(view) = views.get_mut(src) else {
+                break;
+            };
+            if let Some(io) = view.io.as_mut() {
+                io.complete(qp, &self.frames[..n], batch, sent);
             }
-            done += n;
+            done += sent;
+            if sent < n {
+                // The rest waits in the queue until the rate allows it.
+                view.throttled_until = self.throttle.max(1);
+                port.counters.totals.tx_throttled.inc();
+                pending.mark(qp);
+                self.retry_at(self.throttle);
+                break;
+            }
             if done >= TX_BUDGET {
                 pending.mark(qp);
                 break;
@@ -139,40 +220,59 @@ impl Pipeline {
         done > 0
     }
 
-    /// Makes the switch decisions for `n` popped frames of `port`'s TX queue `qp`.
-    fn switch_batch(&mut self, views: &mut Views, src: usize, port: &Port, qp: usize, n: usize) {
+    /// Makes the switch decisions for `n` popped frames of `port`'s TX queue `qp`. Returns how
+    /// many were sent (decided and counted); the rest are held back by a rate (the port's
+    /// `max_tx_rate`, or the wire's line rate and the port's share of it), and `self.throttle`
+    /// says when to try again.
+    fn switch_batch(
+        &mut self,
+        views: &mut Views,
+        src: usize,
+        port: &Port,
+        qp: usize,
+        n: usize,
+    ) -> usize {
         let c = &port.counters.totals;
-        let elapsed = self.start.elapsed();
-        let now = elapsed.as_secs();
-        let now_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = super::now_ns();
+        let now = now_ns / 1_000_000_000;
         let Some(view) = views.get(src) else {
-            return;
+            return 0;
         };
         let policy = view.policy;
         let role = view.role;
         let learning = view.rss_fast.is_none();
-        let mut bytes = 0u64;
+        let mut cut = n;
 
-        // 1. The sender's edge policy, frame by frame (the rate bucket locked once if set).
+        // 1. The sender's rate (its bucket locked once if set), then its edge policy, frame
+        // by frame. Drops are counted once the batch's cut is known.
         let mut bucket = (policy.max_tx_rate != 0).then(|| port.tx_rate());
-        let mut unlimited = TokenBucket::new(0);
+        if let Some(b) = bucket.as_deref_mut() {
+            b.refill(now_ns);
+        }
         for k in 0..n {
             let (f, d) = (&mut self.frames[k], &mut self.decided[k]);
-            bytes += f.len as u64;
+            if let Some(b) = bucket.as_deref_mut() {
+                if !b.may_send() {
+                    cut = k;
+                    self.throttle = b.ready_at(now_ns);
+                    break;
+                }
+                b.charge(frame_bits(f.len));
+            }
             d.hdr = None;
             d.learn = false;
             d.tuple = None;
+            d.drop = None;
             let hdr = match (f.ok, FrameHeader::parse(f.head(), f.len)) {
                 (true, Ok(h)) => h,
                 _ => {
-                    c.drop_malformed.inc();
+                    d.drop = Some(Dropped::Malformed);
                     continue;
                 }
             };
-            let b = bucket.as_deref_mut().unwrap_or(&mut unlimited);
-            match policy::ingress(&policy, &hdr, b, f.len as u64 * 8, now_ns) {
+            match policy::ingress(&policy, &hdr) {
                 Err(drop) => {
-                    count_policy_drop(c, drop);
+                    d.drop = Some(Dropped::Policy(drop));
                     continue;
                 }
                 Ok(Ingress::InsertTag(tpid, tci)) => {
@@ -182,7 +282,7 @@ impl Pipeline {
                             f.len += vlan::TAG_LEN;
                         }
                         None => {
-                            c.drop_malformed.inc();
+                            d.drop = Some(Dropped::Malformed);
                             continue;
                         }
                     }
@@ -209,7 +309,7 @@ impl Pipeline {
             };
             let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
             let mut last: Option<(MacAddr, MacAddr, u16, Remote, Verdict)> = None;
-            for k in 0..n {
+            for k in 0..cut {
                 let Some(hdr) = self.decided[k].hdr else {
                     continue;
                 };
@@ -241,11 +341,15 @@ impl Pipeline {
             m.announce(&self.events, |p| views.name(p.index()));
         }
 
-        // 3. Fan-out, the destinations' egress policy and steering.
+        // 3. Fan-out, the wire's rate for frames to the uplink, the destinations' egress
+        // policy and steering.
         let mut forwarded = 0u64;
         let ports = views.slots.len();
         let mut dests = std::mem::take(&mut self.dests);
-        for k in 0..n {
+        let uplink = views.uplink().cloned();
+        let mut wire: Option<WireGate<'_>> = None;
+        let mut held = None;
+        for k in 0..cut {
             if self.decided[k].hdr.is_none() {
                 continue;
             }
@@ -258,6 +362,17 @@ impl Pipeline {
                 |p| views.attached(p.index()),
                 |p, r| dests.push((p, r)),
             );
+            if let Some(up) = uplink.as_deref() {
+                if dests.iter().any(|(d, _)| *d == UPLINK_PORT_ID) {
+                    let gate =
+                        wire.get_or_insert_with(|| WireGate::open(up, port, &policy, now_ns));
+                    if let Err(retry) = gate.admit(frame_bits(self.frames[k].len), now_ns) {
+                        held = Some(k);
+                        self.throttle = retry;
+                        break;
+                    }
+                }
+            }
             for &(d, r) in &dests {
                 self.queue_delivery(views, k, d.index(), r);
             }
@@ -269,18 +384,44 @@ impl Pipeline {
                 c.drop_no_destination.inc();
             }
         }
+        drop(wire);
         self.dests = dests;
-        self.learn_flows(port, qp, n);
+        if let Some(k) = held {
+            cut = k;
+        }
+
+        // What was sent: its drops, its flows, its counters.
+        let mut bytes = 0u64;
+        for (f, d) in self.frames[..cut].iter().zip(&self.decided[..cut]) {
+            bytes += f.len as u64;
+            match d.drop {
+                Some(Dropped::Malformed) => c.drop_malformed.inc(),
+                Some(Dropped::Policy(p)) => count_policy_drop(c, p),
+                None => {}
+            }
+        }
+        self.learn_flows(port, qp, cut);
         self.steer_pending(views);
-        c.tx_packets.add(n as u64);
+        c.tx_packets.add(cut as u64);
         c.tx_bytes.add(bytes);
         if let Some(qc) = port.counters.queue(qp) {
-            qc.tx_packets.add(n as u64);
+            qc.tx_packets.add(cut as u64);
             qc.tx_bytes.add(bytes);
         }
         if forwarded > 0 {
             c.tx_forwarded.add(forwarded);
         }
+        cut
+    }
+
+    /// Remembers that a held-back queue is to be tried again at `at` (ns, `now_ns` clock).
+    fn retry_at(&mut self, at: u64) {
+        self.next_retry = Some(self.next_retry.map_or(at, |r| r.min(at)));
+    }
+
+    /// When the worker should look again at a held-back queue, forgotten once asked.
+    pub fn take_retry(&mut self) -> Option<u64> {
+        self.next_retry.take()
     }
 
     /// Applies port `dst`'s egress policy (link, port VLAN) and steering to frame `k` and
@@ -421,6 +562,5 @@ fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
         PolicyDrop::LinkDown => c.drop_link_down.inc(),
         PolicyDrop::SpoofChk => c.drop_spoofchk.inc(),
         PolicyDrop::VlanFilter => c.drop_vlan_filter.inc(),
-        PolicyDrop::RateLimit => c.drop_rate_limit.inc(),
     }
 }

@@ -60,10 +60,10 @@ impl TxQueues for PortIo {
     }
 
     #[inline]
-    fn complete(&mut self, qp: usize, frames: &[TxFrame], batch: PortBatch) {
+    fn complete(&mut self, qp: usize, frames: &[TxFrame], batch: PortBatch, sent: usize) {
         match (self, batch) {
-            (PortIo::Vhost(v), PortBatch::Vhost(b)) => v.complete(qp, frames, b),
-            (PortIo::Uplink(u), PortBatch::Uplink(b)) => u.complete(qp, frames, b),
+            (PortIo::Vhost(v), PortBatch::Vhost(b)) => v.complete(qp, frames, b, sent),
+            (PortIo::Uplink(u), PortBatch::Uplink(b)) => u.complete(qp, frames, b, sent),
             // A batch goes back to the port that gave it (`Pipeline::process_tx`).
             _ => {}
         }

@@ -39,6 +39,8 @@ pub struct PortView {
     rss_gen: u64,
     /// A broken queue was reported (once per connection).
     warned: bool,
+    /// Its TX is held back by a rate until then (ns, `datapath::now_ns`); 0: it is not.
+    pub throttled_until: u64,
     poll: bool,
 }
 
@@ -58,6 +60,7 @@ impl PortView {
             rss_fast: None,
             rss_gen: u64::MAX,
             warned: false,
+            throttled_until: 0,
             poll,
             port,
         }
@@ -292,6 +295,11 @@ impl Views {
     #[inline]
     pub fn get_mut(&mut self, i: usize) -> Option<&mut PortView> {
         self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// The uplink, if the PF has one.
+    pub fn uplink(&self) -> Option<&Arc<Uplink>> {
+        self.uplink.as_ref()
     }
 
     /// The name of the port in slot `i`.

@@ -52,8 +52,9 @@ pub trait TxQueues {
     /// Fills up to `frames.len()` frames from TX queue pair `qp`.
     fn pop(&mut self, qp: usize, frames: &mut [TxFrame]) -> TxPop<Self::Batch>;
 
-    /// Returns the buffers of the first `n` frames of a batch (the port may notify).
-    fn complete(&mut self, qp: usize, frames: &[TxFrame], batch: Self::Batch);
+    /// Returns the buffers of the batch's first `sent` frames (the port may notify); the rest
+    /// (`frames[sent..]`, held back by a rate) stay in the queue, to be popped again.
+    fn complete(&mut self, qp: usize, frames: &[TxFrame], batch: Self::Batch, sent: usize);
 }
 
 /// Writing frames into one of a port's RX queues, a group at a time.

@@ -6,7 +6,7 @@
 //!
 //! Accounting rule: every frame the guest sends is counted in `tx_packets` and then exactly one
 //! of `tx_forwarded` (handed to the switch for at least one destination) or an ingress drop
-//! (`drop_malformed`, `drop_link_down`, `drop_spoofchk`, `drop_vlan_filter`, `drop_rate_limit`,
+//! (`drop_malformed`, `drop_link_down`, `drop_spoofchk`, `drop_vlan_filter`,
 //! `drop_no_destination`, `drop_same_port`). Every copy the switch tries to deliver to a port is
 //! counted at that port in exactly one of `rx_packets` or an egress drop (`drop_link_down`,
 //! `drop_vlan_filter`, `drop_no_rx_buffer`, `drop_oversize_rx`, `drop_mtu`).
@@ -75,8 +75,6 @@ counters! {
         drop_same_port,
         /// TX: spoof checking: a source MAC (or a VLAN tag) the VF may not use.
         drop_spoofchk,
-        /// TX: over the VF's max_tx_rate.
-        drop_rate_limit,
         /// TX or RX: the VF's link is down (link-state disable).
         drop_link_down,
         /// TX: a tag under a port VLAN with spoofchk off; RX: not the VF's port VLAN.
@@ -102,6 +100,10 @@ counters! {
         flow_learned,
         /// Learned flows evicted (least recently used) to make room.
         flow_evictions,
+        /// TX: times the port's TX queues were held back by a rate (its max_tx_rate, or the
+        /// wire's line rate beyond its min_tx_rate share). A rate never drops a frame: the
+        /// frames wait in the guest's ring, as on a NIC's TX scheduler.
+        tx_throttled,
         /// A queue the guest left unusable (an avail index more than the ring size ahead, a
         /// ring outside its memory), found while sending or delivering; the queue is skipped
         /// while it lasts and the frames for it count as `drop_no_rx_buffer`.

@@ -10,11 +10,11 @@ use super::vxlan_header;
 use crate::pf::UPLINK_PORT_ID;
 use crate::port::TxPending;
 use crate::stats::Counter;
-use crate::switch::PortId;
+use crate::switch::{PortId, TokenBucket};
 use std::net::UdpSocket;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Why the uplink cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,8 @@ pub struct Uplink {
     /// Set when the device fails for good (a TAP deleted under us): its descriptors are no
     /// longer waited on.
     broken: AtomicBool,
+    /// The line rate (`--uplink-rate`): every frame onto the wire is charged to it.
+    rate: Mutex<TokenBucket>,
     pub counters: UplinkCounters,
 }
 
@@ -146,6 +148,7 @@ impl Uplink {
             pending: Arc::default(),
             carrier: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            rate: Mutex::new(TokenBucket::new(0)),
             counters: UplinkCounters::default(),
         };
         up.carrier.store(up.sense_carrier(), Ordering::Release);
@@ -202,6 +205,16 @@ impl Uplink {
 
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
+    }
+
+    /// Sets the line rate, Mbit/s (0: unlimited).
+    pub fn set_rate(&self, mbps: u32) {
+        *self.rate() = TokenBucket::new(mbps);
+    }
+
+    /// The line rate's bucket.
+    pub fn rate(&self) -> MutexGuard<'_, TokenBucket> {
+        self.rate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The TX queue pairs (frames from the wire) marked pending.

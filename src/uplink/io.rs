@@ -262,7 +262,9 @@ impl TxQueues for UplinkIo {
         TxPop::Batch(n, ())
     }
 
-    fn complete(&mut self, _qp: usize, _frames: &[TxFrame], _batch: ()) {}
+    /// Frames from the wire are never held back (no rate applies to them, and none of them
+    /// goes back onto the wire): `sent` is all of them.
+    fn complete(&mut self, _qp: usize, _frames: &[TxFrame], _batch: (), _sent: usize) {}
 }
 
 impl RxQueues for UplinkIo {

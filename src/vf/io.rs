@@ -189,10 +189,11 @@ impl TxQueues for VhostIo {
         TxPop::Batch(n, addrs)
     }
 
-    /// Returns the chains to the guest and notifies it if it asked. This happens even if the
-    /// handler stopped the queue meanwhile (GET_VRING_BASE waits for it), unless the stop gave
-    /// up waiting or the ring was reconfigured: then the chains are gone with it.
-    fn complete(&mut self, qp: usize, frames: &[TxFrame], addrs: RingAddrs) {
+    /// Returns the chains of the first `sent` frames to the guest and notifies it if it asked;
+    /// the others go back to the avail side (the next pop takes them again). This happens even
+    /// if the handler stopped the queue meanwhile (GET_VRING_BASE waits for it), unless the
+    /// stop gave up waiting or the ring was reconfigured: then the chains are gone with it.
+    fn complete(&mut self, qp: usize, frames: &[TxFrame], addrs: RingAddrs, sent: usize) {
         let index = 2 * qp + 1;
         let Some(vring) = self.conn.vring(index) else {
             return;
@@ -206,9 +207,15 @@ impl TxQueues for VhostIo {
         let Some((_, ring, _)) = self.rings.get(&self.conn.mem, index, q) else {
             return;
         };
+        let sent = sent.min(frames.len());
+        if sent < frames.len() {
+            // Held back: the pop moved past them, nothing was written for them.
+            let back = u16::try_from(frames.len() - sent).unwrap_or(0);
+            q.set_next_avail(q.next_avail().wrapping_sub(back));
+        }
         let old = q.next_used();
         let mut used = old;
-        for f in frames.iter().filter(|f| f.returnable) {
+        for f in frames[..sent].iter().filter(|f| f.returnable) {
             ring.write_used(used, f.segs.head, 0);
             used = used.wrapping_add(1);
         }
@@ -216,6 +223,12 @@ impl TxQueues for VhostIo {
         q.set_next_used(used);
         if ring.needs_notification(old, used) {
             let _ = st.signal_used_queue();
+        }
+        if sent < frames.len() {
+            // Busy-poll must look at the ring again, not skip it as seen.
+            if let Some(s) = self.rings.seen_avail.get_mut(index) {
+                *s = None;
+            }
         }
     }
 }

@@ -168,6 +168,9 @@ pub struct Port {
     /// The `max_tx_rate` bucket, one per port whichever workers serve its TX queues: taken
     /// once per TX batch, only while a rate is set.
     tx_rate: Mutex<TokenBucket>,
+    /// The `min_tx_rate` bucket: the share of the wire guaranteed to the port, taken once per
+    /// batch with frames for the uplink, only while set.
+    wire_share: Mutex<TokenBucket>,
     conn: Mutex<Option<Arc<Connection>>>,
     /// Bumped on every attach and detach, so the data plane notices without locking.
     generation: AtomicU64,
@@ -195,6 +198,7 @@ impl Port {
             rss,
             rss_generation: AtomicU64::new(0),
             tx_rate: Mutex::new(TokenBucket::new(settings.max_tx_rate)),
+            wire_share: Mutex::new(TokenBucket::new(settings.min_tx_rate)),
             settings: Mutex::new(settings),
             settings_generation: AtomicU64::new(0),
             conn: Mutex::new(None),
@@ -287,6 +291,9 @@ impl Port {
         if old.max_tx_rate != new.max_tx_rate {
             *self.tx_rate() = TokenBucket::new(new.max_tx_rate);
         }
+        if old.min_tx_rate != new.min_tx_rate {
+            *self.wire_share() = TokenBucket::new(new.min_tx_rate);
+        }
         self.settings_generation.fetch_add(1, Ordering::AcqRel);
         Ok((old, new))
     }
@@ -296,12 +303,18 @@ impl Port {
         self.tx_rate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The `min_tx_rate` token bucket (the guaranteed share of the wire).
+    pub fn wire_share(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+        self.wire_share.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Takes over `old`'s settings and RSS configuration (the same VF rebuilt with another
     /// channel count).
     pub fn inherit_config(&self, old: &Port) {
         let settings = old.settings();
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
         *self.tx_rate() = TokenBucket::new(settings.max_tx_rate);
+        *self.wire_share() = TokenBucket::new(settings.min_tx_rate);
         self.settings_generation.fetch_add(1, Ordering::AcqRel);
         let old_rss = old.rss();
         self.rss().inherit(&old_rss);

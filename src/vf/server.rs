@@ -7,6 +7,7 @@ use crate::events::EventBus;
 use crate::pf::PortKind;
 use crate::port::Waker;
 use crate::switch::Switch;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +57,8 @@ pub struct ServerHandle {
     stop: Arc<AtomicBool>,
     session: Arc<Mutex<Option<ShutdownHandle>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The listening socket, owned by the thread until it ends (`stop` joins it first).
+    listener_fd: RawFd,
 }
 
 impl ServerHandle {
@@ -86,7 +89,11 @@ impl ServerHandle {
         {
             s.shutdown();
         }
-        // Wake an accept() in progress; the loop sees `stop` and leaves.
+        // Wake an accept() in progress; the loop sees `stop` and leaves. A shutdown of the
+        // listening socket does it even if its file was removed under us.
+        // SAFETY: the fd is the listener the thread owns until it ends, which is joined below;
+        // shutdown(2) only changes the socket's state.
+        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
         let _ = UnixStream::connect(&self.port.spec.socket);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -140,6 +147,7 @@ impl PortServer {
     pub fn spawn(self) -> Result<ServerHandle, ServerError> {
         let name = format!("vhu-{}", self.port.spec.name);
         let (port, stop, session) = (self.port.clone(), self.stop.clone(), self.session.clone());
+        let listener_fd = self.listener.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name(name)
             .stack_size(256 * 1024)
@@ -153,6 +161,7 @@ impl PortServer {
             stop,
             session,
             thread: Some(thread),
+            listener_fd,
         })
     }
 

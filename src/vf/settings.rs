@@ -169,6 +169,7 @@ impl VfSettings {
             qos: self.qos,
             tpid: self.proto.tpid(),
             max_tx_rate: self.max_tx_rate,
+            min_tx_rate: self.min_tx_rate,
         }
     }
 }
