@@ -212,3 +212,100 @@ fn every_veb_rule_with_exact_counters() {
         }
     }
 }
+
+/// A VXLAN uplink with two remotes floods to both (head-end replication) and sends a MAC
+/// learned behind one remote to that remote only.
+#[test]
+fn floods_go_to_every_remote_and_learned_macs_to_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let socks: Vec<UdpSocket> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let remotes: Vec<String> = socks
+        .iter()
+        .map(|s| format!("remote={}", s.local_addr().unwrap()))
+        .collect();
+    let spec = format!("vxlan:local={local},{},vni={VNI}", remotes.join(","))
+        .parse()
+        .unwrap();
+    let d = start_daemon_cfg(dir.path(), 1, 0, |c| c.uplink = Some(spec));
+    let wires: Vec<Remote> = socks
+        .into_iter()
+        .map(|sock| Remote {
+            sock,
+            emulator: local,
+        })
+        .collect();
+    let mut vf = connect(&d, "vf0", pairs(1, 1));
+
+    let bc = broadcast(vf_mac(0));
+    vf.send(0, &bc).unwrap();
+    for (i, w) in wires.iter().enumerate() {
+        assert_eq!(w.recv(WAIT).as_deref(), Some(&bc[..]), "remote {i}");
+    }
+    // A station behind remote 1 speaks; then unicast to it goes to remote 1 only.
+    let far = mac("02:00:00:00:ff:02");
+    wires[1].send(&udp_frame(vf_mac(0), far, 1, 1, 1, 90));
+    assert!(vf.recv_timeout(0, WAIT).is_some());
+    let f = udp_frame(far, vf_mac(0), 2, 2, 2, 400);
+    vf.send(0, &f).unwrap();
+    assert_eq!(wires[1].recv(WAIT).as_deref(), Some(&f[..]));
+    assert!(
+        wires[0].recv(QUIET).is_none(),
+        "remote 0 got unicast for remote 1"
+    );
+    let up = d.uplink().unwrap();
+    let mut c = std::collections::HashMap::new();
+    up.for_each_counter(|n, v| {
+        c.insert(n, v);
+    });
+    assert_eq!((c["remote_0_tx_packets"], c["remote_1_tx_packets"]), (1, 2));
+    assert_eq!((c["remote_0_rx_packets"], c["remote_1_rx_packets"]), (0, 1));
+    assert!(c["tx_syscalls"] <= 2, "one sendmmsg per group: {c:?}");
+}
+
+/// With `carrier=peer`, the uplink has carrier while a remote is heard from: two emulators
+/// keep each other up with keepalives; when one goes, the other loses carrier (and its `auto`
+/// VFs their link) within the timeout, and gets it back when the peer returns.
+#[test]
+fn carrier_follows_the_peer_with_carrier_tracking() {
+    let (pa, pb) = (free_port(), free_port());
+    let spec = |l: u16, r: u16| {
+        format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni={VNI},carrier=peer,peer-timeout-ms=1000")
+            .parse()
+            .unwrap()
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_daemon_cfg(da.path(), 1, 0, |c| c.uplink = Some(spec(pa, pb)));
+    let wait_carrier = |d: &Daemon, up: bool, within: Duration| {
+        let t = std::time::Instant::now();
+        while d.uplink().unwrap().carrier() != up {
+            assert!(t.elapsed() < within, "carrier never went {up}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_carrier(&a, false, WAIT);
+    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(spec(pb, pa)));
+    wait_carrier(&a, true, Duration::from_secs(3));
+    wait_carrier(&b, true, Duration::from_secs(3));
+    assert!(d_link_up(&a), "an auto VF follows the carrier up");
+    drop(b);
+    wait_carrier(&a, false, Duration::from_secs(3));
+    assert!(!d_link_up(&a), "an auto VF follows the carrier down");
+    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(spec(pb, pa)));
+    wait_carrier(&a, true, Duration::from_secs(3));
+    let mut counters = std::collections::HashMap::new();
+    a.uplink().unwrap().for_each_counter(|n, v| {
+        counters.insert(n, v);
+    });
+    assert!(
+        counters["keepalives_rx"] >= 2 && counters["carrier_changes"] >= 3,
+        "{counters:?}"
+    );
+    drop(b);
+}
+
+fn d_link_up(d: &Daemon) -> bool {
+    d.port("vf0").unwrap().link_up()
+}
