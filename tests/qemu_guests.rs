@@ -5,12 +5,15 @@
 //! A missing QEMU 10 fails these tests (install it with ./scripts/setup); with SRIOV_SKIP_QEMU=1
 //! they skip instead, each printing a `SKIPPED:` line (tests/common/skip.rs).
 
+#[path = "common/emulator.rs"]
+mod emulator;
 #[path = "common/qemu.rs"]
 mod qemu;
 
+use emulator::Emulator;
+
 use qemu::{Guest, GuestConfig};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BOOT_AND_RUN: Duration = Duration::from_secs(180);
@@ -35,102 +38,6 @@ fn scenario(
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The emulator binary, stopped by its PID and its sockets checked gone on drop.
-struct Emulator {
-    child: Child,
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Emulator {
-    fn start(args: &[&str]) -> Emulator {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let log = std::fs::File::create(dir.join("emulator.log")).unwrap();
-        let child = Command::new(qemu::sriov_emu_bin())
-            .arg("run")
-            .arg("--socket-dir")
-            .arg(&dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while !dir.join("vf0.sock").exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "emulator did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Emulator {
-            child,
-            dir,
-            _tmp: tmp,
-        }
-    }
-
-    fn nic_args(&self, vf: u32, extra: &[&str]) -> Vec<String> {
-        let mut cmd = Command::new(qemu::sriov_emu_bin());
-        cmd.args(["qemu-args", "vf", &vf.to_string(), "--socket-dir"])
-            .arg(&self.dir)
-            .args(extra);
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        qemu::split_args(&String::from_utf8_lossy(&out.stdout))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("emulator.log")).unwrap_or_default()
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    fn control(&self) -> sriov_emu::control::client::Client {
-        sriov_emu::control::client::Client::connect(&self.dir.join("control.sock"))
-            .expect("control socket")
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            self.keep_logs();
-        }
-    }
-}
-
-impl Emulator {
-    /// Copies the emulator's and the guests' logs out of the temporary directory (removed
-    /// next) into `target/tmp/guests/failed-<pid>-<n>/`, for a look after a failure.
-    fn keep_logs(&self) {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let keep = qemu::scratch_dir().join(format!("failed-{}-{n}", std::process::id()));
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let _ = std::fs::create_dir_all(&keep);
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let _ = std::fs::copy(&p, keep.join(e.file_name()));
-            }
-        }
-        eprintln!("logs kept in {}", keep.display());
-    }
 }
 
 /// A guest on VF `vf` that just answers (fixtures/guest/serve.sh).

@@ -19,11 +19,15 @@
 //! them with ./scripts/setup), or with SRIOV_SKIP_QEMU=1 skips it with a `SKIPPED:` line.
 
 // Not `mod common`: it and common/qemu.rs would both load common/skip.rs.
+#[path = "common/emulator.rs"]
+mod emulator;
 #[allow(dead_code)]
 #[path = "common/netns.rs"]
 mod netns;
 #[path = "common/qemu.rs"]
 mod qemu;
+
+use emulator::Emulator;
 
 use netns::{ip, unique_name, Netns};
 use qemu::{Guest, GuestConfig};
@@ -78,144 +82,6 @@ fn on_path(cmd: &str) -> bool {
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .any(|d| d.join(cmd).is_file())
-}
-
-/// The emulator binary, stopped by its PID on drop; its log and the guests' logs (kept in
-/// its directory) are copied to `target/tmp/guests/failed-*` when the test fails.
-struct Emulator {
-    child: Child,
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Emulator {
-    fn start(args: &[&str]) -> Emulator {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let log = std::fs::File::create(dir.join("emulator.log")).unwrap();
-        let child = Command::new(qemu::sriov_emu_bin())
-            .arg("run")
-            .arg("--socket-dir")
-            .arg(&dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut emu = Emulator {
-            child,
-            dir,
-            _tmp: tmp,
-        };
-        let t = Instant::now();
-        while !emu.dir.join("control.sock").exists() {
-            if let Ok(Some(st)) = emu.child.try_wait() {
-                panic!("emulator {args:?} exited ({st}):\n{}", emu.log());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "emulator {args:?} did not start:\n{}",
-                emu.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        emu
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `sriov-emu qemu-args vf N --socket-dir DIR EXTRA...`, split.
-    fn nic_args(&self, vf: u32, extra: &[&str]) -> Vec<String> {
-        let out = Command::new(qemu::sriov_emu_bin())
-            .args(["qemu-args", "vf", &vf.to_string(), "--socket-dir"])
-            .arg(&self.dir)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        qemu::split_args(&String::from_utf8_lossy(&out.stdout))
-    }
-
-    fn control(&self) -> Client {
-        Client::connect(&self.dir.join("control.sock")).expect("control socket")
-    }
-
-    fn qmp(&self, cmd: &str, args: Value) -> Value {
-        self.control()
-            .execute(cmd, args.clone())
-            .unwrap_or_else(|e| panic!("{cmd} {args}: {e}"))
-    }
-
-    /// One port's `query-stats` entry.
-    fn stats(&self, port: &str) -> Value {
-        self.qmp("query-stats", json!({"port": port}))[0].clone()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("emulator.log")).unwrap_or_default()
-    }
-
-    /// What a failure message shows of the emulator: every port's counters (`ctl stats -j`),
-    /// the FDB and the log's tail.
-    fn report(&self) -> String {
-        let (stats, fdb) = match self.dir.join("control.sock").exists() {
-            true => (
-                self.control().execute("query-stats", json!({})).ok(),
-                self.control().execute("query-fdb", json!({})).ok(),
-            ),
-            false => (None, None),
-        };
-        let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        format!(
-            "--- emulator {} query-stats ---\n{}\n--- query-fdb ---\n{}\n--- log tail ---\n{}",
-            self.dir.display(),
-            stats.map(|s| s.to_string()).unwrap_or_default(),
-            fdb.map(|s| s.to_string()).unwrap_or_default(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
-    }
-
-    /// Copies the logs out of the temporary directory (removed next) for a look afterwards.
-    fn keep_logs(&self) {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let keep = qemu::scratch_dir().join(format!("failed-uplink-{}-{n}", std::process::id()));
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let _ = std::fs::create_dir_all(&keep);
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension()
-                .is_some_and(|x| x == "log" || x == "txt" || x == "pcapng")
-            {
-                let _ = std::fs::copy(&p, keep.join(e.file_name()));
-            }
-        }
-        eprintln!("logs kept in {}", keep.display());
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            self.keep_logs();
-        }
-    }
 }
 
 /// A guest on `emu`'s VF `vf` that runs `cmd` (if any) under fixtures/guest/serve.sh and then
@@ -475,6 +341,24 @@ fn wait_event(
 }
 
 /// ARP frames from `mac` among `frames`.
+/// Waits for `UPLINK_CARRIER` with `state` and the `VF_LINK_CHANGE` of the auto VF vf0 that
+/// follows it.
+fn expect_carrier_events(ctl: &mut Client, events: &mut Vec<Value>, state: &str, emu: &Emulator) {
+    let uplink = |e: &Value| {
+        e["event"] == "UPLINK_CARRIER"
+            && e["data"]["port"] == "uplink"
+            && e["data"]["carrier"] == state
+    };
+    let vf0 = |e: &Value| {
+        e["event"] == "VF_LINK_CHANGE" && e["data"]["port"] == "vf0" && e["data"]["state"] == state
+    };
+    wait_event(ctl, events, Duration::from_secs(5), uplink)
+        .unwrap_or_else(|e| panic!("no UPLINK_CARRIER {state} event: {e}\n{}", emu.report()));
+    let e = wait_event(ctl, events, Duration::from_secs(5), vf0)
+        .unwrap_or_else(|e| panic!("no VF_LINK_CHANGE vf0 {state} event: {e}\n{}", emu.report()));
+    assert_eq!(e["data"]["link-state"], "auto", "{e}");
+}
+
 fn arps_from(frames: &[(usize, Vec<u8>)], mac: &str) -> usize {
     let mac: sriov_emu::wire::MacAddr = mac.parse().unwrap();
     frames
@@ -538,34 +422,7 @@ fn auto_vf_follows_the_tap_carrier_and_an_enabled_vf_keeps_its_link() {
     // Down: the auto VF's guest loses its carrier, the enabled one's keeps it.
     ns.ip(0, &["link", "set", &tap, "down"]);
     let t_down = Instant::now();
-    let ev = |name: &'static str, key: &'static str, port: &'static str, state: &'static str| {
-        move |e: &Value| e["event"] == name && e["data"]["port"] == port && e["data"][key] == state
-    };
-    for (what, r) in [
-        (
-            "UPLINK_CARRIER down",
-            wait_event(
-                &mut ctl,
-                &mut events,
-                Duration::from_secs(5),
-                ev("UPLINK_CARRIER", "carrier", "uplink", "down"),
-            ),
-        ),
-        (
-            "VF_LINK_CHANGE vf0 down",
-            wait_event(
-                &mut ctl,
-                &mut events,
-                Duration::from_secs(5),
-                ev("VF_LINK_CHANGE", "state", "vf0", "down"),
-            ),
-        ),
-    ] {
-        let e = r.unwrap_or_else(|e| panic!("no {what} event: {e}\n{}", emu.report()));
-        if what.starts_with("VF_LINK") {
-            assert_eq!(e["data"]["link-state"], "auto", "{e}");
-        }
-    }
+    expect_carrier_events(&mut ctl, &mut events, "down", &emu);
     wait_line(&auto, "CARRIER=0", Duration::from_secs(30), &emu);
     let seen_down = t_down.elapsed();
     // While the TAP is down: the enabled VF's guest still sends (its broadcast ARP reaches
@@ -588,28 +445,7 @@ fn auto_vf_follows_the_tap_carrier_and_an_enabled_vf_keeps_its_link() {
 
     // Up: the auto VF's guest gets its carrier back and answers again; nothing restarted.
     ns.ip(0, &["link", "set", &tap, "up"]);
-    for (what, r) in [
-        (
-            "UPLINK_CARRIER up",
-            wait_event(
-                &mut ctl,
-                &mut events,
-                Duration::from_secs(5),
-                ev("UPLINK_CARRIER", "carrier", "uplink", "up"),
-            ),
-        ),
-        (
-            "VF_LINK_CHANGE vf0 up",
-            wait_event(
-                &mut ctl,
-                &mut events,
-                Duration::from_secs(5),
-                ev("VF_LINK_CHANGE", "state", "vf0", "up"),
-            ),
-        ),
-    ] {
-        r.unwrap_or_else(|e| panic!("no {what} event: {e}\n{}", emu.report()));
-    }
+    expect_carrier_events(&mut ctl, &mut events, "up", &emu);
     let back =
         ns_wait_reachable(&nsn, "198.18.41.2", Duration::from_secs(30)).unwrap_or_else(|e| {
             panic!(

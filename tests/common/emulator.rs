@@ -1,0 +1,148 @@
+//! The emulator binary for the QEMU guest tests: started with its sockets in a temporary
+//! directory, stopped by its PID on drop, its logs kept when a test fails; its control socket,
+//! counters and `qemu-args`. Included with `#[path]` beside `qemu.rs` (as `crate::qemu`).
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use sriov_emu::control::client::Client;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The emulator binary, stopped by its PID on drop; its log and the guests' logs (kept in
+/// its directory) are copied to `target/tmp/guests/failed-*` when the test fails.
+pub struct Emulator {
+    child: Child,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Emulator {
+    pub fn start(args: &[&str]) -> Emulator {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let log = std::fs::File::create(dir.join("emulator.log")).unwrap();
+        let child = Command::new(crate::qemu::sriov_emu_bin())
+            .arg("run")
+            .arg("--socket-dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut emu = Emulator {
+            child,
+            dir,
+            _tmp: tmp,
+        };
+        let t = Instant::now();
+        while !emu.dir.join("control.sock").exists() {
+            if let Ok(Some(st)) = emu.child.try_wait() {
+                panic!("emulator {args:?} exited ({st}):\n{}", emu.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "emulator {args:?} did not start:\n{}",
+                emu.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        emu
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `sriov-emu qemu-args vf N --socket-dir DIR EXTRA...`, split.
+    pub fn nic_args(&self, vf: u32, extra: &[&str]) -> Vec<String> {
+        let out = Command::new(crate::qemu::sriov_emu_bin())
+            .args(["qemu-args", "vf", &vf.to_string(), "--socket-dir"])
+            .arg(&self.dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crate::qemu::split_args(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn control(&self) -> Client {
+        Client::connect(&self.dir.join("control.sock")).expect("control socket")
+    }
+
+    pub fn qmp(&self, cmd: &str, args: Value) -> Value {
+        self.control()
+            .execute(cmd, args.clone())
+            .unwrap_or_else(|e| panic!("{cmd} {args}: {e}"))
+    }
+
+    /// One port's `query-stats` entry.
+    pub fn stats(&self, port: &str) -> Value {
+        self.qmp("query-stats", json!({"port": port}))[0].clone()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("emulator.log")).unwrap_or_default()
+    }
+
+    /// What a failure message shows of the emulator: every port's counters (`ctl stats -j`),
+    /// the FDB and the log's tail.
+    pub fn report(&self) -> String {
+        let (stats, fdb) = match self.dir.join("control.sock").exists() {
+            true => (
+                self.control().execute("query-stats", json!({})).ok(),
+                self.control().execute("query-fdb", json!({})).ok(),
+            ),
+            false => (None, None),
+        };
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!(
+            "--- emulator {} query-stats ---\n{}\n--- query-fdb ---\n{}\n--- log tail ---\n{}",
+            self.dir.display(),
+            stats.map(|s| s.to_string()).unwrap_or_default(),
+            fdb.map(|s| s.to_string()).unwrap_or_default(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+
+    /// Copies the logs out of the temporary directory (removed next) for a look afterwards.
+    pub fn keep_logs(&self) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let keep = crate::qemu::scratch_dir().join(format!("failed-{}-{n}", std::process::id()));
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(&keep);
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension()
+                .is_some_and(|x| x == "log" || x == "txt" || x == "pcapng")
+            {
+                let _ = std::fs::copy(&p, keep.join(e.file_name()));
+            }
+        }
+        eprintln!("logs kept in {}", keep.display());
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+    }
+}
