@@ -35,8 +35,15 @@ fn is_test_frame(f: &[u8]) -> bool {
 /// A namespace holding the emulator's TAP device, up, with IPv6 off so that the kernel stays
 /// quiet on it; and a raw socket on it.
 struct Wire {
-    _ns: Netns,
+    ns: Netns,
     sock: RawSocket,
+}
+
+impl Wire {
+    /// `ip -n NS args` in the wire's namespace.
+    fn ns_ip(&self, args: &[&str]) {
+        self.ns.ip(0, args);
+    }
 }
 
 fn tap_uplink_daemon(dir: &std::path::Path) -> (sriov_emu::daemon::Daemon, String) {
@@ -57,7 +64,7 @@ fn wire(tap: &str) -> Wire {
     ns.ip(0, &["link", "set", tap, "up"]);
     let name = tap.to_string();
     let sock = in_netns(ns.name(0), move || RawSocket::open(&name));
-    Wire { _ns: ns, sock }
+    Wire { ns, sock }
 }
 
 #[test]
@@ -164,4 +171,72 @@ fn wait_carrier(d: &sriov_emu::daemon::Daemon, up: bool) {
 
 fn seq_of_frame(f: &[u8]) -> u32 {
     u32::from_be_bytes([f[14], f[15], f[16], f[17]])
+}
+
+/// CPU time (ticks) of this process's thread named `name`.
+fn thread_ticks(name: &str) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" of the command: state is 1st, utime 12th, stime 13th.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// A TAP deleted under the emulator: the uplink stops (carrier down, counted), the worker does
+/// not spin on the dead descriptor, and the VFs keep switching between themselves.
+#[test]
+fn a_deleted_tap_stops_the_uplink_not_the_switch() {
+    if skip_without_ip("a_deleted_tap_stops_the_uplink_not_the_switch") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (d, tap) = tap_uplink_daemon(dir.path());
+    let w = wire(&tap);
+    wait_carrier(&d, true);
+    // VFs set to `enable`: they must keep working whatever the wire does.
+    for vf in 0..2 {
+        d.vf_set(
+            vf,
+            &sriov_emu::vf::SettingsUpdate {
+                link_state: Some("enable".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    let mut a = connect(&d, "vf0", pairs(1, 1));
+    let mut b = connect(&d, "vf1", pairs(1, 1));
+    a.send(0, &frame(WIRE_MAC, vf_mac(0), 1, 100)).unwrap();
+    assert!(w.sock.recv_matching(WAIT, is_test_frame).is_some());
+
+    w.ns_ip(&["link", "del", &tap]);
+    wait_carrier(&d, false);
+    // Give the worker a wake-up or two, then look at its CPU time for a second.
+    a.send(0, &frame(WIRE_MAC, vf_mac(0), 2, 100)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = thread_ticks("dataplane0");
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = thread_ticks("dataplane0") - before;
+    assert!(
+        spent < 20,
+        "the worker used {spent} ticks of 100 in 1 s with the TAP gone"
+    );
+    let f = frame(vf_mac(1), vf_mac(0), 3, 300);
+    a.send(0, &f).unwrap();
+    assert_eq!(
+        b.recv_timeout(0, WAIT).as_deref(),
+        Some(&f[..]),
+        "VF to VF still works"
+    );
+    let up = d.uplink().unwrap();
+    assert!(up.is_broken() && up.counters.device_errors.get() >= 1);
 }

@@ -168,6 +168,9 @@ pub struct Views {
     pub wait_fds: Vec<WaitFd>,
     /// A view's connection or the table changed since `active` was built.
     active_stale: bool,
+    /// The uplink had failed for good when `wait_fds` was built (its descriptors are left out:
+    /// a deleted TAP is always "ready" to poll).
+    uplink_broken: bool,
 }
 
 impl Views {
@@ -189,6 +192,7 @@ impl Views {
             active: Vec::new(),
             wait_fds: Vec::new(),
             active_stale: true,
+            uplink_broken: false,
         }
     }
 
@@ -237,29 +241,14 @@ impl Views {
             stale |= v.sync_connection();
             v.refresh_enabled();
         }
+        let broken = self.uplink.as_ref().is_some_and(|u| u.is_broken());
+        if broken != self.uplink_broken {
+            self.uplink_broken = broken;
+            stale = true;
+        }
         if std::mem::take(&mut self.active_stale) || stale {
             self.active.clear();
-            self.wait_fds.clear();
-            if let Some(v) = self
-                .uplink
-                .as_ref()
-                .and_then(|u| self.slots.get(u.port_id().index()))
-            {
-                if let (Some(v), Some(up)) = (v, &self.uplink) {
-                    let mut own = v.own_tx;
-                    while own != 0 {
-                        let qp = own.trailing_zeros() as usize;
-                        own &= own - 1;
-                        if let Some(fd) = up.fd(qp) {
-                            self.wait_fds.push(WaitFd {
-                                fd,
-                                pending: up.tx_pending().clone(),
-                                qp,
-                            });
-                        }
-                    }
-                }
-            }
+            self.wait_fds = self.uplink_wait_fds();
             for (i, v) in self.slots.iter().enumerate() {
                 if let Some(PortView {
                     pending: Some(c),
@@ -273,6 +262,24 @@ impl Views {
                 }
             }
         }
+    }
+
+    /// The uplink's descriptors for the TX queues this worker owns (none once it failed).
+    fn uplink_wait_fds(&self) -> Vec<WaitFd> {
+        let Some(up) = &self.uplink else {
+            return Vec::new();
+        };
+        let own = self.get(up.port_id().index()).map_or(0, |v| v.own_tx);
+        (0..64)
+            .filter(|qp| own & (1u64 << qp) != 0)
+            .filter_map(|qp| {
+                up.fd(qp).map(|fd| WaitFd {
+                    fd,
+                    pending: up.tx_pending().clone(),
+                    qp,
+                })
+            })
+            .collect()
     }
 
     /// Port `d`'s role if it is attached. A view that looks detached is checked against the

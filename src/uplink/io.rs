@@ -242,7 +242,8 @@ impl TxQueues for UplinkIo {
             return TxPop::Empty;
         }
         if self.up.is_broken() {
-            return TxPop::Fault(QueueFault::RingUnmapped);
+            // Logged and counted once when it broke (`Uplink::set_broken`).
+            return TxPop::Empty;
         }
         let take = frames.len().min(BATCH);
         let frames = &mut frames[..take];
