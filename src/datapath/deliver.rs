@@ -167,8 +167,8 @@ fn write_group(
     if let Some(rx) = rx {
         // Frames the port took but could not send after all (a full socket at the end).
         let lost = rx.close();
-        tally.packets -= lost.frames;
-        tally.bytes -= lost.bytes;
+        tally.packets = tally.packets.saturating_sub(lost.frames);
+        tally.bytes = tally.bytes.saturating_sub(lost.bytes);
         tally.no_buffer += lost.frames;
     }
     fault
