@@ -183,7 +183,7 @@ struct RunArgs {
     #[arg(long, value_name = "SPEC")]
     uplink: Option<sriov_emu::uplink::UplinkSpec>,
     /// The uplink's MTU: TAP: the device's MTU; VXLAN: the IP MTU towards the remotes, of
-    /// which 36 bytes (50 with IPv6) go to encapsulation, so 1500 carries guest MTU 1450.
+    /// which 36 bytes (56 with IPv6) go to encapsulation, so 1500 carries guest MTU 1450.
     /// Frames that do not fit are dropped and counted (`drop_mtu`), never fragmented
     /// [default: 1500].
     #[arg(long, value_name = "BYTES")]

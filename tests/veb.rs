@@ -309,3 +309,59 @@ fn carrier_follows_the_peer_with_carrier_tracking() {
 fn d_link_up(d: &Daemon) -> bool {
     d.port("vf0").unwrap().link_up()
 }
+
+/// `query-stats` shows the uplink as a PF's `ethtool -S` would (rx = from the wire), with its
+/// carrier, its remotes and their counters, and without the counters that mean nothing for a
+/// wire (RX steering, flow learning, per-queue).
+#[test]
+fn query_stats_shows_the_uplink_from_the_wire_side() {
+    let remote = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = format!("127.0.0.1:{}", free_port());
+    let spec = format!(
+        "vxlan:local={local},remote={},vni={VNI}",
+        remote.local_addr().unwrap()
+    );
+    let emu = Emu::start(&["--vfs", "1", "--pv-ports", "0", "--uplink", &spec]);
+    let w = Remote {
+        sock: remote,
+        emulator: local.parse().unwrap(),
+    };
+    let mut vf = connect(emu.path(), "vf0", pairs(1, 1));
+    w.send(&broadcast(mac("02:00:00:00:ff:01")));
+    assert!(vf.recv_timeout(0, WAIT).is_some());
+    let f = udp_frame(mac("02:00:00:00:ff:01"), vf_mac(0), 1, 1, 1, 200);
+    vf.send(0, &f).unwrap();
+    assert!(w.recv(WAIT).is_some());
+    let s = emu
+        .control()
+        .execute("query-stats", serde_json::json!({"port": "uplink"}))
+        .unwrap();
+    let up = &s[0];
+    assert_eq!(up["carrier"], true, "{up}");
+    assert_eq!(up["remotes"][0], w.sock.local_addr().unwrap().to_string());
+    let c = &up["counters"];
+    assert_eq!(
+        (c["rx_packets"].as_u64(), c["tx_packets"].as_u64()),
+        (Some(1), Some(1)),
+        "{c}"
+    );
+    assert_eq!(
+        (
+            c["remote_0_rx_packets"].as_u64(),
+            c["remote_0_tx_packets"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(c["tx_bytes"].as_u64(), Some(200));
+    for absent in [
+        "rx_steer_rss",
+        "flow_learned",
+        "rx_queue_0_packets",
+        "tx_queue_0_packets",
+    ] {
+        assert!(
+            c.get(absent).is_none(),
+            "{absent} shown for the uplink: {c}"
+        );
+    }
+}

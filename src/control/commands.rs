@@ -363,6 +363,7 @@ fn query_stats(d: &Daemon, a: &mut Args) -> CmdResult {
                 .counters
                 .snapshot()
                 .into_iter()
+                .filter(|(n, _)| !is_uplink || applies_to_wire(n))
                 .map(|(n, v)| (if is_uplink { wire_name(&n) } else { n }, json!(v)))
                 .collect();
             match d.uplink().filter(|_| is_uplink) {
@@ -380,6 +381,14 @@ fn query_stats(d: &Daemon, a: &mut Args) -> CmdResult {
         })
         .collect();
     Ok(Value::Array(out))
+}
+
+/// Whether a port counter means something for the uplink: RX steering, flow learning and
+/// per-queue counts do not (its "queues" are the remotes, counted per remote instead).
+fn applies_to_wire(n: &str) -> bool {
+    !["rx_steer_", "flow_", "rx_queue_", "tx_queue_"]
+        .iter()
+        .any(|p| n.starts_with(p))
 }
 
 /// An uplink counter's name as the PF's `ethtool -S` has it: `rx_*` came in from the wire,
