@@ -383,12 +383,19 @@ fn query_stats(d: &Daemon, a: &mut Args) -> CmdResult {
     Ok(Value::Array(out))
 }
 
-/// Whether a port counter means something for the uplink: RX steering, flow learning and
-/// per-queue counts do not (its "queues" are the remotes, counted per remote instead).
+/// Whether a port counter means something for the uplink: RX steering, flow learning,
+/// per-queue counts (its "queues" are the remotes, counted per remote instead) and rate holds
+/// (no rate holds frames from the wire) do not.
 fn applies_to_wire(n: &str) -> bool {
-    !["rx_steer_", "flow_", "rx_queue_", "tx_queue_"]
-        .iter()
-        .any(|p| n.starts_with(p))
+    ![
+        "rx_steer_",
+        "flow_",
+        "rx_queue_",
+        "tx_queue_",
+        "tx_throttled",
+    ]
+    .iter()
+    .any(|p| n.starts_with(p))
 }
 
 /// An uplink counter's name as the PF's `ethtool -S` has it: `rx_*` came in from the wire,
