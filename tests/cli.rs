@@ -67,6 +67,32 @@ fn bad_numbers_are_clear_errors_with_nonzero_exit() {
         (vec!["--workers", "0"], "0 is not in 1..=64"),
         (vec!["--cpus", "3-1"], "the range is backwards"),
         (vec!["--cpus", "one"], "`one` is not a CPU number"),
+        (vec!["--uplink", "wire:eth0"], "vxlan:local=IP:PORT"),
+        (
+            vec!["--uplink", "vxlan:local=127.0.0.1:4789,vni=5"],
+            "remote",
+        ),
+        (
+            vec![
+                "--uplink",
+                "vxlan:local=127.0.0.1:4789,remote=127.0.0.1:4790,vni=99999999",
+            ],
+            "vni",
+        ),
+        (vec!["--uplink", "tap:a/b"], "tap:IFNAME"),
+        (
+            vec!["--uplink-rate", "0"],
+            "--uplink-rate 0 Mbit/s is out of range",
+        ),
+        (
+            vec![
+                "--uplink",
+                "vxlan:local=127.0.0.1:4789,remote=127.0.0.1:4790,vni=5",
+                "--uplink-mtu",
+                "80",
+            ],
+            "leaves no room for a frame",
+        ),
     ] {
         let out = run_args(dir.path(), &args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -74,6 +100,28 @@ fn bad_numbers_are_clear_errors_with_nonzero_exit() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+}
+
+#[test]
+fn an_uplink_address_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap();
+    let spec = format!("vxlan:local={at},remote=127.0.0.1:9,vni=5");
+    let out = run_args(dir.path(), &["--uplink", &spec]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "cannot open the uplink: cannot bind the VXLAN socket to {at}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("in use"), "the cause is shown: {err}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "sockets left behind"
+    );
 }
 
 #[test]

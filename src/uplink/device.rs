@@ -5,7 +5,6 @@
 use super::remotes::Remotes;
 use super::spec::{Carrier, UplinkSpec};
 use super::tap::{TapDevice, TapError};
-use super::udp_batch::{UdpBatch, UdpError};
 use super::vxlan_header;
 use crate::pf::UPLINK_PORT_ID;
 use crate::port::TxPending;
@@ -21,8 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub enum UplinkError {
     #[error("cannot open the TAP device")]
     Tap(#[from] TapError),
-    #[error("cannot open the VXLAN socket")]
-    Udp(#[from] UdpError),
+    #[error("cannot bind the VXLAN socket to {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up the VXLAN socket")]
     Socket(#[source] std::io::Error),
     #[error(
@@ -128,8 +131,13 @@ impl Uplink {
                 )
             }
             UplinkSpec::Vxlan(v) => {
-                let batch = UdpBatch::bind(v.local, 1, 64)?;
-                let socket = batch.socket().try_clone().map_err(UplinkError::Socket)?;
+                // Each worker wraps its own clone in a `UdpBatch` (which sizes the socket's
+                // buffers); the socket itself is bound once, here.
+                let socket = UdpSocket::bind(v.local).map_err(|source| UplinkError::Bind {
+                    addr: v.local,
+                    source,
+                })?;
+                socket.set_nonblocking(true).map_err(UplinkError::Socket)?;
                 (
                     Wire::Vxlan(Vxlan {
                         vni: v.vni,

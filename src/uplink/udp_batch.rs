@@ -247,11 +247,6 @@ impl UdpBatch {
         })
     }
 
-    /// The socket (to clone for another thread's batch).
-    pub fn socket(&self) -> &UdpSocket {
-        &self.sock
-    }
-
     /// The socket, for epoll (readable: call `recv`).
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
