@@ -112,6 +112,9 @@ pub struct Daemon {
     flow_learning: bool,
     events: Arc<EventBus>,
     uplink: Option<Arc<Uplink>>,
+    /// The uplink's MTU as configured (TAP: the device's; VXLAN: the underlay's), from which
+    /// the guest MTU that fits the wire follows.
+    uplink_mtu: u32,
     /// The PF's carrier: the uplink's, or up when there is none. VFs with link state `auto`
     /// follow it.
     carrier: Arc<AtomicBool>,
@@ -175,6 +178,7 @@ impl Daemon {
             events: EventBus::new(),
             pf: Mutex::new(pf.clone()),
             uplink: uplink.clone(),
+            uplink_mtu: cfg.uplink_mtu,
             carrier: carrier.clone(),
         };
         daemon.add_ports(pf.port_specs())?;
@@ -408,6 +412,12 @@ impl Daemon {
     /// The uplink, if the PF has one.
     pub fn uplink(&self) -> Option<&Arc<Uplink>> {
         self.uplink.as_ref()
+    }
+
+    /// The uplink's MTU as configured (`--uplink-mtu`: TAP: the device's MTU; VXLAN: the
+    /// underlay's IP MTU); meaningful only with an uplink.
+    pub fn uplink_mtu(&self) -> u32 {
+        self.uplink_mtu
     }
 
     /// The event bus (control clients subscribe to it).

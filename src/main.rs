@@ -1,4 +1,4 @@
-//! The `sriov-emu` command line: `run`, `qemu-args`.
+//! The `sriov-emu` command line: `run`, `qemu-args`, `ctl`.
 
 use clap::{Args, Parser, Subcommand};
 use sriov_emu::config::{ConfigError, ConfigFile};
@@ -60,7 +60,8 @@ struct Cli {
 enum Cmd {
     /// Start the emulator: listen on DIR/vfN.sock and DIR/pvN.sock for QEMU (vhost-user).
     Run(RunArgs),
-    /// Print the QEMU options that attach a VF (chardev, netdev, device with its MAC and queues).
+    /// Print the QEMU options that attach a VF or PV port (chardev, netdev, virtio-net-pci
+    /// device with its MAC, queues and host_mtu).
     QemuArgs(QemuArgsCmd),
     /// Manage a running emulator through its control socket (`ip link ... vf N ...` words).
     Ctl(CtlArgs),
@@ -80,7 +81,7 @@ struct CtlArgs {
 
 #[derive(Subcommand, Debug)]
 enum CtlCmd {
-    /// The PF and one line per VF, like `ip link show`.
+    /// The PF, its uplink (if any) and one line per VF, like `ip link show`.
     Show {
         /// JSON (query-pf and query-vfs).
         #[arg(short = 'j', long)]
@@ -89,8 +90,8 @@ enum CtlCmd {
     /// Set sriov_numvfs (a non-zero count changes only through 0).
     Numvfs { n: u32 },
     /// VF settings: `vf N set mac M | vlan V [qos Q] [proto 802.1Q|802.1ad] | spoofchk on|off |
-    /// trust on|off | state auto|enable|disable | max_tx_rate MBPS | min_tx_rate MBPS |
-    /// channels N`; `vf N rss [key HEX] [table Q...|default] [learning on|off]`;
+    /// trust on|off | promisc on|off | state auto|enable|disable | max_tx_rate MBPS |
+    /// min_tx_rate MBPS | channels N`; `vf N rss [key HEX] [table Q...|default] [learning on|off]`;
     /// `vf N rss test PROTO SRC[:PORT] DST[:PORT]`; `vf N flow add|del|list ...`.
     Vf {
         vf: u32,
@@ -99,7 +100,7 @@ enum CtlCmd {
     },
     /// Counters of every port (or one), like `ethtool -S`.
     Stats {
-        /// Only this port (vf0, pv1, ...).
+        /// Only this port (vf0, pv1, uplink, ...).
         port: Option<String>,
         #[arg(short = 'j', long)]
         json: bool,
@@ -114,7 +115,8 @@ enum CtlCmd {
         #[arg(short = 'j', long)]
         json: bool,
     },
-    /// Print events (VF_ATTACHED, VF_LINK_CHANGE, FDB_MOVE, ...) as they happen, one JSON per line.
+    /// Print events (VF_ATTACHED, VF_LINK_CHANGE, UPLINK_CARRIER, FDB_MOVE, ...) as they happen,
+    /// one JSON per line.
     Events,
     /// Run any control command: `ctl qmp query-vfs '{"...": ...}'`.
     Qmp {
@@ -141,7 +143,8 @@ struct PfArgs {
     /// DMA channels (virtio-net queue pairs) per VF, 1..=64 [default: 2].
     #[arg(long, value_name = "N")]
     channels_per_vf: Option<u32>,
-    /// MTU of every port, 68..=9000 [default: 1500].
+    /// MTU of every port, 68..=9000 [default: 1500]. With an uplink, keep it at or below the
+    /// guest MTU the uplink carries (see --uplink-mtu): longer frames to the wire are dropped.
     #[arg(long, value_name = "BYTES")]
     mtu: Option<u32>,
 }
@@ -175,20 +178,27 @@ struct RunArgs {
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
     flow_learning: bool,
-    /// The PF's wire. `tap:IFNAME[,queues=N]`: a TAP device of this host (created if missing)
-    /// carries the traffic to the host's network stack. `vxlan:local=IP:PORT,remote=IP:PORT
-    /// [,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N]`: VXLAN (RFC 7348) to
-    /// other sriov-emu instances or Linux vxlan devices; floods go to every remote. Without
-    /// an uplink, VFs with link state `auto` are up.
+    /// The PF's wire, a port named `uplink`. `tap:IFNAME[,queues=N]`: a TAP device of this
+    /// host (created if missing) carries the traffic to the host's network stack; it has
+    /// carrier while the device is up.
+    /// `vxlan:local=IP:PORT,remote=IP:PORT[,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N]`:
+    /// VXLAN (RFC 7348) to other sriov-emu instances or Linux vxlan devices (IPv6 in
+    /// brackets); floods go to every remote; carrier always (`on`, the default), or while a
+    /// remote was heard from within peer-timeout-ms (`peer`, default 3000; sriov-emu peers
+    /// send keepalives every second). VFs with link state `auto` follow the carrier; without
+    /// an uplink they are up.
     #[arg(long, value_name = "SPEC")]
     uplink: Option<sriov_emu::uplink::UplinkSpec>,
-    /// The uplink's MTU: TAP: the device's MTU; VXLAN: the IP MTU towards the remotes, of
-    /// which 36 bytes (56 with IPv6) go to encapsulation, so 1500 carries guest MTU 1450.
-    /// Frames that do not fit are dropped and counted (`drop_mtu`), never fragmented
-    /// [default: 1500].
+    /// The uplink's MTU. TAP: the device's MTU (set on it), which is the guest MTU that fits.
+    /// VXLAN: the IP MTU of the path to the remotes, of which 36 bytes (56 over IPv6) go to
+    /// encapsulation besides the guest's 14-byte Ethernet header, so 1500 carries guest MTU
+    /// 1450 (1430 over IPv6). Frames that do not fit are dropped and counted (`drop_mtu`),
+    /// never fragmented [default: 1500].
     #[arg(long, value_name = "BYTES")]
     uplink_mtu: Option<u32>,
-    /// The uplink's line rate in Mbit/s: a 10G adapter [default: 10000].
+    /// The uplink's line rate in Mbit/s, 1..=100000: frames onto the wire are shaped to it
+    /// (held in the guests' rings, never dropped), and a VF's min_tx_rate is a guaranteed share
+    /// of it [default: 10000: a 10G adapter].
     #[arg(long, value_name = "MBPS")]
     uplink_rate: Option<u32>,
 }
@@ -202,9 +212,9 @@ struct QemuArgsCmd {
     index: u32,
     #[command(flatten)]
     pf: PfArgs,
-    /// The emulator's uplink, as given to `run` (or in the config file): the guest MTU
-    /// printed (`host_mtu`) is then the largest whose frames fit the wire (1450 for VXLAN
-    /// over IPv4 with the default --uplink-mtu 1500).
+    /// The emulator's uplink, as given to `run` (or in the config file): `host_mtu` is then
+    /// lowered, if needed, to the largest guest MTU whose frames fit the wire (1450 for VXLAN
+    /// over IPv4 with the default --uplink-mtu 1500), with a note on stderr.
     #[arg(long, value_name = "SPEC")]
     uplink: Option<sriov_emu::uplink::UplinkSpec>,
     /// The uplink's MTU, as given to `run` [default: 1500].

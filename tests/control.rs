@@ -157,6 +157,55 @@ fn every_bad_input_is_an_error_and_changes_nothing() {
     assert!(!emu.log().contains("panicked"));
 }
 
+/// With an uplink, `query-pf` describes it and `ctl show` prints its line after the PF's.
+#[test]
+fn query_pf_and_ctl_show_describe_the_uplink() {
+    // Two free UDP ports on loopback, held together so they differ.
+    let (a, b) = {
+        let s1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (
+            s1.local_addr().unwrap().port(),
+            s2.local_addr().unwrap().port(),
+        )
+    };
+    let spec = format!("vxlan:local=127.0.0.1:{a},remote=127.0.0.1:{b},vni=5");
+    let emu = Emu::start(&[
+        "--vfs",
+        "1",
+        "--mtu",
+        "1450",
+        "--uplink",
+        &spec,
+        "--uplink-rate",
+        "2500",
+    ]);
+    let pf = emu.control().execute("query-pf", json!({})).unwrap();
+    assert_eq!(
+        pf["uplink"],
+        json!({"spec": spec, "carrier": true, "max-frame": 1464, "guest-mtu": 1450,
+               "rate-mbps": 2500, "remotes": [format!("127.0.0.1:{b}")]}),
+        "{pf}"
+    );
+    let out = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket-dir")
+        .arg(emu.path())
+        .arg("show")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let show = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = show.lines().collect();
+    assert_eq!(lines.len(), 3, "{show}");
+    assert!(lines[0].starts_with("pf: numvfs 1/254"), "{show}");
+    assert_eq!(
+        lines[1],
+        format!("uplink: {spec} carrier up, guest mtu 1450, rate 2500Mbps")
+    );
+    assert!(lines[2].starts_with("    vf 0 "), "{show}");
+}
+
 #[test]
 fn ctl_show_json_stats_fdb_and_events() {
     let emu = Emu::start(&["--vfs", "2"]);
@@ -205,6 +254,7 @@ fn ctl_show_json_stats_fdb_and_events() {
     assert_eq!(j["vfs"][1]["vlan"], 10);
     assert_eq!(j["vfs"][1]["spoofchk"], false);
     assert_eq!(j["pf"]["numvfs"], 2);
+    assert!(j["pf"].get("uplink").is_none(), "no uplink: {}", j["pf"]);
     let om = ctl(&["stats", "--format", "openmetrics"]);
     assert!(
         om.contains("sriov_emu_rx_packets_total{port=\"vf1\"} 0") && om.ends_with("# EOF\n"),

@@ -4,6 +4,7 @@ use super::qmp::{Args, QmpError};
 use crate::daemon::Daemon;
 use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, RssKey, IPPROTO_TCP, IPPROTO_UDP};
+use crate::uplink::Uplink;
 use crate::vf::{knobs, KnobValues, Port, SettingsUpdate, KNOBS};
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
@@ -126,7 +127,7 @@ fn query_pf(d: &Daemon) -> CmdResult {
             })
         })
         .collect();
-    Ok(json!({
+    let mut out = json!({
         "totalvfs": crate::pf::TOTAL_VFS,
         "numvfs": pf.numvfs(),
         "channels": {"total": pf.pool().total(), "used": pf.pool().used(), "free": pf.pool().free()},
@@ -135,7 +136,23 @@ fn query_pf(d: &Daemon) -> CmdResult {
         "mtu": cfg.mtu,
         "socket-dir": cfg.socket_dir,
         "pv-ports": pv,
-    }))
+    });
+    if let Some(up) = d.uplink() {
+        out["uplink"] = uplink_json(up, d.uplink_mtu());
+    }
+    Ok(out)
+}
+
+/// The PF's wire as `query-pf` shows it; `underlay_mtu` is `--uplink-mtu`.
+fn uplink_json(up: &Uplink, underlay_mtu: u32) -> Value {
+    json!({
+        "spec": up.spec().to_string(),
+        "carrier": up.carrier(),
+        "max-frame": up.max_frame(),
+        "guest-mtu": up.spec().guest_mtu(underlay_mtu),
+        "rate-mbps": up.rate().rate_mbps(),
+        "remotes": up.remote_addrs(),
+    })
 }
 
 fn vf_json(p: &Port) -> Value {

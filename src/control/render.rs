@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-/// `ip link show`-like text for `query-pf` + `query-vfs`.
+/// `ip link show`-like text for `query-pf` + `query-vfs`: the PF line, the uplink's line if
+/// the PF has one, one line per VF.
 pub fn render_show(pf: &Value, vfs: &Value) -> String {
     let mut out = format!(
         "pf: numvfs {}/{} channels {} used, {} free of {} mtu {}\n",
@@ -14,6 +15,20 @@ pub fn render_show(pf: &Value, vfs: &Value) -> String {
         pf["channels"]["total"],
         pf["mtu"]
     );
+    let up = &pf["uplink"];
+    if up.is_object() {
+        out += &format!(
+            "uplink: {} carrier {}, guest mtu {}, rate {}Mbps\n",
+            up["spec"].as_str().unwrap_or("?"),
+            if up["carrier"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "down"
+            },
+            up["guest-mtu"],
+            up["rate-mbps"]
+        );
+    }
     for v in vfs.as_array().into_iter().flatten() {
         let mut line = format!(
             "    vf {:<5} link/ether {} brd ff:ff:ff:ff:ff:ff",
@@ -166,6 +181,34 @@ mod tests {
             changed.insert(k.qmp.into(), k.other_value(&vf[k.qmp]));
             assert_ne!(show(&changed), before, "ctl show does not show {}", k.qmp);
         }
+    }
+
+    /// The uplink's line follows the PF's, only when `query-pf` has an uplink.
+    #[test]
+    fn show_has_an_uplink_line_after_the_pf_line() {
+        let mut pf = json!({"numvfs": 0, "totalvfs": 254, "mtu": 1450,
+                            "channels": {"used": 0, "free": 2048, "total": 2048}});
+        assert_eq!(render_show(&pf, &json!([])).lines().count(), 1);
+        pf["uplink"] = json!({
+            "spec": "vxlan:local=127.0.0.1:47890,remote=127.0.0.1:47891,vni=5",
+            "carrier": true, "max-frame": 1464, "guest-mtu": 1450, "rate-mbps": 10000,
+            "remotes": ["127.0.0.1:47891"]});
+        let show = render_show(&pf, &json!([]));
+        let lines: Vec<&str> = show.lines().collect();
+        assert_eq!(lines.len(), 2, "{show}");
+        assert!(lines[0].starts_with("pf: numvfs 0/254"), "{show}");
+        assert_eq!(
+            lines[1],
+            "uplink: vxlan:local=127.0.0.1:47890,remote=127.0.0.1:47891,vni=5 carrier up, \
+             guest mtu 1450, rate 10000Mbps"
+        );
+        pf["uplink"]["carrier"] = json!(false);
+        pf["uplink"]["spec"] = json!("tap:sriov0");
+        pf["uplink"]["rate-mbps"] = json!(100);
+        assert_eq!(
+            render_show(&pf, &json!([])).lines().nth(1),
+            Some("uplink: tap:sriov0 carrier down, guest mtu 1450, rate 100Mbps")
+        );
     }
 
     #[test]
