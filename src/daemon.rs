@@ -33,6 +33,16 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Pf(#[from] PfError),
+    #[error(
+        "min_tx_rate {asked} Mbit/s for vf {vf}: the VFs' guarantees would add up to {total} \
+         Mbit/s, more than the wire's {line} Mbit/s"
+    )]
+    MinRateOversubscribed {
+        vf: u32,
+        asked: u32,
+        total: u64,
+        line: u32,
+    },
     #[error(transparent)]
     Port(#[from] ServerError),
     #[error(transparent)]
@@ -374,6 +384,9 @@ impl Daemon {
     /// closes the frontend's connection, which is how QEMU shows a guest NO-CARRIER.
     pub fn vf_set(&self, vf: u32, update: &SettingsUpdate) -> Result<VfSettings, DaemonError> {
         let port = self.vf_port(vf)?;
+        if update.min_tx_rate.is_some() {
+            self.check_guarantees(vf, &port, update)?;
+        }
         let (old, new) = port.update_settings(update)?;
         if (old.mac, old.vlan) != (new.mac, new.vlan) {
             self.switch
@@ -397,6 +410,39 @@ impl Daemon {
         }
         tracing::info!(port = %port.spec.name, ?new, "VF settings changed");
         Ok(new)
+    }
+
+    /// Refuses a `min_tx_rate` that would make the VFs' guarantees add up to more than the
+    /// wire carries (the uplink's line rate; the adapter's 10 Gbit/s without one), as a NIC's
+    /// driver does: a guarantee that cannot be kept is an error, not a surprise.
+    fn check_guarantees(
+        &self,
+        vf: u32,
+        port: &Port,
+        update: &SettingsUpdate,
+    ) -> Result<(), DaemonError> {
+        let asked = update.apply(&port.settings())?.min_tx_rate;
+        let others: u64 = self
+            .table
+            .ports()
+            .iter()
+            .filter(|p| p.spec.kind.is_vf() && p.spec.id != port.spec.id)
+            .map(|p| u64::from(p.settings().min_tx_rate))
+            .sum();
+        let line = self
+            .uplink
+            .as_ref()
+            .map_or(crate::vf::MAX_RATE_MBPS, |u| u.rate().rate_mbps());
+        let total = others + u64::from(asked);
+        if line != 0 && total > u64::from(line) {
+            return Err(DaemonError::MinRateOversubscribed {
+                vf,
+                asked,
+                total,
+                line,
+            });
+        }
+        Ok(())
     }
 
     /// The port of VF `vf`, or the error a user should see.

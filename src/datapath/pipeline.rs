@@ -39,6 +39,8 @@ struct Decided {
     vlan: u16,
     /// Why it was dropped at the sender's edge (counted if the frame was sent).
     drop: Option<Dropped>,
+    /// Bits charged to the sender's `max_tx_rate` for it.
+    charged: u64,
     /// Its flow may be learned (flow learning on).
     learn: bool,
     /// The RSS / flow steering view of the frame, parsed from its head when first needed.
@@ -257,7 +259,8 @@ impl Pipeline {
                     self.throttle = b.ready_at(now_ns);
                     break;
                 }
-                b.charge(frame_bits(f.len));
+                d.charged = frame_bits(f.len);
+                b.charge(d.charged);
             }
             d.hdr = None;
             d.learn = false;
@@ -387,6 +390,12 @@ impl Pipeline {
         drop(wire);
         self.dests = dests;
         if let Some(k) = held {
+            if policy.max_tx_rate != 0 {
+                // The frames held back were charged to the port's own rate in pass 1: they
+                // will be again when they go.
+                let bits = self.decided[k..cut].iter().map(|d| d.charged).sum();
+                port.tx_rate().refund(bits);
+            }
             cut = k;
         }
 

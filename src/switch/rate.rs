@@ -84,6 +84,16 @@ impl TokenBucket {
         }
     }
 
+    /// Gives back `bits` charged for frames that were not sent after all (held back further
+    /// on, to be charged again when they go).
+    #[inline]
+    pub fn refund(&mut self, bits: u64) {
+        if self.rate_mbps != 0 {
+            let bits = i64::try_from(bits).unwrap_or(i64::MAX);
+            self.tokens = self.tokens.saturating_add(bits).min(self.capacity);
+        }
+    }
+
     /// When (on the refill clock) the bucket has tokens above zero again; `now_ns` if it has.
     pub fn ready_at(&self, now_ns: u64) -> u64 {
         if self.rate_mbps == 0 || self.tokens > 0 {
@@ -157,6 +167,18 @@ mod tests {
         assert!(!b.has_credit());
         b.refill(at);
         assert!(b.may_send() && b.has_credit());
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_charged() {
+        let mut b = TokenBucket::new(100);
+        b.refill(0);
+        let full = b.tokens;
+        b.charge(1000);
+        b.refund(1000);
+        assert_eq!(b.tokens, full);
+        b.refund(1000);
+        assert_eq!(b.tokens, full, "never above the burst");
     }
 
     #[test]
