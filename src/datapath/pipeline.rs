@@ -41,6 +41,9 @@ struct Decided {
     drop: Option<Dropped>,
     /// Bits charged to the sender's `max_tx_rate` for it.
     charged: u64,
+    /// Its length as popped (for the sender's byte counters: read here, in the batch's small
+    /// decisions, rather than from the large frames again).
+    len: usize,
     /// Its flow may be learned (flow learning on).
     learn: bool,
     /// The RSS / flow steering view of the frame, parsed from its head when first needed.
@@ -266,6 +269,7 @@ impl Pipeline {
             d.learn = false;
             d.tuple = None;
             d.drop = None;
+            d.len = f.len;
             let hdr = match (f.ok, FrameHeader::parse(f.head(), f.len)) {
                 (true, Ok(h)) => h,
                 _ => {
@@ -401,8 +405,8 @@ impl Pipeline {
 
         // What was sent: its drops, its flows, its counters.
         let mut bytes = 0u64;
-        for (f, d) in self.frames[..cut].iter().zip(&self.decided[..cut]) {
-            bytes += f.len as u64;
+        for d in &self.decided[..cut] {
+            bytes += d.len as u64;
             match d.drop {
                 Some(Dropped::Malformed) => c.drop_malformed.inc(),
                 Some(Dropped::Policy(p)) => count_policy_drop(c, p),

@@ -184,13 +184,18 @@ impl Worker {
             ((x % active.len() as u64) as usize, x & (1 << 40) != 0)
         };
         let len = active.len();
-        for step in 0..len {
-            let at = if backwards {
-                (start + len - step) % len
+        let mut at = start;
+        for _ in 0..len {
+            let here = at;
+            // The next port, wrapping without a division.
+            at = if backwards {
+                at.checked_sub(1).unwrap_or(len - 1)
+            } else if at + 1 == len {
+                0
             } else {
-                (start + step) % len
+                at + 1
             };
-            let (i, pending, own) = &active[at];
+            let (i, pending, own) = &active[here];
             let mut mask = if polling { *own } else { pending.take(*own) };
             while mask != 0 {
                 let qp = mask.trailing_zeros() as usize;
