@@ -415,7 +415,7 @@ impl Daemon {
     /// Refuses a `min_tx_rate` that would make the VFs' guarantees add up to more than the
     /// wire carries (the uplink's line rate; the adapter's 10 Gbit/s without one), as a NIC's
     /// driver does: a guarantee that cannot be kept is an error, not a surprise.
-    fn check_guarantees(
+    pub fn check_guarantees(
         &self,
         vf: u32,
         port: &Port,

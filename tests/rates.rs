@@ -300,3 +300,37 @@ fn guarantees_that_add_up_to_more_than_the_wire_are_refused() {
     min(0, 50).unwrap();
     min(2, 10).unwrap();
 }
+
+/// A `vf-set` whose guarantee does not fit changes nothing, not even the channels it also asks
+/// for (they are changed before the settings).
+#[test]
+fn a_refused_guarantee_changes_nothing_of_the_request() {
+    let local = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap();
+    let spec = format!("vxlan:local={local},remote=127.0.0.1:9,vni=5");
+    let emu = Emu::start(&[
+        "--vfs",
+        "2",
+        "--pv-ports",
+        "0",
+        "--uplink",
+        &spec,
+        "--uplink-rate",
+        "100",
+    ]);
+    let mut ctl = emu.control();
+    ctl.execute("vf-set", serde_json::json!({"vf": 0, "min-tx-rate": 60}))
+        .unwrap();
+    let err = ctl
+        .execute(
+            "vf-set",
+            serde_json::json!({"vf": 1, "channels": 1, "min-tx-rate": 50}),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("would add up to 110 Mbit/s"), "{err}");
+    let vfs = ctl.execute("query-vfs", serde_json::json!({})).unwrap();
+    assert_eq!(vfs[1]["channels"], 2, "{vfs}");
+    assert_eq!(vfs[1]["min-tx-rate"], 0, "{vfs}");
+}

@@ -207,8 +207,11 @@ fn vf_set(d: &Daemon, a: &mut Args) -> CmdResult {
     let vf = a.u32("vf")?;
     let vals = knob_args(a)?;
     let port = d.vf_port(vf)?;
-    // Check everything before changing anything.
+    // Check everything before changing anything (the channels go first, then the settings).
     vals.settings.apply(&port.settings())?;
+    if vals.settings.min_tx_rate.is_some() {
+        d.check_guarantees(vf, &port, &vals.settings)?;
+    }
     if let Some(c) = vals.channels()? {
         if c != u32::from(port.spec.queue_pairs) {
             d.set_vf_channels(vf, c)?;
