@@ -46,7 +46,7 @@ pub struct PortView {
 
 impl PortView {
     fn new(port: Arc<Port>, own_tx: u64, poll: bool, uplink: Option<Arc<Uplink>>) -> Self {
-        let policy = edge_policy(&port);
+        let policy = port.edge_policy();
         PortView {
             generation: u64::MAX,
             pending: None,
@@ -120,7 +120,7 @@ impl PortView {
         let sg = self.port.settings_generation();
         if sg != self.settings_gen {
             self.settings_gen = sg;
-            self.policy = edge_policy(&self.port);
+            self.policy = self.port.edge_policy();
             self.role = role(&self.port, &self.policy);
         }
     }
@@ -132,11 +132,6 @@ impl PortView {
             tracing::warn!(port = %self.port.spec.name, "{what}; the queue is skipped");
         }
     }
-}
-
-/// The port's current settings as the switch enforces them.
-fn edge_policy(port: &Port) -> EdgePolicy {
-    port.edge_policy()
 }
 
 /// The port's role in the switch under `policy`.

@@ -299,55 +299,55 @@ pub struct UplinkRx<'a> {
     unsent: Unsent,
 }
 
-impl UplinkRx<'_> {
-    /// Sends what is queued; frames none of whose copies went out are `unsent`.
-    fn flush(&mut self) {
-        let TxSide::Vxlan(tx) = &mut *self.side else {
-            return;
-        };
-        let Wire::Vxlan(v) = self.up.wire() else {
-            return;
-        };
-        let c = &self.up.counters;
-        let count = tx.queued.len();
-        let r = match tx.batch.flush() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("uplink: sending failed: {e}");
-                c.device_errors.inc();
-                super::udp_batch::FlushResult {
-                    dropped: count,
-                    ..Default::default()
-                }
-            }
-        };
-        c.tx_syscalls.add(r.syscalls as u64);
-        c.send_errors.add(r.failed as u64);
-        // The kernel drops the tail of a batch: everything from `sent_end` on.
-        let sent_end = count - r.dropped.min(count);
-        for (i, &(remote, len, first)) in tx.queued.iter().enumerate() {
-            if i < sent_end {
-                if let Some(rc) = v.remotes.get(usize::from(remote)) {
-                    rc.counters.tx_packets.inc();
-                    rc.counters.tx_bytes.add(u64::from(len));
-                }
-            } else if first {
-                // The frame's copies are queued together: if its first is in the dropped
-                // tail, all are.
-                self.unsent.frames += 1;
-                self.unsent.bytes += u64::from(len);
+/// Sends what `side` has queued; frames none of whose copies went out are added to `unsent`.
+/// (A function of the parts, not of `UplinkRx`, so that `push` can call it while it reads the
+/// uplink it borrows: no `Arc` clone per frame.)
+fn flush(up: &Uplink, side: &mut TxSide, unsent: &mut Unsent) {
+    let TxSide::Vxlan(tx) = side else {
+        return;
+    };
+    let Wire::Vxlan(v) = up.wire() else {
+        return;
+    };
+    let c = &up.counters;
+    let count = tx.queued.len();
+    let r = match tx.batch.flush() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("uplink: sending failed: {e}");
+            c.device_errors.inc();
+            super::udp_batch::FlushResult {
+                dropped: count,
+                ..Default::default()
             }
         }
-        tx.queued.clear();
+    };
+    c.tx_syscalls.add(r.syscalls as u64);
+    c.send_errors.add(r.failed as u64);
+    // The kernel drops the tail of a batch: everything from `sent_end` on.
+    let sent_end = count - r.dropped.min(count);
+    for (i, &(remote, len, first)) in tx.queued.iter().enumerate() {
+        if i < sent_end {
+            if let Some(rc) = v.remotes.get(usize::from(remote)) {
+                rc.counters.tx_packets.inc();
+                rc.counters.tx_bytes.add(u64::from(len));
+            }
+        } else if first {
+            // The frame's copies are queued together: if its first is in the dropped
+            // tail, all are.
+            unsent.frames += 1;
+            unsent.bytes += u64::from(len);
+        }
     }
+    tx.queued.clear();
 }
 
 impl RxBatch for UplinkRx<'_> {
     fn push(&mut self, frame: &FrameView<'_>, _scratch: &mut RxScratch) -> Result<(), RxDrop> {
-        if frame.len > self.up.max_frame() {
+        let up = &*self.up;
+        if frame.len > up.max_frame() {
             return Err(RxDrop::Mtu);
         }
-        let up = self.up.clone();
         match (&mut *self.side, up.wire()) {
             (TxSide::Tap(buf), Wire::Tap(tap)) => {
                 let len = frame.copy_to(buf).ok_or(RxDrop::NoBuffer)?;
@@ -376,7 +376,7 @@ impl RxBatch for UplinkRx<'_> {
                     };
                     if matches!(&*self.side, TxSide::Vxlan(tx) if tx.queued.len() >= tx.batch.batch())
                     {
-                        self.flush();
+                        flush(up, self.side, &mut self.unsent);
                     }
                     let TxSide::Vxlan(tx) = &mut *self.side else {
                         break;
@@ -405,7 +405,7 @@ impl RxBatch for UplinkRx<'_> {
     }
 
     fn close(mut self) -> Unsent {
-        self.flush();
+        flush(&self.up, self.side, &mut self.unsent);
         self.unsent
     }
 }
