@@ -130,6 +130,18 @@ fn ten_thousand_frames_between_a_vf_and_the_tap_byte_exact() {
         }
     }
     assert_eq!(sent, [5000, 5000]);
+    // A group's counters are added just after its frames are published to the guest: on a busy
+    // machine the worker can be descheduled in between, so wait for the last ones to land
+    // (they must still come out exact).
+    let t = std::time::Instant::now();
+    while (
+        counter(&d, "vf0", "rx_packets"),
+        counter(&d, "uplink", "rx_packets"),
+    ) != (5000, 5000)
+        && t.elapsed() < WAIT
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Exact counters: the VF's from its guest's side, the uplink's internal ones from the
     // wire's side (tx = came in from the wire).
     assert_eq!(counter(&d, "vf0", "tx_packets"), 5000);
