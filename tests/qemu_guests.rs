@@ -76,6 +76,8 @@ fn two_guests_on_two_vfs_ping_each_other_v4_and_v6_without_loss() {
         return;
     };
     let logs = emu.path().to_path_buf();
+    // Each guest pings under `serve`, so it stays up answering after its own pings: a guest
+    // that powered off when done would cost the other, slower-booting one its last pings.
     let spawn = |vf: u32, me: &str, peer: &str| {
         Guest::spawn(
             GuestConfig::new(&format!("ping{vf}"))
@@ -84,7 +86,8 @@ fn two_guests_on_two_vfs_ping_each_other_v4_and_v6_without_loss() {
                 .ip6(&format!("2001:db8::{me}/64"))
                 .peer(&format!("198.18.0.{peer}"))
                 .peer6(&format!("2001:db8::{peer}"))
-                .script("ping-peer")
+                .script("serve")
+                .cmd("sh /tests/ping-peer.sh")
                 .log(logs.join(format!("guest{vf}.log"))),
         )
         .expect("spawn QEMU")
@@ -92,7 +95,16 @@ fn two_guests_on_two_vfs_ping_each_other_v4_and_v6_without_loss() {
     let g0 = spawn(0, "1", "2");
     let g1 = spawn(1, "2", "1");
     for g in [&g0, &g1] {
-        let log = finish(g, &emu);
+        let line = g
+            .wait_for_line("SRIOV-SERVE-CMD-DONE rc=", BOOT_AND_RUN)
+            .unwrap_or_else(|e| panic!("{e}\nemulator log:\n{}", emu.log()));
+        let log = g.log();
+        assert!(
+            line.contains("rc=0"),
+            "guest {} failed:\n{log}\nemulator log:\n{}",
+            g.name,
+            emu.log()
+        );
         assert!(
             log.contains("20 packets transmitted, 20 packets received"),
             "{log}"
