@@ -329,3 +329,66 @@ fn flush_reports_unroutable_destinations_and_drops_on_a_full_buffer() {
         assert_eq!(c.tx_failed, 1);
     });
 }
+
+/// A route whose MTU is below the datagram size makes the kernel refuse a GSO message
+/// (EINVAL): the flush sends the same datagrams one by one instead (the kernel fragments them),
+/// none lost, and GSO stays off for that batch.
+#[test]
+fn a_gso_message_the_route_refuses_is_sent_datagram_by_datagram() {
+    if skip_without_ip("a_gso_message_the_route_refuses_is_sent_datagram_by_datagram") {
+        return;
+    }
+    let ns = Netns::new(1);
+    let a = ns.name(0).to_string();
+    ip(&[
+        "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb",
+    ]);
+    ip(&["-n", &a, "addr", "add", "198.18.250.1/24", "dev", "va"]);
+    ip(&["-n", &a, "link", "set", "va", "up"]);
+    ip(&["-n", &a, "link", "set", "vb", "up"]);
+    ip(&[
+        "-n",
+        &a,
+        "neigh",
+        "add",
+        "198.18.250.2",
+        "lladdr",
+        "02:00:00:00:99:02",
+        "dev",
+        "va",
+    ]);
+    ip(&[
+        "-n",
+        &a,
+        "route",
+        "add",
+        "198.18.250.2/32",
+        "dev",
+        "va",
+        "mtu",
+        "lock",
+        "1000",
+    ]);
+    in_netns(&a, || {
+        let mut b = UdpBatch::bind("198.18.250.1:0".parse().unwrap(), 64, 2048).unwrap();
+        b.enable_gso().expect("UDP GSO");
+        let dst: SocketAddr = "198.18.250.2:9".parse().unwrap();
+        for _ in 0..10 {
+            assert!(b.push(dst, &[&[0u8; 1200]]).unwrap());
+        }
+        let r = b.flush().unwrap();
+        println!("refused GSO: {r:?}");
+        assert_eq!((r.sent, r.failed, r.dropped), (10, 0, 0), "{r:?}");
+        assert!(!b.gso(), "GSO is off after the kernel refused it");
+        assert_eq!(b.counters().tx_messages, 10);
+        // Within the route's MTU nothing is refused: GSO would have been used.
+        let mut c = UdpBatch::bind("198.18.250.1:0".parse().unwrap(), 64, 2048).unwrap();
+        c.enable_gso().unwrap();
+        for _ in 0..10 {
+            assert!(c.push(dst, &[&[0u8; 900]]).unwrap());
+        }
+        assert_eq!(c.flush().unwrap().sent, 10);
+        assert!(c.gso());
+        assert_eq!(c.counters().tx_messages, 1);
+    });
+}

@@ -78,6 +78,8 @@ pub struct Vxlan {
     pub socket: UdpSocket,
     pub remotes: Remotes,
     pub carrier: Carrier,
+    /// UDP GSO and GRO where the kernel has them (`offload=on`).
+    pub offload: bool,
 }
 
 /// The PF's wire.
@@ -144,6 +146,7 @@ impl Uplink {
                         socket,
                         remotes: Remotes::new(&v.remotes),
                         carrier: v.carrier,
+                        offload: v.offload,
                     }),
                     spec.max_frame_len(underlay_mtu) as usize,
                 )

@@ -6,11 +6,16 @@
 //!   `write` per frame from a linear copy.
 //! - VXLAN: one `recvmmsg` per batch, decapsulated in place; frames onto the wire are copied
 //!   behind a VXLAN header into send slots and sent with one `sendmmsg` per group (per
-//!   destination remote, or every remote for a flood: head-end replication).
+//!   destination remote, or every remote for a flood: head-end replication). With `offload=on`
+//!   (the default) frames of one size to one remote leave as one UDP GSO message, and the
+//!   socket takes UDP GRO trains: a received buffer may hold up to 64 frames, handed to the
+//!   switch over as many pops as it takes.
 
-use super::device::{Uplink, Wire, KEEPALIVE_DST, KEEPALIVE_ETHERTYPE, RX_BUF};
+use super::device::{
+    Uplink, UplinkCounters, Vxlan, Wire, KEEPALIVE_DST, KEEPALIVE_ETHERTYPE, RX_BUF,
+};
 use super::tap::TapError;
-use super::udp_batch::UdpBatch;
+use super::udp_batch::{UdpBatch, BUF_SIZE_MAX};
 use super::vxlan_header;
 use crate::port::{
     FrameView, QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame, TxPop, TxQueues, Unsent,
@@ -41,7 +46,16 @@ pub struct UplinkIo {
 enum RxSide {
     /// One buffer per frame of a batch.
     Tap(Box<[u8]>),
-    Vxlan(UdpBatch),
+    Vxlan(VxlanRx),
+}
+
+/// This worker's receive slots, and where in the last receive the next pop goes on.
+struct VxlanRx {
+    batch: UdpBatch,
+    /// The next received message to hand over.
+    next: usize,
+    /// Bytes of message `next` handed over already (its first GRO segments).
+    offset: usize,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -76,7 +90,16 @@ impl UplinkIo {
                 Wire::Tap(_) => RxSide::Tap(vec![0u8; BATCH * RX_BUF].into_boxed_slice()),
                 Wire::Vxlan(v) => {
                     let sock = v.socket.try_clone().ok()?;
-                    RxSide::Vxlan(UdpBatch::from_socket(sock, BATCH, RX_BUF).ok()?)
+                    let batch = if v.offload {
+                        gro_batch(sock)?
+                    } else {
+                        UdpBatch::with_sizes(sock, BATCH, RX_BUF, 0).ok()?
+                    };
+                    RxSide::Vxlan(VxlanRx {
+                        batch,
+                        next: 0,
+                        offset: 0,
+                    })
                 }
             };
             self.rx = Some(Box::new(side));
@@ -92,8 +115,14 @@ impl UplinkIo {
                 Wire::Vxlan(v) => {
                     let sock = v.socket.try_clone().ok()?;
                     let slot = max + vxlan_header::VXLAN_HDR_LEN;
+                    let mut batch = UdpBatch::with_sizes(sock, BATCH, 0, slot).ok()?;
+                    if v.offload {
+                        if let Err(e) = batch.enable_gso() {
+                            tracing::info!("uplink: no UDP GSO on this kernel ({e})");
+                        }
+                    }
                     TxSide::Vxlan(VxlanTx {
-                        batch: UdpBatch::from_socket(sock, BATCH, slot).ok()?,
+                        batch,
                         queued: Vec::with_capacity(BATCH),
                     })
                 }
@@ -142,73 +171,115 @@ impl UplinkIo {
         n
     }
 
-    /// Receives and decapsulates up to `frames.len()` frames.
+    /// Receives and decapsulates up to `frames.len()` frames: first what is left of the last
+    /// receive (the rest of a GRO train), else one `recvmmsg`. Never receives into buffers
+    /// that frames of this pop point into.
     fn pop_vxlan(&mut self, frames: &mut [TxFrame]) -> usize {
         let up = self.up.clone();
         let Wire::Vxlan(v) = up.wire() else {
             return 0;
         };
-        let Some(RxSide::Vxlan(batch)) = self.rx_side() else {
+        let Some(RxSide::Vxlan(rx)) = self.rx_side() else {
             return 0;
         };
         let c = &up.counters;
         loop {
-            c.rx_syscalls.inc();
-            let got = match batch.recv() {
-                Ok(n) => n,
-                Err(e) => {
-                    c.device_errors.inc();
-                    tracing::warn!("uplink: receiving failed: {e}");
-                    return 0;
-                }
-            };
-            let mut n = 0;
-            for i in 0..got {
-                let Some(d) = batch.datagram(i) else {
-                    continue;
-                };
-                let Some(remote) = v.remotes.classify(d.src) else {
-                    c.drop_unknown_remote.inc();
-                    continue;
-                };
-                if d.truncated {
-                    c.drop_truncated.inc();
-                    continue;
-                }
-                let inner = match vxlan_header::decode(d.data) {
-                    Ok((vni, inner)) if vni == v.vni => inner,
-                    Ok(_) => {
-                        c.drop_vni.inc();
-                        continue;
+            if rx.next >= rx.batch.received() {
+                c.rx_syscalls.inc();
+                rx.next = 0;
+                rx.offset = 0;
+                match rx.batch.recv() {
+                    Ok(0) => return 0,
+                    Ok(_) => {}
+                    Err(e) => {
+                        c.device_errors.inc();
+                        tracing::warn!("uplink: receiving failed: {e}");
+                        return 0;
                     }
-                    Err(_) => {
-                        c.drop_decap.inc();
-                        continue;
-                    }
-                };
-                v.remotes.heard(usize::from(remote));
-                if inner[..6] == KEEPALIVE_DST && inner[12..14] == KEEPALIVE_ETHERTYPE.to_be_bytes()
-                {
-                    c.keepalives_rx.inc();
-                    continue;
-                }
-                if let Some(r) = v.remotes.get(usize::from(remote)) {
-                    r.counters.rx_packets.inc();
-                    r.counters.rx_bytes.add(inner.len() as u64);
-                }
-                let (ptr, len) = (inner.as_ptr() as usize, inner.len());
-                // SAFETY: the datagram is in this worker's receive batch, which is not written
-                // again before the next `recv` (the next `pop`, after the pipeline completed
-                // this batch); `inner` is not used after this.
-                if unsafe { fill(&mut frames[n], ptr, len, remote) } {
-                    n += 1;
                 }
             }
-            // A batch of nothing but keepalives or errors: look again while the socket had
-            // a full batch.
-            if n > 0 || got < frames.len().min(batch.batch()) {
+            let full = rx.batch.received() == rx.batch.batch();
+            let n = decap(v, c, rx, frames);
+            // Frames of this pop point into the receive slots: hand them over first. A full
+            // receive of nothing but keepalives or errors: look again.
+            if n > 0 || !full || rx.next < rx.batch.received() {
                 return n;
             }
+        }
+    }
+}
+
+/// Hands over frames from `rx`'s last receive, from where the previous pop stopped, into
+/// `frames`: how many. Datagrams that are not frames for the switch are counted and skipped.
+fn decap(v: &Vxlan, c: &UplinkCounters, rx: &mut VxlanRx, frames: &mut [TxFrame]) -> usize {
+    let mut n = 0;
+    while rx.next < rx.batch.received() {
+        let Some(d) = rx.batch.datagram(rx.next) else {
+            rx.next += 1;
+            continue;
+        };
+        let remote = v.remotes.classify(d.src);
+        let Some(remote) = remote.filter(|_| !d.truncated) else {
+            if remote.is_none() {
+                c.drop_unknown_remote.add(d.segments().count() as u64);
+            } else {
+                c.drop_truncated.inc();
+            }
+            rx.next += 1;
+            rx.offset = 0;
+            continue;
+        };
+        let rest = d.data.get(rx.offset..).unwrap_or_default();
+        for seg in rest.chunks(d.segment.max(1)) {
+            if n == frames.len() {
+                return n;
+            }
+            rx.offset += seg.len();
+            let inner = match vxlan_header::decode(seg) {
+                Ok((vni, inner)) if vni == v.vni => inner,
+                Ok(_) => {
+                    c.drop_vni.inc();
+                    continue;
+                }
+                Err(_) => {
+                    c.drop_decap.inc();
+                    continue;
+                }
+            };
+            v.remotes.heard(usize::from(remote));
+            if inner[..6] == KEEPALIVE_DST && inner[12..14] == KEEPALIVE_ETHERTYPE.to_be_bytes() {
+                c.keepalives_rx.inc();
+                continue;
+            }
+            if let Some(r) = v.remotes.get(usize::from(remote)) {
+                r.counters.rx_packets.inc();
+                r.counters.rx_bytes.add(inner.len() as u64);
+            }
+            let (ptr, len) = (inner.as_ptr() as usize, inner.len());
+            // SAFETY: the datagram is in this worker's receive slots, which are not written
+            // again before the next `recv`: in a later pop, after the pipeline completed this
+            // batch (`pop_vxlan` receives only when this pop has no frame yet); `inner` is not
+            // used after this.
+            if unsafe { fill(&mut frames[n], ptr, len, remote) } {
+                n += 1;
+            }
+        }
+        rx.next += 1;
+        rx.offset = 0;
+    }
+    n
+}
+
+/// A receive batch with UDP GRO (64 KiB slots), or without it (`RX_BUF` slots) on a kernel that
+/// has none.
+fn gro_batch(sock: std::net::UdpSocket) -> Option<UdpBatch> {
+    let plain = sock.try_clone().ok()?;
+    let mut b = UdpBatch::with_sizes(sock, BATCH, BUF_SIZE_MAX, 0).ok()?;
+    match b.enable_gro() {
+        Ok(()) => Some(b),
+        Err(e) => {
+            tracing::info!("uplink: no UDP GRO on this kernel ({e})");
+            UdpBatch::with_sizes(plain, BATCH, RX_BUF, 0).ok()
         }
     }
 }

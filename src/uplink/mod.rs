@@ -25,6 +25,7 @@ mod socket;
 pub mod spec;
 pub mod tap;
 pub mod udp_batch;
+mod udp_offload;
 pub mod vxlan_header;
 
 pub use device::{Uplink, UplinkCounters, UplinkError, Wire};

@@ -5,6 +5,7 @@
 //! ```text
 //! tap:IFNAME[,queues=N]
 //! vxlan:local=IP:PORT,remote=IP:PORT[,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N]
+//!       [,offload=on|off]
 //! ```
 //!
 //! IPv6 addresses go in brackets (`[2001:db8::1]:4789`). Keys are case-sensitive; an unknown
@@ -19,10 +20,10 @@ use std::time::Duration;
 pub const TAP_SYNTAX: &str = "tap:IFNAME[,queues=N]";
 /// The VXLAN syntax, shown in error messages.
 pub const VXLAN_SYNTAX: &str = "vxlan:local=IP:PORT,remote=IP:PORT[,remote=IP:PORT...],vni=N\
-                                [,carrier=on|peer][,peer-timeout-ms=N]";
+                                [,carrier=on|peer][,peer-timeout-ms=N][,offload=on|off]";
 /// Both syntaxes, for a value that is neither.
 pub const UPLINK_SYNTAX: &str = "tap:IFNAME[,queues=N] or vxlan:local=IP:PORT,remote=IP:PORT\
-                                 [,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N]";
+                                 [,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N][,offload=on|off]";
 
 /// Longest Linux interface name (IFNAMSIZ 16 less the NUL).
 pub const IFNAME_MAX: usize = 15;
@@ -66,6 +67,10 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// When the uplink reports carrier.
     pub carrier: Carrier,
+    /// UDP GSO on send and GRO on receive where the kernel has them (`offload=on`, the
+    /// default). Off, every datagram is its own send and receive: an underlay capture then
+    /// shows each datagram as it is, where with GSO it shows trains of up to 64 KiB.
+    pub offload: bool,
 }
 
 /// When a VXLAN uplink has carrier (the state a VF with link state `auto` follows).
@@ -134,6 +139,8 @@ pub enum SpecError {
     PeerTimeout { value: String },
     #[error("vxlan uplink peer-timeout-ms is given without carrier=peer: expected {VXLAN_SYNTAX}")]
     PeerTimeoutWithoutPeer,
+    #[error("vxlan uplink offload={value:?} is neither on nor off: expected {VXLAN_SYNTAX}")]
+    Offload { value: String },
 }
 
 impl UplinkSpec {
@@ -200,6 +207,9 @@ impl fmt::Display for UplinkSpec {
                     if timeout != DEFAULT_PEER_TIMEOUT {
                         write!(f, ",peer-timeout-ms={}", timeout.as_millis())?;
                     }
+                }
+                if !v.offload {
+                    write!(f, ",offload=off")?;
                 }
                 Ok(())
             }
@@ -361,6 +371,7 @@ fn parse_vxlan(rest: &str) -> Result<VxlanSpec, SpecError> {
     let mut vni = None;
     let mut peer_carrier = None;
     let mut timeout = None;
+    let mut offload = None;
     // `vxlan:` alone lacks `local` first, rather than having an empty option.
     let opts = (!rest.is_empty()).then_some(rest);
     for (item, kv) in opts.into_iter().flat_map(items) {
@@ -424,6 +435,20 @@ fn parse_vxlan(rest: &str) -> Result<VxlanSpec, SpecError> {
                     })?;
                 timeout = Some(Duration::from_millis(ms));
             }
+            "offload" => {
+                if offload.is_some() {
+                    return Err(dup("offload"));
+                }
+                offload = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(SpecError::Offload {
+                            value: value.to_string(),
+                        })
+                    }
+                });
+            }
             _ => {
                 return Err(SpecError::UnknownKey {
                     kind: KIND,
@@ -458,6 +483,7 @@ fn parse_vxlan(rest: &str) -> Result<VxlanSpec, SpecError> {
         remotes,
         vni,
         carrier,
+        offload: offload.unwrap_or(true),
     })
 }
 

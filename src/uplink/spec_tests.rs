@@ -150,6 +150,7 @@ fn vxlan_ipv4_minimal() {
             remotes: vec![sa("198.18.0.2:4789")],
             vni: 42,
             carrier: Carrier::AlwaysOn,
+            offload: true,
         }
     );
 }
@@ -245,6 +246,22 @@ fn vxlan_duplicate_and_unknown_keys() {
                 kind: "vxlan",
                 key,
                 syntax: VXLAN_SYNTAX,
+            },
+        );
+    }
+    refused(
+        &format!("vxlan:{base},offload=on,offload=off"),
+        SpecError::DuplicateKey {
+            kind: "vxlan",
+            key: "offload",
+            syntax: VXLAN_SYNTAX,
+        },
+    );
+    for value in ["yes", "ON", "0"] {
+        refused(
+            &format!("vxlan:{base},offload={value}"),
+            SpecError::Offload {
+                value: value.to_string(),
             },
         );
     }
@@ -378,6 +395,7 @@ fn display_round_trips() {
         "vxlan:local=[2001:db8::1]:4789,remote=[2001:db8::2]:4789,remote=[2001:db8::3]:1,vni=0",
         "vxlan:local=198.18.0.1:4789,remote=198.18.0.2:4789,vni=7,carrier=peer",
         "vxlan:local=198.18.0.1:4789,remote=198.18.0.2:4789,vni=7,carrier=peer,peer-timeout-ms=1",
+        "vxlan:local=198.18.0.1:4789,remote=198.18.0.2:4789,vni=7,offload=off",
     ] {
         let x = parse(s).unwrap();
         assert_eq!(x.to_string(), s, "canonical form");

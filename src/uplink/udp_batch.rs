@@ -6,8 +6,13 @@
 //! `mmsghdr`s. The pointers the kernel follows are written just before each syscall, so the
 //! struct may move between calls. The struct is owned by one thread at a time (`Send`, not
 //! `Sync`), and counts its syscalls so a caller can report syscalls per frame.
+//!
+//! With the offloads on (`enable_gso`, `enable_gro`; `udp_offload.rs`), consecutive queued
+//! datagrams of one size to one destination leave as one GSO message, and a received buffer
+//! may hold several datagrams of one sender ([`Datagram::segments`]).
 
 use super::socket::{from_sockaddr, grow_buffer, to_sockaddr, zeroed_slice, STORAGE_LEN};
+use super::udp_offload::{self, CmsgBuf, GSO_BYTES_MAX, GSO_SEGMENTS_MAX};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,6 +31,8 @@ pub enum UdpError {
     BatchSize { batch: usize },
     #[error("udp buffer of {buf_size} bytes per datagram is not in 1..={BUF_SIZE_MAX}")]
     BufSize { buf_size: usize },
+    #[error("this udp batch has no {0} slots")]
+    NoSlots(&'static str),
     #[error("cannot bind a udp socket to {addr}")]
     Bind {
         addr: SocketAddr,
@@ -65,7 +72,11 @@ pub struct UdpCounters {
     pub recv_syscalls: u64,
     /// `sendmmsg` calls, failed ones included.
     pub send_syscalls: u64,
-    /// Datagrams received (truncated ones included).
+    /// Receive buffers filled: one per datagram, or one per GRO train of datagrams.
+    pub rx_messages: u64,
+    /// Messages the kernel accepted: one per datagram, or one per GSO train of datagrams.
+    pub tx_messages: u64,
+    /// Datagrams received (truncated ones included; each datagram of a GRO train).
     pub rx_datagrams: u64,
     /// Datagrams longer than a receive buffer, cut to `buf_size`.
     pub rx_truncated: u64,
@@ -89,6 +100,16 @@ pub struct Datagram<'a> {
     pub len: usize,
     /// Longer than the receive buffer: `data` is its first `buf_size` bytes.
     pub truncated: bool,
+    /// The size of each datagram in `data` (the last may be shorter): `len` unless GRO handed
+    /// up a train of datagrams in one buffer.
+    pub segment: usize,
+}
+
+impl<'a> Datagram<'a> {
+    /// The datagrams in `data`: one, or each of a GRO train.
+    pub fn segments(&self) -> std::slice::Chunks<'a, u8> {
+        self.data.chunks(self.segment.max(1))
+    }
 }
 
 /// A datagram refused for its destination.
@@ -127,11 +148,23 @@ pub struct UdpBatch {
     sock: UdpSocket,
     local: SocketAddr,
     batch: usize,
-    buf_size: usize,
+    /// Bytes per receive slot (0: this batch does not receive).
+    rx_size: usize,
+    /// Bytes per send slot (0: this batch does not send).
+    tx_size: usize,
     rx: Slots,
-    /// Datagrams the last `recv` returned.
+    /// Messages the last `recv` returned.
     rx_count: usize,
+    /// Per received message: the size of its datagrams (its length unless GRO merged several).
+    rx_segment: Box<[usize]>,
+    /// UDP GRO is on: receive slots hold trains of datagrams.
+    gro: bool,
+    /// Queued datagrams of one size to one destination leave as one GSO message.
+    gso: bool,
     tx: Slots,
+    /// Per send message (they are built at flush): its first queued datagram and how many.
+    msg_first: Box<[usize]>,
+    msg_segs: Box<[usize]>,
     /// Where each queued datagram goes (for `SendFailure`).
     tx_dst: Box<[SocketAddr]>,
     /// Bytes of each queued datagram.
@@ -142,13 +175,14 @@ pub struct UdpBatch {
 }
 
 /// One direction's preallocated storage: `n` buffers of `size` bytes in one allocation, and a
-/// socket address, an iovec and an `mmsghdr` per buffer.
+/// socket address, an iovec, an `mmsghdr` and room for a control message per buffer.
 struct Slots {
     buf: Box<[u8]>,
     addr: Box<[libc::sockaddr_storage]>,
     addr_len: Box<[libc::socklen_t]>,
     iov: Box<[libc::iovec]>,
     msg: Box<[libc::mmsghdr]>,
+    ctl: Box<[CmsgBuf]>,
 }
 
 // SAFETY: the raw pointers inside `iov` and `msg` point only into the boxes of the same
@@ -165,16 +199,22 @@ impl Slots {
             addr_len: vec![0; n].into_boxed_slice(),
             iov: zeroed_slice(n),
             msg: zeroed_slice(n),
+            ctl: vec![[0; 4]; n].into_boxed_slice(),
         }
+    }
+
+    /// Points iovec `i` at the first `len` bytes of buffer `i` (of `size`).
+    fn link_iov(&mut self, i: usize, size: usize, len: usize) {
+        self.iov[i] = libc::iovec {
+            iov_base: self.buf[i * size..].as_mut_ptr().cast(),
+            iov_len: len,
+        };
     }
 
     /// Points message `i` at buffer `i` (`len` bytes of `size`) and at address `i`
     /// (`addr_len` bytes), so the kernel reads or writes only inside this struct's boxes.
     fn link(&mut self, i: usize, size: usize, len: usize, addr_len: libc::socklen_t) {
-        self.iov[i] = libc::iovec {
-            iov_base: self.buf[i * size..].as_mut_ptr().cast(),
-            iov_len: len,
-        };
+        self.link_iov(i, size, len);
         let h = &mut self.msg[i].msg_hdr;
         h.msg_name = ptr::from_mut(&mut self.addr[i]).cast();
         h.msg_namelen = addr_len;
@@ -201,12 +241,26 @@ impl UdpBatch {
     /// The same around a socket already bound (a `try_clone` of another `UdpBatch`'s socket,
     /// so that several threads send on one address, each with its own batch).
     pub fn from_socket(sock: UdpSocket, batch: usize, buf_size: usize) -> Result<Self, UdpError> {
+        Self::with_sizes(sock, batch, buf_size, buf_size)
+    }
+
+    /// Around a socket already bound, with `rx_size`-byte receive slots and `tx_size`-byte send
+    /// slots; a size of 0 leaves that direction out (its calls fail with `NoSlots`).
+    pub fn with_sizes(
+        sock: UdpSocket,
+        batch: usize,
+        rx_size: usize,
+        tx_size: usize,
+    ) -> Result<Self, UdpError> {
         if !(1..=BATCH_MAX).contains(&batch) {
             return Err(UdpError::BatchSize { batch });
         }
-        if !(1..=BUF_SIZE_MAX).contains(&buf_size) {
-            return Err(UdpError::BufSize { buf_size });
+        for buf_size in [rx_size, tx_size] {
+            if buf_size > BUF_SIZE_MAX || (rx_size == 0 && tx_size == 0) {
+                return Err(UdpError::BufSize { buf_size });
+            }
         }
+        let slots = |size: usize| Slots::new(if size == 0 { 0 } else { batch }, size);
         let local = sock
             .local_addr()
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -231,15 +285,24 @@ impl UdpBatch {
             "send buffer",
             "net.core.wmem_max",
         );
-        tracing::debug!("udp socket bound to {bound}: batch {batch}, {buf_size} bytes a slot");
+        tracing::debug!(
+            "udp socket bound to {bound}: batch {batch}, slots of {rx_size} bytes to receive, \
+             {tx_size} to send"
+        );
         Ok(UdpBatch {
             sock,
             local: bound,
             batch,
-            buf_size,
-            rx: Slots::new(batch, buf_size),
+            rx_size,
+            tx_size,
+            rx: slots(rx_size),
             rx_count: 0,
-            tx: Slots::new(batch, buf_size),
+            rx_segment: vec![0; batch].into_boxed_slice(),
+            gro: false,
+            gso: false,
+            tx: slots(tx_size),
+            msg_first: vec![0; batch].into_boxed_slice(),
+            msg_segs: vec![0; batch].into_boxed_slice(),
             tx_dst: vec![bound; batch].into_boxed_slice(),
             tx_len: vec![0; batch].into_boxed_slice(),
             tx_count: 0,
@@ -262,9 +325,50 @@ impl UdpBatch {
         self.batch
     }
 
-    /// Bytes per slot.
+    /// Bytes per send slot (per receive slot when this batch only receives).
     pub fn buf_size(&self) -> usize {
-        self.buf_size
+        if self.tx_size > 0 {
+            self.tx_size
+        } else {
+            self.rx_size
+        }
+    }
+
+    /// Sends consecutive queued datagrams of one size to one destination as one GSO message
+    /// (`UDP_SEGMENT`). Fails, leaving it off, on a kernel without it (before Linux 4.18). Should
+    /// a send refuse a GSO message (a route that cannot segment), it is resent datagram by
+    /// datagram and GSO stays off for this batch.
+    pub fn enable_gso(&mut self) -> io::Result<()> {
+        udp_offload::probe_gso(self.sock.as_raw_fd())?;
+        self.gso = true;
+        Ok(())
+    }
+
+    /// Whether sends use GSO.
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// Turns UDP GRO on: one receive slot may then hold a train of datagrams from one sender
+    /// ([`Datagram::segments`]). Refused (`BufSize`) unless the receive slots hold the largest
+    /// datagram: a train is up to 64 KiB.
+    pub fn enable_gro(&mut self) -> Result<(), UdpError> {
+        if self.rx_size < BUF_SIZE_MAX {
+            return Err(UdpError::BufSize {
+                buf_size: self.rx_size,
+            });
+        }
+        udp_offload::enable_gro(self.sock.as_raw_fd()).map_err(|source| UdpError::Configure {
+            addr: self.local,
+            source,
+        })?;
+        self.gro = true;
+        Ok(())
+    }
+
+    /// Whether receives use GRO.
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     pub fn counters(&self) -> UdpCounters {
@@ -275,16 +379,25 @@ impl UdpBatch {
     /// none were waiting). The previous batch's datagrams are gone.
     pub fn recv(&mut self) -> Result<usize, UdpError> {
         self.rx_count = 0;
+        if self.rx_size == 0 {
+            return Err(UdpError::NoSlots("receive"));
+        }
         for i in 0..self.batch {
-            self.rx.link(i, self.buf_size, self.buf_size, STORAGE_LEN);
+            self.rx.link(i, self.rx_size, self.rx_size, STORAGE_LEN);
+            if self.gro {
+                let h = &mut self.rx.msg[i].msg_hdr;
+                h.msg_control = self.rx.ctl[i].as_mut_ptr().cast();
+                h.msg_controllen = std::mem::size_of::<CmsgBuf>() as _;
+            }
         }
         let vlen = libc::c_uint::try_from(self.batch).unwrap_or(libc::c_uint::MAX);
         loop {
             self.counters.recv_syscalls += 1;
             // SAFETY: `msg` holds `batch` (= vlen) mmsghdrs, each just linked to its own
-            // `buf_size`-byte region of `rx.buf` and its own sockaddr_storage, all owned by
-            // `self.rx` and not otherwise borrowed during the call. MSG_TRUNC makes msg_len
-            // the datagram's real length; the kernel still writes at most iov_len bytes.
+            // `rx_size`-byte region of `rx.buf`, its own sockaddr_storage and (with GRO) its
+            // own control buffer, all owned by `self.rx` and not otherwise borrowed during the
+            // call. MSG_TRUNC makes msg_len the datagram's real length; the kernel still
+            // writes at most iov_len bytes.
             let n = unsafe {
                 libc::recvmmsg(
                     self.sock.as_raw_fd(),
@@ -297,7 +410,21 @@ impl UdpBatch {
             if let Ok(n) = usize::try_from(n) {
                 let n = n.min(self.batch);
                 self.rx_count = n;
-                self.counters.rx_datagrams += n as u64;
+                self.counters.rx_messages += n as u64;
+                for i in 0..n {
+                    let m = &self.rx.msg[i];
+                    let len = usize::try_from(m.msg_len).unwrap_or(usize::MAX);
+                    let seg = if self.gro {
+                        // SAFETY: with GRO the kernel wrote at most msg_controllen bytes of
+                        // control messages into this slot's `ctl` (linked above).
+                        unsafe { udp_offload::read_gro_cmsg(&m.msg_hdr) }
+                    } else {
+                        None
+                    };
+                    let seg = seg.unwrap_or(len).clamp(1, len.max(1));
+                    self.rx_segment[i] = seg;
+                    self.counters.rx_datagrams += len.div_ceil(seg).max(1) as u64;
+                }
                 let truncated = self.rx.msg[..n]
                     .iter()
                     .filter(|m| m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0)
@@ -331,8 +458,8 @@ impl UdpBatch {
         }
         let m = &self.rx.msg[i];
         let len = usize::try_from(m.msg_len).unwrap_or(usize::MAX);
-        let start = i * self.buf_size;
-        let data = self.rx.buf.get(start..start + len.min(self.buf_size))?;
+        let start = i * self.rx_size;
+        let data = self.rx.buf.get(start..start + len.min(self.rx_size))?;
         // A UDP socket's sender is always IPv4 or IPv6; the unspecified address stands in
         // should the kernel ever say otherwise.
         let src = from_sockaddr(&self.rx.addr[i]).unwrap_or(match self.local {
@@ -344,6 +471,7 @@ impl UdpBatch {
             data,
             len,
             truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            segment: self.rx_segment[i],
         })
     }
 
@@ -366,6 +494,9 @@ impl UdpBatch {
                 local: self.local,
             });
         }
+        if self.tx_size == 0 {
+            return Err(UdpError::NoSlots("send"));
+        }
         if self.tx_count >= self.batch {
             return Ok(None);
         }
@@ -379,10 +510,10 @@ impl UdpBatch {
             .iter()
             .try_fold(0usize, |acc, p| acc.checked_add(p.len()))
             .unwrap_or(usize::MAX);
-        if len > self.buf_size {
+        if len > self.tx_size {
             return Err(UdpError::PushTooLong {
                 len,
-                max: self.buf_size,
+                max: self.tx_size,
             });
         }
         let Some(mut slot) = self.tx_slot(dst)? else {
@@ -398,10 +529,69 @@ impl UdpBatch {
         Ok(true)
     }
 
+    /// Builds the send messages for queued datagrams `from..`: one per datagram, or with GSO
+    /// one per run of datagrams to one destination of one size (the last of a run may be
+    /// shorter), within the kernel's limits. Returns how many messages.
+    fn link_messages(&mut self, from: usize) -> usize {
+        let count = self.tx_count;
+        let (mut m, mut d) = (0, from);
+        while d < count {
+            let seg = self.tx_len[d];
+            let mut end = d + 1;
+            if self.gso && seg > 0 {
+                let mut total = seg;
+                while end < count
+                    && end - d < GSO_SEGMENTS_MAX
+                    && self.tx_dst[end] == self.tx_dst[d]
+                {
+                    let len = self.tx_len[end];
+                    if len == 0 || len > seg || total + len > GSO_BYTES_MAX {
+                        break;
+                    }
+                    total += len;
+                    end += 1;
+                    if len < seg {
+                        break; // only the last datagram of a GSO message may be shorter
+                    }
+                }
+            }
+            let control = if end - d > 1 {
+                let seg = u16::try_from(seg).unwrap_or(u16::MAX);
+                Some(udp_offload::write_segment_cmsg(&mut self.tx.ctl[m], seg))
+            } else {
+                None
+            };
+            let h = &mut self.tx.msg[m].msg_hdr;
+            h.msg_name = ptr::from_mut(&mut self.tx.addr[d]).cast();
+            h.msg_namelen = self.tx.addr_len[d];
+            h.msg_iov = ptr::from_mut(&mut self.tx.iov[d]);
+            h.msg_iovlen = end - d;
+            match control {
+                Some(len) => {
+                    h.msg_control = self.tx.ctl[m].as_mut_ptr().cast();
+                    h.msg_controllen = len;
+                }
+                None => {
+                    h.msg_control = ptr::null_mut();
+                    h.msg_controllen = 0;
+                }
+            }
+            h.msg_flags = 0;
+            self.tx.msg[m].msg_len = 0;
+            self.msg_first[m] = d;
+            self.msg_segs[m] = end - d;
+            m += 1;
+            d = end;
+        }
+        m
+    }
+
     /// `sendmmsg(MSG_DONTWAIT)` of everything queued, again from where the kernel stopped
     /// until all is sent, dropped or failed; the queue is empty afterwards. EAGAIN and ENOBUFS
-    /// drop the rest of the batch; an error about one destination fails that datagram and
-    /// the rest are still sent. Any other error discards the queue and is returned.
+    /// drop the rest of the batch; an error about one destination fails that message's
+    /// datagrams and the rest are still sent. A GSO message the kernel refuses (EINVAL, EIO,
+    /// EMSGSIZE, EOPNOTSUPP: a route or device that cannot segment) is sent again datagram by
+    /// datagram, with GSO off from then on. Any other error discards the queue and is returned.
     pub fn flush(&mut self) -> Result<FlushResult, UdpError> {
         let count = self.tx_count;
         let mut r = FlushResult::default();
@@ -409,21 +599,24 @@ impl UdpBatch {
             return Ok(r);
         }
         for i in 0..count {
-            let addr_len = self.tx.addr_len[i];
-            self.tx.link(i, self.buf_size, self.tx_len[i], addr_len);
+            self.tx.link_iov(i, self.tx_size, self.tx_len[i]);
         }
+        let mut msgs = self.link_messages(0);
+        // Datagrams in messages `start..` (start < msgs where it is called).
+        let rest = |b: &Self, start: usize| count - b.msg_first[start];
         let mut start = 0;
         let outcome = loop {
-            if start >= count {
+            if start >= msgs {
                 break Ok(());
             }
-            let vlen = libc::c_uint::try_from(count - start).unwrap_or(libc::c_uint::MAX);
+            let vlen = libc::c_uint::try_from(msgs - start).unwrap_or(libc::c_uint::MAX);
             r.syscalls += 1;
             self.counters.send_syscalls += 1;
-            // SAFETY: `tx.msg[start..count]` are `vlen` mmsghdrs linked just above to their
-            // own queued bytes of `tx.buf` and their own destination address, all owned by
-            // `self.tx` and not otherwise borrowed during the call; the kernel only reads them
-            // (and writes msg_len).
+            // SAFETY: `tx.msg[start..msgs]` are `vlen` mmsghdrs built just above
+            // (`link_messages`), each pointing at iovecs of its own queued bytes of `tx.buf`,
+            // its destination address and its control message, all owned by `self.tx` and not
+            // otherwise borrowed during the call; the kernel only reads them (and writes
+            // msg_len).
             let n = unsafe {
                 libc::sendmmsg(
                     self.sock.as_raw_fd(),
@@ -435,12 +628,13 @@ impl UdpBatch {
             match usize::try_from(n) {
                 Ok(0) => {
                     // Not seen from Linux; counted as a full queue rather than looping.
-                    r.dropped = count - start;
+                    r.dropped = rest(self, start);
                     break Ok(());
                 }
                 Ok(n) => {
-                    let n = n.min(count - start);
-                    r.sent += n;
+                    let n = n.min(msgs - start);
+                    r.sent += self.msg_segs[start..start + n].iter().sum::<usize>();
+                    self.counters.tx_messages += n as u64;
                     start += n;
                     continue;
                 }
@@ -451,8 +645,21 @@ impl UdpBatch {
             match errno {
                 libc::EINTR => {}
                 libc::EAGAIN | libc::ENOBUFS => {
-                    r.dropped = count - start;
+                    r.dropped = rest(self, start);
                     break Ok(());
+                }
+                libc::EINVAL | libc::EIO | libc::EMSGSIZE | libc::EOPNOTSUPP
+                    if self.msg_segs[start] > 1 =>
+                {
+                    tracing::warn!(
+                        "udp socket {}: the kernel refused a GSO send to {} ({e}): sending \
+                         datagram by datagram from now on",
+                        self.local,
+                        self.tx_dst[self.msg_first[start]]
+                    );
+                    self.gso = false;
+                    msgs = self.link_messages(self.msg_first[start]);
+                    start = 0;
                 }
                 libc::ECONNREFUSED
                 | libc::EHOSTUNREACH
@@ -463,15 +670,15 @@ impl UdpBatch {
                 | libc::EACCES
                 | libc::EPERM
                 | libc::EMSGSIZE => {
-                    r.failed += 1;
+                    r.failed += self.msg_segs[start];
                     r.first_failure.get_or_insert(SendFailure {
-                        dst: self.tx_dst[start],
+                        dst: self.tx_dst[self.msg_first[start]],
                         errno,
                     });
                     start += 1;
                 }
                 _ => {
-                    r.dropped = count - start;
+                    r.dropped = rest(self, start);
                     break Err(e);
                 }
             }
@@ -502,7 +709,10 @@ impl std::fmt::Debug for UdpBatch {
         f.debug_struct("UdpBatch")
             .field("local", &self.local)
             .field("batch", &self.batch)
-            .field("buf_size", &self.buf_size)
+            .field("rx_size", &self.rx_size)
+            .field("tx_size", &self.tx_size)
+            .field("gso", &self.gso)
+            .field("gro", &self.gro)
             .field("received", &self.rx_count)
             .field("queued", &self.tx_count)
             .field("counters", &self.counters)
@@ -521,17 +731,17 @@ impl TxSlot<'_> {
     /// The slot's `buf_size` bytes (their contents are left from an earlier datagram).
     pub fn buf(&mut self) -> &mut [u8] {
         let o = &mut *self.owner;
-        let start = o.tx_count * o.buf_size;
-        &mut o.tx.buf[start..start + o.buf_size]
+        let start = o.tx_count * o.tx_size;
+        &mut o.tx.buf[start..start + o.tx_size]
     }
 
     /// Queues the first `len` bytes of the slot as a datagram to the slot's destination.
     pub fn commit(self, len: usize) -> Result<(), UdpError> {
         let o = self.owner;
-        if len > o.buf_size {
+        if len > o.tx_size {
             return Err(UdpError::PushTooLong {
                 len,
-                max: o.buf_size,
+                max: o.tx_size,
             });
         }
         let i = o.tx_count;

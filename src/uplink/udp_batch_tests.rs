@@ -3,6 +3,7 @@
 //! The test against a Linux vxlan device in network namespaces is `tests/uplink_vxlan.rs`.
 
 use super::*;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 const V4: &str = "127.0.0.1:0";
@@ -250,4 +251,131 @@ fn a_batch_can_move_to_another_thread_between_calls() {
     wait_readable(&rx);
     assert_eq!(rx.recv().unwrap(), 1);
     assert_eq!(rx.datagram(0).unwrap().data, b"before the move");
+}
+
+/// Receives from `rx` until `n` datagrams arrived (5 s at most), GRO trains cut into their
+/// datagrams: each datagram's bytes, in arrival order.
+fn receive_datagrams(rx: &mut UdpBatch, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} datagrams", got.len());
+        if rx.recv().unwrap() == 0 {
+            wait_readable(rx);
+            continue;
+        }
+        for d in rx.datagrams() {
+            assert!(!d.truncated);
+            got.extend(d.segments().map(<[u8]>::to_vec));
+        }
+    }
+    got
+}
+
+/// One flush with GSO: runs of one size to one destination leave as GSO messages within the
+/// kernel's limits (64 datagrams, 64 KiB; only the last of a message shorter). A socket with
+/// GRO takes each message whole, a plain socket gets the datagrams one by one; both byte-exact
+/// and in order.
+#[test]
+fn gso_trains_reach_a_gro_socket_whole_and_a_plain_one_cut_byte_exact() {
+    let mut tx = UdpBatch::bind(sa(V4), 256, 2000).unwrap();
+    tx.enable_gso().expect("UDP GSO (Linux 4.18+)");
+    let sock = UdpSocket::bind(sa(V4)).unwrap();
+    let mut gro = UdpBatch::with_sizes(sock, 64, BUF_SIZE_MAX, 0).unwrap();
+    gro.enable_gro().expect("UDP GRO (Linux 5.0+)");
+    assert!(gro.gro() && tx.gso());
+    let mut plain = UdpBatch::bind(sa(V4), 256, 2000).unwrap();
+    // Per destination: 7 x 1000 bytes and a shorter 600 (one message), 50 x 1500 (43 fit in
+    // 64 KiB: two messages), 70 x 100 (64 at most: two messages).
+    let runs: [&[(usize, usize)]; 3] = [&[(1000, 7), (600, 1)], &[(1500, 50)], &[(100, 70)]];
+    let mut sent: [Vec<Vec<u8>>; 2] = Default::default();
+    let mut i = 0;
+    for run in runs {
+        for (d, dst) in [gro.local_addr(), plain.local_addr()]
+            .into_iter()
+            .enumerate()
+        {
+            for &(len, count) in run {
+                for _ in 0..count {
+                    let (hdr, body) = payload(i, len);
+                    assert!(tx.push(dst, &[&hdr, &body]).unwrap());
+                    sent[d].push([hdr, body].concat());
+                    i += 1;
+                }
+            }
+        }
+    }
+    let r = tx.flush().unwrap();
+    assert_eq!(
+        (r.sent, r.dropped, r.failed, r.syscalls),
+        (256, 0, 0, 1),
+        "{r:?}"
+    );
+    assert_eq!(
+        tx.counters().tx_messages,
+        10,
+        "5 GSO messages per destination"
+    );
+    assert_eq!(tx.counters().tx_datagrams, 256);
+    assert!(
+        receive_datagrams(&mut gro, 128) == sent[0],
+        "GRO side differs"
+    );
+    assert!(
+        receive_datagrams(&mut plain, 128) == sent[1],
+        "plain side differs"
+    );
+    let (g, p) = (gro.counters(), plain.counters());
+    assert_eq!((g.rx_datagrams, p.rx_datagrams), (128, 128));
+    assert_eq!(
+        p.rx_messages, 128,
+        "a plain socket gets a datagram per buffer"
+    );
+    assert!(
+        g.rx_messages <= 128 / 4,
+        "a GRO socket gets the trains whole: {} buffers for 128 datagrams",
+        g.rx_messages
+    );
+}
+
+/// Without GSO every datagram is its own message; with it, a change of destination or of size
+/// ends a message.
+#[test]
+fn gso_messages_end_at_a_new_destination_or_size() {
+    let mut tx = UdpBatch::bind(sa(V4), 64, 200).unwrap();
+    let mut rx: Vec<UdpBatch> = (0..2)
+        .map(|_| UdpBatch::bind(sa(V4), 64, 200).unwrap())
+        .collect();
+    let dst: Vec<SocketAddr> = rx.iter().map(UdpBatch::local_addr).collect();
+    // (destination, length): with GSO the messages are [0: 100 x3], [1: 100 x2], [0: 100],
+    // [0: 150 x2] and [0: 160] (longer than the message's size: a message of its own).
+    let plan = [
+        (0, 100),
+        (0, 100),
+        (0, 100),
+        (1, 100),
+        (1, 100),
+        (0, 100),
+        (0, 150),
+        (0, 150),
+        (0, 160),
+    ];
+    for gso in [false, true] {
+        if gso {
+            tx.enable_gso().unwrap();
+        }
+        let before = tx.counters().tx_messages;
+        for (i, &(d, len)) in plan.iter().enumerate() {
+            let (hdr, body) = payload(i, len);
+            assert!(tx.push(dst[d], &[&hdr, &body]).unwrap());
+        }
+        assert_eq!(tx.flush().unwrap().sent, plan.len());
+        let messages = tx.counters().tx_messages - before;
+        assert_eq!(messages, if gso { 5 } else { 9 }, "gso {gso}");
+        let to0 = receive_datagrams(&mut rx[0], 7);
+        let to1 = receive_datagrams(&mut rx[1], 2);
+        let lens = |v: &[Vec<u8>]| v.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(lens(&to0), [100, 100, 100, 100, 150, 150, 160]);
+        assert_eq!(lens(&to1), [100, 100]);
+    }
 }
