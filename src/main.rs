@@ -160,7 +160,8 @@ struct RunArgs {
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
     /// Busy-poll the guests' rings on the data-plane workers (no kicks, lowest latency, one
-    /// core at 100% per worker) instead of sleeping until a guest kicks.
+    /// core at 100% per worker) instead of sleeping until a guest kicks. A worker that finds
+    /// nothing for a few microseconds yields its CPU to any other thread waiting for it.
     #[arg(long)]
     poll: bool,
     /// Data-plane worker threads. Queue pair q of port p is served by worker (p + q) mod N,
@@ -181,12 +182,14 @@ struct RunArgs {
     /// The PF's wire, a port named `uplink`. `tap:IFNAME[,queues=N]`: a TAP device of this
     /// host (created if missing) carries the traffic to the host's network stack; it has
     /// carrier while the device is up.
-    /// `vxlan:local=IP:PORT,remote=IP:PORT[,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N]`:
+    /// `vxlan:local=IP:PORT,remote=IP:PORT[,remote=IP:PORT...],vni=N[,carrier=on|peer][,peer-timeout-ms=N][,offload=on|off]`:
     /// VXLAN (RFC 7348) to other sriov-emu instances or Linux vxlan devices (IPv6 in
     /// brackets); floods go to every remote; carrier always (`on`, the default), or while a
     /// remote was heard from within peer-timeout-ms (`peer`, default 3000; sriov-emu peers
-    /// send keepalives every second). VFs with link state `auto` follow the carrier; without
-    /// an uplink they are up.
+    /// send keepalives every second). `offload=on` (the default) sends runs of frames to one
+    /// remote as UDP GSO messages and receives UDP GRO trains; `off` makes every datagram its
+    /// own send and receive (an underlay capture then shows no 64 KiB trains). VFs with link
+    /// state `auto` follow the carrier; without an uplink they are up.
     #[arg(long, value_name = "SPEC")]
     uplink: Option<sriov_emu::uplink::UplinkSpec>,
     /// The uplink's MTU. TAP: the device's MTU (set on it), which is the guest MTU that fits.

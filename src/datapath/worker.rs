@@ -20,6 +20,12 @@ use std::time::Duration;
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Busy-poll rounds between looks at control-side changes (a few microseconds).
 const POLL_SYNC_ROUNDS: u64 = 256;
+/// Empty busy-poll rounds in a row after which the worker yields its CPU (`sched_yield`): a
+/// few microseconds of nothing to do. Alone on its CPU the call returns at once (one syscall
+/// per this many idle rounds); beside another busy thread on the same CPU (two emulators'
+/// pollers, a test's load) it hands the CPU over instead of spinning out its time slice while
+/// the frames it waits for sit with the other thread.
+const POLL_YIELD_ROUNDS: u32 = 64;
 
 /// One data-plane worker.
 pub struct DataPlane {
@@ -145,9 +151,11 @@ impl Worker {
     }
 
     /// Busy-poll mode: never sleeps, takes its attached ports' TX queues in turn and leaves the
-    /// guests' TX notifications off (no kicks, no wake-ups, no eventfd syscalls).
+    /// guests' TX notifications off (no kicks, no wake-ups, no eventfd syscalls); after
+    /// `POLL_YIELD_ROUNDS` empty rounds it yields the CPU to whoever else is waiting for it.
     fn run_polling(mut self) {
         let mut iteration: u64 = 0;
+        let mut idle: u32 = 0;
         while !self.cfg.stop.load(Ordering::Relaxed) {
             iteration += 1;
             if iteration.is_multiple_of(POLL_SYNC_ROUNDS) {
@@ -157,8 +165,16 @@ impl Worker {
                     self.age_fdb();
                 }
             }
-            if !self.tx_round(true) {
-                std::hint::spin_loop();
+            if self.tx_round(true) {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle >= POLL_YIELD_ROUNDS {
+                    idle = 0;
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
         }
     }
