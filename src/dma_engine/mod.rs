@@ -14,10 +14,13 @@
 //!   left it), and the copies that write it into RX buffers.
 //! - `tx.rs`: a TX chain walked and its head copied out once.
 //! - `rx.rs`: a group of frames written into an RX ring (mergeable buffers).
+//! - `dirty_log.rs`: the frontend's dirty-page log for live migration, and the switch that
+//!   turns it on and off under the data plane.
 //!
 //! Only this module and the vhost-user glue in `vf` touch guest memory.
 
 mod copy;
+pub mod dirty_log;
 pub mod frame;
 mod guest_map;
 mod net_hdr;
@@ -27,6 +30,7 @@ mod segments;
 pub mod tx;
 
 pub use copy::CopyError;
+pub use dirty_log::{LogArea, LogSwitch, LogView};
 pub use frame::FrameView;
 pub use guest_map::{GuestBitmap, GuestMap, GuestMem, GuestMemAtomic};
 pub use net_hdr::{rx_header, vnet_hdr_len, VNET_HDR_MAX};

@@ -11,6 +11,7 @@
 //! or atomic access, and every value read is validated before use (indices masked or checked,
 //! descriptor ranges translated through the `GuestMap`).
 
+use super::dirty_log::LogArea;
 use super::guest_map::{GuestMap, GuestMem};
 use super::segments::{ChainError, Direction, Segments};
 use std::sync::atomic::{fence, AtomicU16, Ordering};
@@ -114,6 +115,13 @@ impl SplitRing {
     #[inline]
     pub fn size(&self) -> u16 {
         self.addrs.size
+    }
+
+    /// Marks the used ring (flags, idx, entries, avail_event) in the dirty log: every field
+    /// the device writes in a ring is in it.
+    #[inline]
+    pub fn mark_used(&self, log: &LogArea) {
+        log.mark(self.addrs.used, 6 + 8 * u64::from(self.addrs.size));
     }
 
     /// The 16-bit field at `host`, which must be one of the avail ring's (flags, idx,

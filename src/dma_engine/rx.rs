@@ -5,6 +5,7 @@
 //! without one a frame is refused (`RxDrop::NoBuffer`) and the caller counts it.
 
 use super::copy::write_segments;
+use super::dirty_log::LogArea;
 use super::frame::{copy_first_chain, copy_frame_range, FrameView};
 use super::guest_map::GuestMap;
 use super::net_hdr::{rx_header, vnet_hdr_len};
@@ -69,6 +70,9 @@ pub struct RxFill<'a> {
     old_used: u16,
     hdr_len: usize,
     mergeable: bool,
+    /// The dirty log while the frontend migrates the guest: every buffer and used-ring write
+    /// is marked in it.
+    log: Option<&'a LogArea>,
 }
 
 impl<'a> RxFill<'a> {
@@ -108,7 +112,14 @@ impl<'a> RxFill<'a> {
             old_used: next_used,
             hdr_len: vnet_hdr_len(features),
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+            log: None,
         })
+    }
+
+    /// Marks what the group writes in `log` (while the frontend migrates the guest).
+    pub fn with_log(mut self, log: Option<&'a LogArea>) -> Self {
+        self.log = log;
+        self
     }
 
     /// The next chain the driver made available, if any.
@@ -196,6 +207,10 @@ impl<'a> RxFill<'a> {
                 // SAFETY: as above.
                 unsafe { copy_frame_range(f, written - hdr_len, to, segs, 0) }
             };
+            if let Some(log) = self.log {
+                // The whole chain, written or not: a page marked more is only copied again.
+                self.map.mark_segments(log, segs.as_slice());
+            }
             if copied.is_err() {
                 rx.used[nused] = (head, 0);
                 nused += 1;
@@ -244,6 +259,9 @@ impl<'a> RxFill<'a> {
         let used = self.cur.next_used;
         if used != self.old_used {
             self.ring.publish_used(used);
+            if let Some(log) = self.log {
+                self.ring.mark_used(log);
+            }
         }
         let notify = self.ring.needs_notification(self.old_used, used);
         (self.cur.next_avail, used, notify)

@@ -21,13 +21,17 @@ use vhost::vhost_user::message::{
     VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::dma_engine::vnet_hdr_len;
+use crate::dma_engine::dirty_log::LOG_PAGE;
+use crate::dma_engine::{vnet_hdr_len, LogArea};
+
+/// vhost's "log all writes" feature bit (VHOST_F_LOG_ALL).
+const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// Why the frontend failed.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +116,36 @@ pub struct VirtioNetFrontend {
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     features: u64,
+    /// What SET_FEATURES acked (with PROTOCOL_FEATURES), without VHOST_F_LOG_ALL.
+    acked: u64,
     hdr_len: usize,
     cfg: FrontendConfig,
+}
+
+/// The dirty log a frontend handed the backend (`start_dirty_log`), read as QEMU reads it.
+pub struct DirtyLog {
+    area: LogArea,
+    /// Keeps the memfd open (the backend has its own mapping of it).
+    _file: File,
+}
+
+impl DirtyLog {
+    /// Whether the page holding guest-physical `gpa` is marked.
+    pub fn is_dirty(&self, gpa: u64) -> bool {
+        self.area.is_dirty(gpa)
+    }
+
+    /// Clears the log (QEMU clears what it took at each round).
+    pub fn clear(&self) {
+        self.area.clear();
+    }
+
+    /// The pages marked, as guest-physical page numbers, in order.
+    pub fn dirty_pages(&self) -> Vec<u64> {
+        (0..self.area.len() as u64 * 8)
+            .filter(|p| self.area.is_dirty(p * LOG_PAGE))
+            .collect()
+    }
 }
 
 fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -153,14 +185,17 @@ impl VirtioNetFrontend {
         fe.set_owner().map_err(proto("SET_OWNER"))?;
         let dev_features = fe.get_features().map_err(proto("GET_FEATURES"))?;
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let features = dev_features & cfg.driver_features & !proto_bit;
+        // The driver never acks VHOST_F_LOG_ALL at setup: `start_dirty_log` does, as QEMU
+        // does when a migration starts.
+        let features = dev_features & cfg.driver_features & !proto_bit & !VHOST_F_LOG_ALL;
         if dev_features & proto_bit != 0 {
             let pf = fe
                 .get_protocol_features()
                 .map_err(proto("GET_PROTOCOL_FEATURES"))?;
             let want = VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::LOG_SHMFD;
             let pf = pf & want;
             fe.set_protocol_features(pf)
                 .map_err(proto("SET_PROTOCOL_FEATURES"))?;
@@ -245,6 +280,7 @@ impl VirtioNetFrontend {
             kicks,
             calls,
             features,
+            acked,
             hdr_len,
             cfg,
         };
@@ -547,6 +583,57 @@ impl VirtioNetFrontend {
         // SAFETY: `pfd` is valid for the call and nfds is 1.
         unsafe { libc::poll(&mut pfd, 1, ms) };
         let _ = self.calls[q].read();
+    }
+
+    /// Starts dirty-page logging as QEMU does when a migration starts: SET_LOG_BASE with a
+    /// memfd bitmap covering all of this frontend's memory, then SET_FEATURES with
+    /// VHOST_F_LOG_ALL. The backend must have offered both (LOG_SHMFD and the feature).
+    pub fn start_dirty_log(&mut self) -> Result<DirtyLog> {
+        let pages = self
+            .mem
+            .iter()
+            .map(vm_memory::GuestMemoryRegion::len)
+            .sum::<u64>()
+            .div_ceil(LOG_PAGE);
+        let size = pages.div_ceil(8).next_multiple_of(8);
+        let file = memfd(size)?;
+        self.fe
+            .set_log_base(
+                0,
+                Some(VhostUserDirtyLogRegion {
+                    mmap_size: size,
+                    mmap_offset: 0,
+                    mmap_handle: file.as_raw_fd(),
+                }),
+            )
+            .map_err(proto("SET_LOG_BASE"))?;
+        self.fe
+            .set_features(self.acked | VHOST_F_LOG_ALL)
+            .map_err(proto("SET_FEATURES"))?;
+        let area = LogArea::map(&file, 0, size).map_err(|e| FrontendError::Memfd {
+            op: "mmap of the dirty log",
+            source: std::io::Error::other(e),
+        })?;
+        Ok(DirtyLog { area, _file: file })
+    }
+
+    /// Stops dirty-page logging (SET_FEATURES without VHOST_F_LOG_ALL).
+    pub fn stop_dirty_log(&mut self) -> Result<()> {
+        self.fe
+            .set_features(self.acked)
+            .map_err(proto("SET_FEATURES"))
+    }
+
+    /// The guest-physical address of the RX buffer of descriptor `head` of queue pair `qp`.
+    pub fn rx_buffer_gpa(&self, qp: usize, head: u16) -> u64 {
+        self.buf_addr(2 * qp, head)
+    }
+
+    /// The guest-physical address and length of the used ring of vring `q` (RX of pair p is
+    /// 2p, TX 2p + 1).
+    pub fn used_ring_gpa(&self, q: usize) -> (u64, u64) {
+        let l = self.rings[q].layout;
+        (l.used, 6 + 8 * u64::from(self.cfg.queue_size))
     }
 
     /// Hangs up: the backend sees the frontend disconnect.

@@ -6,8 +6,10 @@
 
 use super::port::{port_event_data, Connection, Port, VRINGS_PER_THREAD};
 use super::{GuestBitmap, GuestMemAtomic, Vring};
+use crate::dma_engine::LogArea;
 use crate::events::EventBus;
 use crate::port::Waker;
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -29,6 +31,11 @@ const TX_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest ring the device accepts (QEMU's rx/tx_queue_size maximum).
 pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// vhost's "log all writes" feature (VHOST_F_LOG_ALL): the frontend turns dirty-page logging
+/// on by acking it, off by acking without it. Offered (with the LOG_SHMFD protocol feature) so
+/// that QEMU allows live migration.
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// virtio-net device features offered on every port.
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
@@ -85,17 +92,48 @@ impl VhostUserBackend for NetBackend {
         } else {
             0
         };
-        DEVICE_FEATURES | mq | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        DEVICE_FEATURES | mq | VHOST_F_LOG_ALL | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
+    /// SET_FEATURES. With VHOST_F_LOG_ALL the frontend starts dirty-page logging (it sent
+    /// SET_LOG_BASE first), without it stops it; the change holds for every write after the
+    /// reply (`Connection::quiesce`).
     fn acked_features(&self, features: u64) {
         self.conn.set_acked_features(features);
+        let on = features & VHOST_F_LOG_ALL != 0;
+        if self.conn.log.set_on(on) {
+            self.conn.quiesce();
+            tracing::info!(
+                port = %self.port.spec.name,
+                "dirty-page logging {}",
+                if on { "on (migration)" } else { "off" }
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::LOG_SHMFD
+    }
+
+    /// SET_LOG_BASE: the frontend's dirty bitmap, mapped here and marked by the data plane
+    /// itself (`dma_engine/dirty_log.rs`). A replaced log is no longer written once this
+    /// returns (the frontend reads and frees it on the reply).
+    fn set_log_base(&self, mmap_offset: u64, mmap_size: u64, file: &File) -> io::Result<bool> {
+        let area = LogArea::map(file, mmap_offset, mmap_size).map_err(|e| {
+            tracing::warn!(port = %self.port.spec.name, "SET_LOG_BASE refused: {e}");
+            io::Error::other(e)
+        })?;
+        tracing::debug!(
+            port = %self.port.spec.name,
+            "dirty log of {mmap_size} bytes (guest memory up to {} MiB)",
+            (mmap_size * 8 * crate::dma_engine::dirty_log::LOG_PAGE) >> 20
+        );
+        self.conn.log.set_area(area);
+        self.conn.quiesce();
+        Ok(true)
     }
 
     fn set_event_idx(&self, _enabled: bool) {

@@ -9,7 +9,9 @@ use super::port::Connection;
 use super::Vring;
 use crate::dma_engine::rx::{RxFill, RxScratch};
 use crate::dma_engine::tx::walk_tx;
-use crate::dma_engine::{vnet_hdr_len, FrameView, GuestMap, GuestMemAtomic, RingAddrs, SplitRing};
+use crate::dma_engine::{
+    vnet_hdr_len, FrameView, GuestMap, GuestMemAtomic, LogView, RingAddrs, SplitRing,
+};
 use crate::port::{QueueFault, RxBatch, RxDrop, RxQueues, TxFrame, TxPop, TxQueues, Unsent};
 use crate::rss::EnabledQueues;
 use crate::wire::ETH_HEADER_LEN;
@@ -77,6 +79,8 @@ pub struct VhostIo {
     /// Largest frame accepted from the guest (MTU + Ethernet header + two VLAN tags).
     max_frame: usize,
     queue_pairs: usize,
+    /// The dirty log as of this worker's last batch on the connection.
+    log: LogView,
 }
 
 impl VhostIo {
@@ -87,6 +91,7 @@ impl VhostIo {
             poll,
             max_frame: usize::from(mtu) + FRAME_OVERHEAD,
             queue_pairs: usize::from(queue_pairs),
+            log: LogView::default(),
         }
     }
 
@@ -132,11 +137,14 @@ impl TxQueues for VhostIo {
             return TxPop::Empty;
         }
         let q = st.get_queue_mut();
+        self.log.sync(&self.conn.log);
+        let log = self.log.get();
         let Some((map, ring, fresh)) = self.rings.get(&self.conn.mem, index, q) else {
             return TxPop::Fault(QueueFault::RingUnmapped);
         };
         if fresh && poll {
             ring.disable_notification();
+            log.inspect(|l| ring.mark_used(l));
         }
         let mut next = q.next_avail();
         let mut avail = ring.avail_idx();
@@ -145,12 +153,15 @@ impl TxQueues for VhostIo {
                 self.rings.seen_avail[index] = Some(next);
                 return TxPop::Empty;
             }
-            if !ring.enable_notification(next) {
+            let armed = ring.enable_notification(next);
+            log.inspect(|l| ring.mark_used(l));
+            if !armed {
                 return TxPop::Empty;
             }
             avail = ring.avail_idx();
         } else if !poll {
             ring.disable_notification();
+            log.inspect(|l| ring.mark_used(l));
         }
         let pending = avail.wrapping_sub(next);
         if pending > ring.size() {
@@ -204,6 +215,7 @@ impl TxQueues for VhostIo {
             return;
         }
         let q = st.get_queue_mut();
+        self.log.sync(&self.conn.log);
         let Some((_, ring, _)) = self.rings.get(&self.conn.mem, index, q) else {
             return;
         };
@@ -220,6 +232,9 @@ impl TxQueues for VhostIo {
             used = used.wrapping_add(1);
         }
         ring.publish_used(used);
+        if let Some(log) = self.log.get() {
+            ring.mark_used(log);
+        }
         q.set_next_used(used);
         if ring.needs_notification(old, used) {
             let _ = st.signal_used_queue();
@@ -277,6 +292,8 @@ impl RxQueues for VhostIo {
         }
         let q = state.get_queue();
         let (next_avail, next_used) = (q.next_avail(), q.next_used());
+        self.log.sync(&self.conn.log);
+        let log = self.log.get();
         let Some((map, ring, fresh)) = self.rings.get(&self.conn.mem, index, q) else {
             return Err(QueueFault::RingUnmapped);
         };
@@ -284,9 +301,11 @@ impl RxQueues for VhostIo {
             // Frames never wait for RX buffers, so the guest need not kick when it refills:
             // each RX kick would only wake a vhost-user thread for nothing.
             ring.disable_notification();
+            log.inspect(|l| ring.mark_used(l));
         }
         let fill = RxFill::open(map, ring, next_avail, next_used, features, expected)
-            .map_err(|_| QueueFault::AvailOverrun)?;
+            .map_err(|_| QueueFault::AvailOverrun)?
+            .with_log(log);
         Ok(Some(VhostRx { state, fill }))
     }
 }

@@ -2,6 +2,7 @@
 
 use super::settings::{SettingsError, SettingsUpdate, VfSettings};
 use super::{GuestMemAtomic, Vring};
+use crate::dma_engine::LogSwitch;
 use crate::pf::{PortKind, PortSpec};
 use crate::port::TxPending;
 use crate::rss::{EnabledQueues, VfRss};
@@ -29,6 +30,8 @@ pub struct Connection {
     /// a stop gave up waiting for it. Changed under the vring's lock.
     tx_state: Box<[AtomicU8]>,
     num_queues: usize,
+    /// The dirty log for live migration: whether it is on and where.
+    pub log: LogSwitch,
 }
 
 const TX_BUSY: u8 = 1;
@@ -46,6 +49,7 @@ impl Connection {
                 .map(|_| AtomicU8::new(0))
                 .collect(),
             num_queues,
+            log: LogSwitch::default(),
         }
     }
 
@@ -88,6 +92,19 @@ impl Connection {
             }
         }
         mask
+    }
+
+    /// Waits until no data-plane batch that started before this call still runs: every
+    /// guest-memory write happens under a vring's lock, and a batch looks at the dirty log
+    /// (`LogView::sync`) after taking it, so once each lock was taken here, every write marks
+    /// the log as it is now. (The frontend reads and frees a replaced log as soon as
+    /// SET_LOG_BASE is answered.)
+    pub fn quiesce(&self) {
+        for i in 0..self.num_queues {
+            if let Some(v) = self.vring(i) {
+                drop(vhost_user_backend::VringT::get_mut(v));
+            }
+        }
     }
 
     pub fn set_acked_features(&self, f: u64) {

@@ -146,6 +146,14 @@ pub trait VhostUserBackend: Send + Sync {
         Ok(())
     }
 
+    /// `SET_LOG_BASE` (local change, see vendor/PATCHES.md): a backend that marks its own
+    /// guest-memory writes in the dirty log takes the log here and returns `Ok(true)`; the
+    /// handler then leaves the memory regions' bitmaps alone. `Ok(false)`, the default, keeps
+    /// the crate's own handling (a bitmap per memory region).
+    fn set_log_base(&self, _mmap_offset: u64, _mmap_size: u64, _file: &File) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Handle IO events for backend registered file descriptors.
     ///
     /// This function gets called if the backend registered some additional listeners onto specific
@@ -422,6 +430,10 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.deref().stop_vring(queue_index)
+    }
+
+    fn set_log_base(&self, mmap_offset: u64, mmap_size: u64, file: &File) -> Result<bool> {
+        self.deref().set_log_base(mmap_offset, mmap_size, file)
     }
 
     fn handle_event(

@@ -903,6 +903,14 @@ where
     // dirty even if the migration fails. We need to disable the logging after receiving  a
     // `SET_FEATURE` without the `LOG_ALL` flag.
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostUserResult<()> {
+        // Local change: a backend that logs its own writes takes the log (vendor/PATCHES.md).
+        if self
+            .backend
+            .set_log_base(log.mmap_offset, log.mmap_size, &file)
+            .map_err(VhostUserError::ReqHandlerError)?
+        {
+            return Ok(());
+        }
         let mem = self.atomic_mem.memory();
 
         let logmem = Arc::new(
