@@ -14,6 +14,8 @@
 //! `vf/io.rs` for where the writes are marked and `vf/port.rs` for how a change waits until no
 //! batch uses the previous log.
 
+use super::guest_map::GuestMap;
+use super::segments::Segment;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -160,6 +162,15 @@ impl Drop for LogArea {
 impl std::fmt::Debug for LogArea {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogArea").field("len", &self.len).finish()
+    }
+}
+
+/// Marks the guest pages under `segs` (host addresses `map` gave) in `log`.
+pub fn mark_segments(log: &LogArea, map: &GuestMap, segs: &[Segment]) {
+    for s in segs {
+        if let Some(gpa) = map.gpa_of(s.host) {
+            log.mark(gpa, u64::from(s.len));
+        }
     }
 }
 

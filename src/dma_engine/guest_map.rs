@@ -5,8 +5,6 @@
 //! the memory's `Arc`, so the mappings stay valid while it lives even if SET_MEM_TABLE replaces
 //! the table; the data plane compares pointers once per batch and rebuilds on change.
 
-use super::dirty_log::LogArea;
-use super::segments::Segment;
 use std::sync::Arc;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -85,15 +83,6 @@ impl GuestMap {
             let off = host.wrapping_sub(r.host) as u64;
             (off < r.len).then(|| r.gpa + off)
         })
-    }
-
-    /// Marks the guest pages under `segs` (host addresses this map gave) in the dirty log.
-    pub fn mark_segments(&self, log: &LogArea, segs: &[Segment]) {
-        for s in segs {
-            if let Some(gpa) = self.gpa_of(s.host) {
-                log.mark(gpa, u64::from(s.len));
-            }
-        }
     }
 
     /// Host address of `[gpa, gpa + len)` if the whole range is mapped in one piece.

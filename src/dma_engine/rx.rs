@@ -5,7 +5,7 @@
 //! without one a frame is refused (`RxDrop::NoBuffer`) and the caller counts it.
 
 use super::copy::write_segments;
-use super::dirty_log::LogArea;
+use super::dirty_log::{mark_segments, LogArea};
 use super::frame::{copy_first_chain, copy_frame_range, FrameView};
 use super::guest_map::GuestMap;
 use super::net_hdr::{rx_header, vnet_hdr_len};
@@ -209,7 +209,7 @@ impl<'a> RxFill<'a> {
             };
             if let Some(log) = self.log {
                 // The whole chain, written or not: a page marked more is only copied again.
-                self.map.mark_segments(log, segs.as_slice());
+                mark_segments(log, self.map, segs.as_slice());
             }
             if copied.is_err() {
                 rx.used[nused] = (head, 0);
