@@ -255,13 +255,9 @@ fn linux_vxlan_interop_ipv6() {
     linux_vxlan_interop(true);
 }
 
-/// A destination without a route fails alone; the datagrams around it are still sent. A full
-/// socket buffer (tiny SO_SNDBUF behind a slow qdisc) drops the rest of the batch.
-#[test]
-fn flush_reports_unroutable_destinations_and_drops_on_a_full_buffer() {
-    if skip_without_ip("flush_reports_unroutable_destinations_and_drops_on_a_full_buffer") {
-        return;
-    }
+/// A namespace with a veth pair `va` (198.18.250.1/24) - `vb`, both up, and a static neighbour
+/// entry for 198.18.250.2 on `va`, so datagrams to it leave without ARP (and go nowhere).
+fn veth_namespace() -> (Netns, String) {
     let ns = Netns::new(1);
     let a = ns.name(0).to_string();
     ip(&[
@@ -281,6 +277,17 @@ fn flush_reports_unroutable_destinations_and_drops_on_a_full_buffer() {
         "dev",
         "va",
     ]);
+    (ns, a)
+}
+
+/// A destination without a route fails alone; the datagrams around it are still sent. A full
+/// socket buffer (tiny SO_SNDBUF behind a slow qdisc) drops the rest of the batch.
+#[test]
+fn flush_reports_unroutable_destinations_and_drops_on_a_full_buffer() {
+    if skip_without_ip("flush_reports_unroutable_destinations_and_drops_on_a_full_buffer") {
+        return;
+    }
+    let (_ns, a) = veth_namespace(); // deleted when dropped, at the end of the test
     run(
         "tc",
         &[
@@ -338,25 +345,7 @@ fn a_gso_message_the_route_refuses_is_sent_datagram_by_datagram() {
     if skip_without_ip("a_gso_message_the_route_refuses_is_sent_datagram_by_datagram") {
         return;
     }
-    let ns = Netns::new(1);
-    let a = ns.name(0).to_string();
-    ip(&[
-        "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb",
-    ]);
-    ip(&["-n", &a, "addr", "add", "198.18.250.1/24", "dev", "va"]);
-    ip(&["-n", &a, "link", "set", "va", "up"]);
-    ip(&["-n", &a, "link", "set", "vb", "up"]);
-    ip(&[
-        "-n",
-        &a,
-        "neigh",
-        "add",
-        "198.18.250.2",
-        "lladdr",
-        "02:00:00:00:99:02",
-        "dev",
-        "va",
-    ]);
+    let (_ns, a) = veth_namespace(); // deleted when dropped, at the end of the test
     ip(&[
         "-n",
         &a,
