@@ -223,6 +223,17 @@ struct QemuArgsCmd {
     /// The uplink's MTU, as given to `run` [default: 1500].
     #[arg(long, value_name = "BYTES")]
     uplink_mtu: Option<u32>,
+    /// Instead of command-line options, print the QMP commands that hot-plug the port into a
+    /// running QEMU (`plug`: chardev-add, netdev_add, device_add on --bus), that unplug it
+    /// (`unplug`: device_del, then, once QEMU sent DEVICE_DELETED, netdev_del, which removes
+    /// the chardev too), or both with comments (no value). One JSON command per line.
+    #[arg(long, value_name = "STEP", num_args = 0..=1, default_missing_value = "both",
+          value_parser = ["plug", "unplug", "both"])]
+    hotplug: Option<String>,
+    /// With --hotplug: the free pcie-root-port the NIC goes on (q35 hot-plugs into root
+    /// ports: start QEMU with e.g. `-device pcie-root-port,id=rp0,chassis=1,slot=1`).
+    #[arg(long, value_name = "ID", default_value = "rp0", requires = "hotplug")]
+    bus: String,
 }
 
 fn default_socket_dir() -> PathBuf {
@@ -519,6 +530,19 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
     }
     // MSI-X vectors: one per queue, plus config and control queue (as libvirt computes it).
     let vectors = 2 * u32::from(qp) + 2;
+    if let Some(step) = &a.hotplug {
+        let nic = HotplugNic {
+            name: &p.name,
+            socket: &p.socket,
+            queue_pairs: qp,
+            mac: p.mac.map(|m| m.to_string()),
+            vectors,
+            mtu,
+            bus: &a.bus,
+        };
+        print!("{}", nic.qmp(step));
+        return Ok(());
+    }
     let mac = p.mac.map(|m| format!(",mac={m}")).unwrap_or_default();
     let mq = if qp > 1 { ",mq=on" } else { "" };
     println!(
@@ -528,6 +552,65 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
         s = p.socket.display(),
     );
     Ok(())
+}
+
+/// A port as QMP hot-plugs it: the same chardev, netdev and device as the command-line options.
+struct HotplugNic<'a> {
+    name: &'a str,
+    socket: &'a std::path::Path,
+    queue_pairs: u16,
+    mac: Option<String>,
+    vectors: u32,
+    mtu: u32,
+    bus: &'a str,
+}
+
+impl HotplugNic<'_> {
+    /// The QMP commands of `step` (`plug`, `unplug` or `both` with comments), a line each.
+    fn qmp(&self, step: &str) -> String {
+        use serde_json::json;
+        let n = self.name;
+        let dev = format!("{n}dev");
+        let mut device = json!({
+            "driver": "virtio-net-pci", "id": dev, "netdev": n, "bus": self.bus,
+            "vectors": self.vectors, "host_mtu": self.mtu,
+        });
+        if let Some(mac) = &self.mac {
+            device["mac"] = json!(mac);
+        }
+        if self.queue_pairs > 1 {
+            device["mq"] = json!(true);
+        }
+        let plug = [
+            json!({"execute": "chardev-add", "arguments": {"id": n, "backend": {
+                "type": "socket", "data": {
+                    "addr": {"type": "unix", "data": {"path": self.socket.display().to_string()}},
+                    "server": false, "reconnect-ms": 1000}}}}),
+            json!({"execute": "netdev_add", "arguments": {
+                "type": "vhost-user", "id": n, "chardev": n, "queues": self.queue_pairs}}),
+            json!({"execute": "device_add", "arguments": device}),
+        ];
+        let unplug = [
+            json!({"execute": "device_del", "arguments": {"id": dev}}),
+            json!({"execute": "netdev_del", "arguments": {"id": n}}),
+        ];
+        let lines = |cmds: &[serde_json::Value]| -> String {
+            cmds.iter().map(|c| format!("{c}\n")).collect()
+        };
+        match step {
+            "plug" => lines(&plug),
+            "unplug" => lines(&unplug),
+            _ => format!(
+                "# Plug {n} into a running QEMU (QMP; {bus} must be a free pcie-root-port):\n{}\
+                 # Unplug: device_del, wait for the DEVICE_DELETED event of {dev} (the guest \
+                 released it), then netdev_del (it removes the chardev too):\n{}{}",
+                lines(&plug),
+                lines(&unplug[..1]),
+                lines(&unplug[1..]),
+                bus = self.bus,
+            ),
+        }
+    }
 }
 
 fn main() -> ExitCode {
