@@ -347,6 +347,77 @@ fn qemu_args_prints_options_that_attach_the_vf() {
 }
 
 #[test]
+fn qemu_args_hotplug_prints_qmp_commands_that_match_the_options() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["qemu-args", "vf", "3", "--socket-dir", "/tmp/sriov-x"];
+        args.extend_from_slice(extra);
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let out = run(&[
+        "--channels-per-vf",
+        "4",
+        "--hotplug",
+        "plug",
+        "--bus",
+        "rp7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cmds: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON command per line"))
+        .collect();
+    let names: Vec<&str> = cmds.iter().filter_map(|c| c["execute"].as_str()).collect();
+    assert_eq!(names, ["chardev-add", "netdev_add", "device_add"]);
+    let a = &cmds[0]["arguments"];
+    assert_eq!(a["id"], "vf3");
+    assert_eq!(
+        a["backend"]["data"]["addr"]["data"]["path"],
+        "/tmp/sriov-x/vf3.sock"
+    );
+    assert_eq!(cmds[1]["arguments"]["queues"], 4);
+    let d = &cmds[2]["arguments"];
+    assert_eq!(
+        (
+            &d["id"],
+            &d["netdev"],
+            &d["bus"],
+            &d["mac"],
+            &d["vectors"],
+            &d["mq"]
+        ),
+        (
+            &"vf3dev".into(),
+            &"vf3".into(),
+            &"rp7".into(),
+            &"02:00:00:00:03:01".into(),
+            &10.into(),
+            &true.into()
+        )
+    );
+    let out = run(&["--hotplug", "unplug"]);
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        s,
+        "{\"execute\":\"device_del\",\"arguments\":{\"id\":\"vf3dev\"}}\n\
+         {\"execute\":\"netdev_del\",\"arguments\":{\"id\":\"vf3\"}}\n"
+    );
+    // Both steps with comments; --bus alone is refused.
+    let s = String::from_utf8(run(&["--hotplug"]).stdout).unwrap();
+    assert_eq!(s.lines().filter(|l| l.starts_with('{')).count(), 5, "{s}");
+    assert!(s.contains("DEVICE_DELETED"), "{s}");
+    let out = run(&["--bus", "rp1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hotplug"));
+    let out = run(&["--hotplug", "now"]);
+    assert!(!out.status.success());
+}
+
+#[test]
 fn config_file_sets_the_pf_and_vf_knobs_and_flags_win() {
     let dir = tempfile::tempdir().unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/config.toml");
