@@ -1,0 +1,252 @@
+//! The plug-in model with a real QEMU 10 guest: it networks over its PV NIC from boot, in an
+//! active-backup bond (fixtures/guest/plugin-watch.sh); the host hot-plugs vf0 with the guest's
+//! MAC and the guest's traffic moves to the VF (the watcher enslaves it as primary and
+//! announces the move); the host unplugs it and the traffic falls back to the PV path. Pings
+//! at 100 ms run both ways the whole time (the guest pings the peer, the peer pings the guest:
+//! inbound-only traffic is where a stale FDB entry shows); at most one is lost per transition.
+//!
+//! A missing QEMU 10 fails the test (SRIOV_SKIP_QEMU=1 skips it, printing `SKIPPED:`).
+
+#[path = "common/emulator.rs"]
+mod emulator;
+#[path = "common/qemu.rs"]
+mod qemu;
+
+use emulator::Emulator;
+use qemu::{Guest, GuestConfig};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(30);
+const CYCLES: u32 = 5;
+/// How long each state is held once the traffic moved (so each path carries a run of pings).
+const HOLD: Duration = Duration::from_secs(1);
+/// How long both pings run (at 100 ms): long enough for the cycles on a busy machine.
+const PING_SECS: u32 = 40;
+
+/// `sriov-emu qemu-args KIND N ...` split into words.
+fn qemu_args(emu: &Emulator, args: &[&str]) -> Vec<String> {
+    let out = Command::new(qemu::sriov_emu_bin())
+        .arg("qemu-args")
+        .args(args)
+        .arg("--socket-dir")
+        .arg(emu.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| {
+            if l.starts_with('{') {
+                vec![l.to_string()]
+            } else {
+                qemu::split_args(l)
+            }
+        })
+        .collect()
+}
+
+/// Runs the QMP commands of `sriov-emu qemu-args vf 0 --hotplug STEP` on the guest.
+fn hotplug(emu: &Emulator, guest: &Guest, step: &str) {
+    for line in qemu_args(emu, &["vf", "0", "--hotplug", step]) {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON command");
+        let cmd = v["execute"].as_str().expect("execute");
+        if cmd == "netdev_del" {
+            // After DEVICE_DELETED: the device is gone once the guest released it.
+            let t = Instant::now();
+            while guest
+                .qmp("qom-list", r#"{"path":"/machine/peripheral"}"#)
+                .is_ok_and(|r| r.contains("\"vf0dev\""))
+            {
+                assert!(t.elapsed() < STEP, "the guest never released vf0dev");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        guest
+            .qmp(cmd, &v["arguments"].to_string())
+            .unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", emu.report()));
+    }
+}
+
+fn tx_packets(emu: &Emulator, port: &str) -> u64 {
+    emu.stats(port)["counters"]["tx_packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until `port` sent at least `n` more frames than `from` (the guest's traffic is on
+/// it); returns how long that took.
+fn wait_traffic(emu: &Emulator, port: &str, from: u64, n: u64) -> Duration {
+    let t = Instant::now();
+    while tx_packets(emu, port) < from + n {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the guest's traffic is not on {port} within 5 s\n{}",
+            emu.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// Waits until the guest printed `marker` `n` times; returns the last such line.
+fn wait_count(g: &Guest, marker: &str, n: u32, within: Duration) -> Result<String, String> {
+    let t = Instant::now();
+    loop {
+        let log = g.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
+        if lines.len() >= n as usize {
+            return Ok(lines[n as usize - 1].trim().to_string());
+        }
+        if t.elapsed() > within {
+            return Err(g.failure(&format!("{marker} not seen {n} times within {within:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (transmitted, received) of the last ping summary in `log`.
+fn ping_summary(log: &str) -> (u32, u32) {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(" packets transmitted, "))
+        .unwrap_or_else(|| panic!("no ping summary:\n{log}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn traffic_moves_to_a_hot_plugged_vf_and_back_to_pv_on_unplug_with_at_most_one_loss_per_move() {
+    let test =
+        "traffic_moves_to_a_hot_plugged_vf_and_back_to_pv_on_unplug_with_at_most_one_loss_per_move";
+    if !qemu::require_qemu(test) {
+        return;
+    }
+    qemu::guest_image().expect("guest image");
+    let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "1"]);
+    let mac = emu.qmp("query-vfs", serde_json::json!({}))[0]["mac"]
+        .as_str()
+        .expect("vf0's MAC")
+        .to_string();
+    // The PV NIC carries the guest's MAC, which is also vf0's (as the host assigns it).
+    let pv: Vec<String> = qemu_args(&emu, &["pv", "0"])
+        .into_iter()
+        .map(|w| {
+            if w.starts_with("virtio-net-pci,") {
+                format!("{w},mac={mac}")
+            } else {
+                w
+            }
+        })
+        .collect();
+    let peer_cmd = format!(
+        r#"
+until ping -c 1 -W 1 198.18.70.1 >/dev/null 2>&1; do sleep 0.2; done
+echo PEER-PINGING
+ping -c {n} -i 0.1 -W 1 198.18.70.1 | tail -2
+"#,
+        n = PING_SECS * 10
+    );
+    let peer = Guest::spawn(
+        GuestConfig::new("plugin-peer")
+            .qemu_args(emu.nic_args(1, &[]))
+            .ip("198.18.70.2/24")
+            .script("serve")
+            .cmd(&peer_cmd)
+            .log(emu.path().join("peer.log")),
+    )
+    .expect("spawn peer");
+    let guest_cmd = format!(
+        r#"
+sh /tests/plugin-watch.sh &
+until ping -c 1 -W 1 198.18.70.2 >/dev/null 2>&1; do sleep 0.2; done
+echo GUEST-PINGING
+ping -c {n} -i 0.1 -W 1 198.18.70.2 | tail -2
+"#,
+        n = PING_SECS * 10
+    );
+    let qmp = emu.path().join("guest.qmp");
+    let mut nics = pv;
+    nics.extend(qemu::pcie_root_ports(1));
+    let guest = Guest::spawn(
+        GuestConfig::new("plugin-guest")
+            .qemu_args(nics)
+            .sriov("bondip", "198.18.70.1/24")
+            .script("serve")
+            .cmd(&guest_cmd)
+            .qmp_socket(&qmp)
+            .log(emu.path().join("guest.log")),
+    )
+    .expect("spawn guest");
+    let fail = |e: String| -> ! { panic!("{e}\n{}", emu.report()) };
+    guest
+        .wait_for_line("GUEST-PINGING", BOOT)
+        .unwrap_or_else(|e| fail(e));
+    peer.wait_for_line("PEER-PINGING", BOOT)
+        .unwrap_or_else(|e| fail(e));
+    let started = Instant::now();
+    // On PV: the guest's pings leave through pv0.
+    wait_traffic(&emu, "pv0", tx_packets(&emu, "pv0"), 5);
+    for c in 1..=CYCLES {
+        let pv_before = tx_packets(&emu, "pv0");
+        hotplug(&emu, &guest, "plug");
+        let enslaved = wait_count(&guest, "PLUGIN-ENSLAVED", c, STEP).unwrap_or_else(|e| fail(e));
+        let on_vf = wait_traffic(&emu, "vf0", tx_packets(&emu, "vf0"), 5);
+        // On the VF, the PV path is quiet (the bond's backup sends nothing).
+        let pv_at = tx_packets(&emu, "pv0");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            tx_packets(&emu, "pv0") - pv_at <= 1,
+            "cycle {c}: traffic still on pv0 with vf0 plugged\n{}",
+            emu.report()
+        );
+        println!(
+            "cycle {c}: {enslaved}; traffic on vf0 {on_vf:.1?} later (pv0 sent {} meanwhile)",
+            pv_at - pv_before
+        );
+        let vf_start = tx_packets(&emu, "vf0");
+        std::thread::sleep(HOLD);
+        let vf_hold = tx_packets(&emu, "vf0") - vf_start;
+        assert!(
+            vf_hold >= 10,
+            "cycle {c}: vf0 sent {vf_hold} frames in {HOLD:?} (pings both ways at 100 ms)"
+        );
+        hotplug(&emu, &guest, "unplug");
+        let on_pv = wait_traffic(&emu, "pv0", tx_packets(&emu, "pv0"), 5);
+        println!(
+            "cycle {c}: vf0 sent {vf_hold} frames in {HOLD:?}; unplugged; traffic on pv0 \
+             {on_pv:.1?} later"
+        );
+        wait_count(&guest, "PLUGIN-RELEASED", c, STEP).unwrap_or_else(|e| fail(e));
+        std::thread::sleep(HOLD);
+    }
+    println!("{CYCLES} cycles in {:.1?}", started.elapsed());
+    let out = Duration::from_secs(u64::from(PING_SECS) + 60);
+    for g in [&guest, &peer] {
+        g.wait_for_line("SRIOV-SERVE-CMD-DONE", out)
+            .unwrap_or_else(|e| fail(e));
+    }
+    let transitions = 2 * CYCLES;
+    let (g_tx, g_rx) = ping_summary(&guest.log());
+    let (p_tx, p_rx) = ping_summary(&peer.log());
+    println!(
+        "guest -> peer: {g_rx} of {g_tx}; peer -> guest: {p_rx} of {p_tx}; {transitions} transitions"
+    );
+    assert!(
+        g_tx - g_rx <= transitions && p_tx - p_rx <= transitions,
+        "more than one ping lost per transition: guest -> peer {g_rx}/{g_tx}, peer -> guest \
+         {p_rx}/{p_tx}\n{}\n{}",
+        guest.log(),
+        emu.report()
+    );
+    drop((guest, peer));
+}
