@@ -315,6 +315,18 @@ impl Pipeline {
                 vlan: 0,
             };
             let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+            if port.take_pin_on_tx() {
+                // A VF plugged while its guest's MAC was on another port: its first frame
+                // (the guest's bond moved to it) takes the MAC back.
+                let s = port.settings();
+                if let Some(from) = sw.take_mac(port.spec.id, s.mac, s.vlan, now) {
+                    self.moves.push(FdbMove {
+                        mac: s.mac,
+                        from,
+                        to: port.spec.id,
+                    });
+                }
+            }
             let mut last: Option<(MacAddr, MacAddr, u16, Remote, Verdict)> = None;
             for k in 0..cut {
                 let Some(hdr) = self.decided[k].hdr else {

@@ -169,6 +169,11 @@ impl Fdb {
         }
     }
 
+    /// Whether `key` has a static entry.
+    pub fn is_static(&self, key: FdbKey) -> bool {
+        self.entries.get(&key).is_some_and(|e| e.is_static)
+    }
+
     /// Removes the learned (not static) entries of `port`.
     pub fn flush_port(&mut self, port: PortId) {
         let gone: Vec<FdbKey> = self

@@ -148,6 +148,42 @@ impl Switch {
         self.fdb.flush_port(port);
     }
 
+    /// Pins a VF's MAC (`mac` in `vlan`) to `port` now, unless another port has it learned and
+    /// fresh: the plug-in model's guest is then using its PV NIC (or is behind the uplink), and
+    /// the VF takes the MAC at its first frame instead (`take_mac`), when the guest's bond has
+    /// moved to it. Returns whether it pinned.
+    pub fn pin_or_defer(&mut self, port: PortId, mac: MacAddr, vlan: u16, now: u64) -> bool {
+        match self.fdb.lookup(FdbKey::new(vlan, mac), now) {
+            Some((p, _)) if p != port && !self.fdb.is_static(FdbKey::new(vlan, mac)) => {
+                self.fdb.remove_statics_of(port);
+                false
+            }
+            _ => {
+                self.port_attached(port, Some((mac, vlan)));
+                true
+            }
+        }
+    }
+
+    /// A VF whose pin was deferred sent its first frame: its MAC is pinned to it, taken from
+    /// the port that had it (returned, for the FDB_MOVE event).
+    pub fn take_mac(&mut self, port: PortId, mac: MacAddr, vlan: u16, now: u64) -> Option<PortId> {
+        let from = self
+            .fdb
+            .lookup(FdbKey::new(vlan, mac), now)
+            .map(|(p, _)| p)
+            .filter(|p| *p != port);
+        self.port_attached(port, Some((mac, vlan)));
+        from
+    }
+
+    /// A port's device stopped (its guest reset or released it) while its frontend stays
+    /// connected: its pinned MAC is withdrawn, so frames to it reach the PV ports meanwhile and
+    /// the guest's next frame elsewhere moves it (the plug-in model's failover on unplug).
+    pub fn port_unpinned(&mut self, port: PortId) {
+        self.fdb.remove_statics_of(port);
+    }
+
     /// A VF's MAC or port VLAN changed: if the port has a pinned MAC (it is attached or
     /// attaching), (`mac`, `vlan`) replaces it.
     pub fn vf_address_changed(&mut self, port: PortId, mac: MacAddr, vlan: u16) {
@@ -255,6 +291,42 @@ mod tests {
         );
         from.vlan = 11;
         assert_eq!(sw.forward(&from, &hdr(b, a), 0).0, Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_vf_plugged_while_its_mac_is_on_pv_takes_it_at_its_first_frame() {
+        let mut sw = Switch::new(DEFAULT_AGING_SECS);
+        let (vf, pv) = (PortId(1), at(254, PortRole::Pv));
+        let (g, peer) = ("02:00:00:00:00:02", "02:00:00:00:09:09");
+        let m: MacAddr = g.parse().unwrap();
+        // A fresh MAC: pinned at once, frames to it go to the VF.
+        assert!(sw.pin_or_defer(vf, m, 0, 0));
+        assert_eq!(sw.forward(&pv, &hdr(g, peer), 0).0, Verdict::Unicast(vf, 0));
+        // The device stops (unplug): frames to it reach the PV side; the guest's next frame
+        // there moves it.
+        sw.port_unpinned(vf);
+        assert_eq!(sw.forward(&pv, &hdr(g, peer), 0).0, Verdict::Unknown);
+        assert_eq!(
+            sw.forward(&pv, &hdr(peer, g), 0).1,
+            Learned::Moved { from: vf }
+        );
+        // Plugged again while the guest is on PV: no pin yet, frames still go to PV.
+        assert!(!sw.pin_or_defer(vf, m, 0, 1));
+        let peer_at = at(2, VF);
+        assert_eq!(
+            sw.forward(&peer_at, &hdr(g, peer), 1).0,
+            Verdict::Unicast(PortId(254), 0)
+        );
+        // The VF's first frame takes it (from the PV port), and the VF has it from then on.
+        assert_eq!(sw.take_mac(vf, m, 0, 1), Some(PortId(254)));
+        assert_eq!(
+            sw.forward(&peer_at, &hdr(g, peer), 1).0,
+            Verdict::Unicast(vf, 0)
+        );
+        // An aged-out entry elsewhere does not defer.
+        sw.port_unpinned(vf);
+        sw.forward(&pv, &hdr(peer, g), 2);
+        assert!(sw.pin_or_defer(vf, m, 0, 2 + DEFAULT_AGING_SECS));
     }
 
     #[test]

@@ -8,10 +8,13 @@ use super::port::{port_event_data, Connection, Port, VRINGS_PER_THREAD};
 use super::{GuestBitmap, GuestMemAtomic, Vring};
 use crate::dma_engine::LogArea;
 use crate::events::EventBus;
+use crate::pf::PortKind;
 use crate::port::Waker;
+use crate::switch::Switch;
 use std::fs::File;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -52,6 +55,7 @@ pub struct NetBackend {
     conn: Arc<Connection>,
     waker: Arc<Waker>,
     events: Arc<EventBus>,
+    switch: Arc<Mutex<Switch>>,
 }
 
 impl NetBackend {
@@ -60,13 +64,42 @@ impl NetBackend {
         conn: Arc<Connection>,
         waker: Arc<Waker>,
         events: Arc<EventBus>,
+        switch: Arc<Mutex<Switch>>,
     ) -> Self {
         NetBackend {
             port,
             conn,
             waker,
             events,
+            switch,
         }
+    }
+
+    /// Pins a VF's MAC to it in the switch again (`pin`), or withdraws the pin. Nothing for a
+    /// PV port (it has no static entry) or when the pin is already as asked.
+    fn set_mac_pinned(&self, pin: bool) {
+        if !matches!(self.port.spec.kind, PortKind::Vf(_)) {
+            return;
+        }
+        let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+        if self.conn.mac_pinned.swap(pin, Ordering::AcqRel) == pin || !self.port.is_attached() {
+            return;
+        }
+        let id = self.port.spec.id;
+        if pin {
+            let s = self.port.settings();
+            let now = crate::datapath::now_ns() / 1_000_000_000;
+            let pinned = sw.pin_or_defer(id, s.mac, s.vlan, now);
+            self.port.set_pin_on_tx(!pinned);
+        } else {
+            sw.port_unpinned(id);
+            self.port.set_pin_on_tx(false);
+        }
+        tracing::debug!(
+            port = %self.port.spec.name,
+            "MAC {}",
+            if pin { "pinned again (the device runs)" } else { "unpinned (the device stopped)" }
+        );
     }
 
     fn queue_pairs(&self) -> usize {
@@ -175,7 +208,13 @@ impl VhostUserBackend for NetBackend {
     /// guest handed over is lost across a stop (migration, reconnect).
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         let index = queue_index as usize;
-        if index.is_multiple_of(2) || index >= self.num_queues() {
+        if index >= self.num_queues() {
+            return Ok(());
+        }
+        if index.is_multiple_of(2) {
+            // The guest no longer takes frames here (reset, unplug, migration): frames to its
+            // MAC go to the PV ports until it runs again.
+            self.set_mac_pinned(false);
             return Ok(());
         }
         let qp = index / 2;
@@ -211,6 +250,10 @@ impl VhostUserBackend for NetBackend {
         let queue = thread_id * VRINGS_PER_THREAD + usize::from(device_event);
         if queue >= self.num_queues() {
             return Ok(());
+        }
+        if !self.conn.mac_pinned.load(Ordering::Acquire) {
+            // A kick after a stop: the driver runs the device again.
+            self.set_mac_pinned(true);
         }
         // Odd queues are TX. RX kicks (new buffers) need nothing: frames are never held back
         // waiting for buffers, so there is nothing to resume.

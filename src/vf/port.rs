@@ -32,6 +32,10 @@ pub struct Connection {
     num_queues: usize,
     /// The dirty log for live migration: whether it is on and where.
     pub log: LogSwitch,
+    /// A VF's MAC is pinned to it in the switch (changed under the switch lock): from the
+    /// connect until the frontend stops the device (GET_VRING_BASE of an RX ring: the guest
+    /// reset or released it), and again from its next kick.
+    pub mac_pinned: AtomicBool,
 }
 
 const TX_BUSY: u8 = 1;
@@ -50,6 +54,7 @@ impl Connection {
                 .collect(),
             num_queues,
             log: LogSwitch::default(),
+            mac_pinned: AtomicBool::new(false),
         }
     }
 
@@ -194,6 +199,10 @@ pub struct Port {
     /// The PF's carrier (the uplink's; up without one), which link state `auto` follows.
     /// Shared by every port of the adapter.
     carrier: Arc<AtomicBool>,
+    /// A VF attached while its MAC was in use on another port (the plug-in model's guest on
+    /// its PV NIC): the pin waits for the VF's first frame (`Switch::take_mac`). Looked at by
+    /// the data plane once per TX batch.
+    pin_on_tx: AtomicBool,
 }
 
 impl Port {
@@ -221,6 +230,7 @@ impl Port {
             conn: Mutex::new(None),
             generation: AtomicU64::new(0),
             carrier: Arc::new(AtomicBool::new(true)),
+            pin_on_tx: AtomicBool::new(false),
         }
     }
 
@@ -341,6 +351,17 @@ impl Port {
     pub fn enabled_rx_queues(&self) -> EnabledQueues {
         let qp = usize::from(self.spec.queue_pairs);
         EnabledQueues::from_mask(self.connection().map_or(0, |c| c.enabled_rx_mask(qp)))
+    }
+
+    /// Sets whether the VF's MAC is to be pinned at its next frame.
+    pub fn set_pin_on_tx(&self, on: bool) {
+        self.pin_on_tx.store(on, Ordering::Release);
+    }
+
+    /// Takes the deferred pin, if there is one (one relaxed load when there is none).
+    #[inline]
+    pub fn take_pin_on_tx(&self) -> bool {
+        self.pin_on_tx.load(Ordering::Relaxed) && self.pin_on_tx.swap(false, Ordering::AcqRel)
     }
 
     pub fn is_attached(&self) -> bool {

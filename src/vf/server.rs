@@ -179,11 +179,16 @@ impl PortServer {
     fn attach(&self, conn: Arc<Connection>) {
         {
             let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
-            let vf = matches!(self.port.spec.kind, PortKind::Vf(_)).then(|| {
+            let id = self.port.spec.id;
+            if matches!(self.port.spec.kind, PortKind::Vf(_)) {
                 let s = self.port.settings();
-                (s.mac, s.vlan)
-            });
-            sw.port_attached(self.port.spec.id, vf);
+                let now = crate::datapath::now_ns() / 1_000_000_000;
+                let pinned = sw.pin_or_defer(id, s.mac, s.vlan, now);
+                self.port.set_pin_on_tx(!pinned);
+            } else {
+                sw.port_attached(id, None);
+            }
+            conn.mac_pinned.store(true, Ordering::Release);
         }
         self.port.set_connection(Some(conn));
     }
@@ -191,6 +196,7 @@ impl PortServer {
     /// Withdraws the connection, then the switch forgets the port's MACs.
     fn detach(&self) {
         self.port.set_connection(None);
+        self.port.set_pin_on_tx(false);
         self.switch
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -211,6 +217,7 @@ impl PortServer {
                 conn.clone(),
                 self.waker.clone(),
                 self.events.clone(),
+                self.switch.clone(),
             );
             let mut daemon = match VhostUserDaemon::new(name.clone(), backend, mem) {
                 Ok(d) => d,
