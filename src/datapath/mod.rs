@@ -26,11 +26,5 @@ pub use worker::DataPlane;
 /// Chains popped from a TX ring per lock hold, and frames decided together.
 pub const TX_BATCH: usize = crate::port::MAX_BATCH;
 
-/// Nanoseconds on the data plane's clock, one for every worker (the rate buckets are shared by
-/// the workers serving one port's queues, and compare their times).
-#[inline]
-pub fn now_ns() -> u64 {
-    static EPOCH: std::sync::LazyLock<std::time::Instant> =
-        std::sync::LazyLock::new(std::time::Instant::now);
-    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
+/// The data plane's clock (the switch's: FDB ages and rate buckets).
+pub use crate::switch::now_ns;

@@ -203,6 +203,16 @@ impl Switch {
     }
 }
 
+/// Nanoseconds on the data plane's clock, one for every worker and for the vhost-user threads
+/// (the rate buckets are shared by the workers serving one port's queues, and the FDB's ages
+/// are compared by both).
+#[inline]
+pub fn now_ns() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

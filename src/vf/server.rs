@@ -182,7 +182,7 @@ impl PortServer {
             let id = self.port.spec.id;
             if matches!(self.port.spec.kind, PortKind::Vf(_)) {
                 let s = self.port.settings();
-                let now = crate::datapath::now_ns() / 1_000_000_000;
+                let now = crate::switch::now_ns() / 1_000_000_000;
                 let pinned = sw.pin_or_defer(id, s.mac, s.vlan, now);
                 self.port.set_pin_on_tx(!pinned);
             } else {
