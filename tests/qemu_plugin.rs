@@ -5,7 +5,11 @@
 //! at 100 ms run both ways the whole time (the guest pings the peer, the peer pings the guest:
 //! inbound-only traffic is where a stale FDB entry shows); at most one is lost per transition.
 //!
-//! A missing QEMU 10 fails the test (SRIOV_SKIP_QEMU=1 skips it, printing `SKIPPED:`).
+//! The second test takes the guest from host A to host B (two emulators joined by VXLAN) the
+//! plug-in way: unplug A's VF, live-migrate to a QEMU on B's PV port, plug B's VF; the peer
+//! stays on host A and reaches the guest through the uplink.
+//!
+//! A missing QEMU 10 fails the tests (SRIOV_SKIP_QEMU=1 skips them, printing `SKIPPED:`).
 
 #[path = "common/emulator.rs"]
 mod emulator;
@@ -24,6 +28,12 @@ const CYCLES: u32 = 5;
 const HOLD: Duration = Duration::from_secs(1);
 /// How long both pings run (at 100 ms): long enough for the cycles on a busy machine.
 const PING_SECS: u32 = 40;
+
+/// The scenarios run one at a time: each has two or three TCG guests.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `sriov-emu qemu-args KIND N ...` split into words.
 fn qemu_args(emu: &Emulator, args: &[&str]) -> Vec<String> {
@@ -131,6 +141,7 @@ fn traffic_moves_to_a_hot_plugged_vf_and_back_to_pv_on_unplug_with_at_most_one_l
     if !qemu::require_qemu(test) {
         return;
     }
+    let _serial = one_at_a_time();
     qemu::guest_image().expect("guest image");
     let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "1"]);
     let mac = emu.qmp("query-vfs", serde_json::json!({}))[0]["mac"]
@@ -249,4 +260,178 @@ ping -c {n} -i 0.1 -W 1 198.18.70.2 | tail -2
         emu.report()
     );
     drop((guest, peer));
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The PV NIC of `emu` with the guest's MAC.
+fn pv_nic(emu: &Emulator, mac: &str) -> Vec<String> {
+    qemu_args(emu, &["pv", "0"])
+        .into_iter()
+        .map(|w| {
+            if w.starts_with("virtio-net-pci,") {
+                format!("{w},mac={mac}")
+            } else {
+                w
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachable() {
+    let test = "a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachable";
+    if !qemu::require_qemu(test) {
+        return;
+    }
+    let _serial = one_at_a_time();
+    qemu::guest_image().expect("guest image");
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let host = |l: u16, r: u16| {
+        Emulator::start(&[
+            "--vfs",
+            "2",
+            "--pv-ports",
+            "1",
+            "--mtu",
+            "1450",
+            "--uplink",
+            &format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni=80"),
+        ])
+    };
+    let (a, b) = (host(pa, pb), host(pb, pa));
+    let mac = a.qmp("query-vfs", serde_json::json!({}))[0]["mac"]
+        .as_str()
+        .expect("vf0's MAC")
+        .to_string();
+    // Host B's vf0 gets the guest's MAC, as B's management would before the plug.
+    b.qmp("vf-set", serde_json::json!({"vf": 0, "mac": mac}));
+    let secs: u32 = 40;
+    let peer = Guest::spawn(
+        GuestConfig::new("mig-peer")
+            .qemu_args(a.nic_args(1, &["--mtu", "1450"]))
+            .ip("198.18.80.2/24")
+            .script("serve")
+            .cmd(&format!(
+                "until ping -c 1 -W 1 198.18.80.1 >/dev/null 2>&1; do sleep 0.2; done\n\
+                 echo PEER-PINGING\nping -c {} -i 0.1 -W 1 198.18.80.1 | tail -2\n",
+                secs * 10
+            ))
+            .log(a.path().join("peer.log")),
+    )
+    .expect("spawn peer");
+    let guest_cmd = format!(
+        "sh /tests/plugin-watch.sh &\n\
+         until ping -c 1 -W 1 198.18.80.2 >/dev/null 2>&1; do sleep 0.2; done\n\
+         echo GUEST-PINGING\nping -c {} -i 0.1 -W 1 198.18.80.2 | tail -2\n",
+        secs * 10
+    );
+    let config = |emu: &Emulator, qmp: &std::path::Path, log: &str| {
+        let mut nics = pv_nic(emu, &mac);
+        nics.extend(qemu::pcie_root_ports(1));
+        GuestConfig::new("mig-guest")
+            .qemu_args(nics)
+            .sriov("bondip", "198.18.80.1/24")
+            .script("serve")
+            .cmd(&guest_cmd)
+            .qmp_socket(qmp)
+            .log(emu.path().join(log))
+    };
+    let src = Guest::spawn(config(&a, &a.path().join("src.qmp"), "src.log")).expect("source");
+    let fail = |e: String| -> ! { panic!("{e}\nA:\n{}\nB:\n{}", a.report(), b.report()) };
+    src.wait_for_line("GUEST-PINGING", BOOT)
+        .unwrap_or_else(|e| fail(e));
+    peer.wait_for_line("PEER-PINGING", BOOT)
+        .unwrap_or_else(|e| fail(e));
+    let t0 = Instant::now();
+    // Accelerated on host A first.
+    hotplug(&a, &src, "plug");
+    let on_vf_a = wait_traffic(&a, "vf0", tx_packets(&a, "vf0"), 5);
+    std::thread::sleep(HOLD);
+    // Unplug A's VF (back on A's PV port), then migrate to a QEMU on B's PV port.
+    hotplug(&a, &src, "unplug");
+    wait_traffic(&a, "pv0", tx_packets(&a, "pv0"), 5);
+    let mig = b.path().join("migration.sock");
+    let mut dst_cfg = config(&b, &b.path().join("dst.qmp"), "dst.log");
+    dst_cfg = dst_cfg.qemu_args(["-incoming".to_string(), format!("unix:{}", mig.display())]);
+    let dst = Guest::spawn(dst_cfg).expect("destination");
+    let t = Instant::now();
+    while !mig.exists() {
+        assert!(t.elapsed() < STEP, "the destination never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t_mig = Instant::now();
+    src.qmp(
+        "migrate",
+        &format!("{{\"uri\":\"unix:{}\"}}", mig.display()),
+    )
+    .unwrap_or_else(|e| fail(format!("migrate: {e}")));
+    let status = loop {
+        let r = src.qmp("query-migrate", "").unwrap_or_else(|e| fail(e));
+        if r.contains("\"completed\"") {
+            break r;
+        }
+        if r.contains("\"failed\"") {
+            fail(format!("migration failed: {r}"));
+        }
+        assert!(t_mig.elapsed() < STEP, "migration did not complete: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let migrate_time = t_mig.elapsed();
+    let downtime = status
+        .split("\"downtime\": ")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    // The guest runs on B's PV port; the source QEMU is stopped.
+    let on_pv_b = wait_traffic(&b, "pv0", tx_packets(&b, "pv0"), 5);
+    src.kill();
+    // Accelerated again, on host B.
+    hotplug(&b, &dst, "plug");
+    let on_vf_b = wait_traffic(&b, "vf0", tx_packets(&b, "vf0"), 5);
+    let total = t0.elapsed();
+    // The peer on A reaches the guest on B's VF through the uplink.
+    let up_before = a.stats("uplink")["counters"]["tx_packets"]
+        .as_u64()
+        .unwrap_or(0);
+    std::thread::sleep(HOLD);
+    let up_after = a.stats("uplink")["counters"]["tx_packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        up_after - up_before >= 5,
+        "the peer's pings do not cross the uplink to host B"
+    );
+    println!(
+        "timeline: on A's vf0 {on_vf_a:.1?} after the plug; migration {migrate_time:.1?} \
+         (QEMU downtime {downtime} ms); on B's pv0 {on_pv_b:.1?} after it; on B's vf0 \
+         {on_vf_b:.1?} after the plug; {total:.1?} from the first plug"
+    );
+    for g in [&dst, &peer] {
+        g.wait_for_line(
+            "SRIOV-SERVE-CMD-DONE",
+            Duration::from_secs(u64::from(secs) + 60),
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+    let (g_tx, g_rx) = ping_summary(&dst.log());
+    let (p_tx, p_rx) = ping_summary(&peer.log());
+    println!("guest -> peer: {g_rx} of {g_tx}; peer -> guest: {p_rx} of {p_tx}");
+    // Four moves (plug, unplug, migration, plug): at most one lost each, plus what QEMU's
+    // downtime costs at 100 ms.
+    let budget = 4 + downtime.parse::<u32>().unwrap_or(1000) / 100 + 1;
+    assert!(
+        g_tx - g_rx <= budget && p_tx - p_rx <= budget,
+        "lost more than {budget}: guest -> peer {g_rx}/{g_tx}, peer -> guest {p_rx}/{p_tx}\n{}",
+        dst.log()
+    );
+    drop((dst, peer));
 }
