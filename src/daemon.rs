@@ -572,10 +572,9 @@ fn watch_carrier(
         }
         tick += 1;
         std::thread::sleep(Duration::from_millis(100));
-        let Some(now) = up.check_carrier() else {
+        let Some(now) = up.check_carrier(carrier) else {
             continue;
         };
-        carrier.store(now, Ordering::Release);
         let state = if now { "up" } else { "down" };
         tracing::info!(uplink = %up.spec(), "uplink carrier {state}");
         events.emit(

@@ -241,14 +241,19 @@ impl Uplink {
 
     /// Senses the carrier now (TAP: the device is administratively up; VXLAN: always, or a
     /// remote was heard from within the timeout with `carrier=peer`). Returns the new state
-    /// if it changed.
-    pub fn check_carrier(&self) -> Option<bool> {
+    /// if it changed. `ports` (the carrier the ports' link state `auto` follows) is updated
+    /// first, so that whoever sees the uplink's carrier change also sees the VFs' links
+    /// follow (a test reading one then the other once caught them apart). One caller, the
+    /// carrier watcher.
+    pub fn check_carrier(&self, ports: &AtomicBool) -> Option<bool> {
         let now = self.sense_carrier();
-        let was = self.carrier.swap(now, Ordering::AcqRel);
-        (was != now).then(|| {
-            self.counters.carrier_changes.inc();
-            now
-        })
+        if self.carrier.load(Ordering::Acquire) == now {
+            return None;
+        }
+        ports.store(now, Ordering::Release);
+        self.carrier.store(now, Ordering::Release);
+        self.counters.carrier_changes.inc();
+        Some(now)
     }
 
     fn sense_carrier(&self) -> bool {
