@@ -12,7 +12,6 @@ mod qemu;
 
 use emulator::Emulator;
 use qemu::{Guest, GuestConfig};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -47,36 +46,6 @@ for c in $(seq 1 {CYCLES}); do
 done
 "#
     )
-}
-
-/// `sriov-emu qemu-args vf 0 --hotplug STEP`: (execute, arguments) of each printed line.
-fn hotplug_commands(emu: &Emulator, step: &str) -> Vec<(String, String)> {
-    let out = Command::new(qemu::sriov_emu_bin())
-        .args(["qemu-args", "vf", "0", "--socket-dir"])
-        .arg(emu.path())
-        .args(["--hotplug", step, "--bus", "rp0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not a JSON command: {l:?}: {e}"));
-            (
-                v["execute"].as_str().expect("execute").to_string(),
-                v["arguments"].to_string(),
-            )
-        })
-        .collect()
-}
-
-fn vf0_attached(emu: &Emulator) -> bool {
-    emu.qmp("query-vfs", serde_json::json!({}))[0]["attached"] == serde_json::json!(true)
 }
 
 fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
@@ -121,15 +90,11 @@ fn a_vf_hot_plugs_into_a_running_guest_carries_traffic_and_unplugs_twice() {
             .wait_for_line(&format!("HOTPLUG-WAITING-{c}"), BOOT)
             .unwrap_or_else(|e| fail(e));
         assert!(
-            !vf0_attached(&emu),
+            !emu.vf_attached(0),
             "cycle {c}: vf0 attached before the plug"
         );
         let t = Instant::now();
-        for (cmd, args) in hotplug_commands(&emu, "plug") {
-            guest
-                .qmp(&cmd, &args)
-                .unwrap_or_else(|e| fail(format!("cycle {c}: {cmd}: {e}")));
-        }
+        emu.hotplug(&guest, 0, "plug");
         let line = guest
             .wait_for_line(&format!("HOTPLUG-PINGED-{c}"), STEP)
             .unwrap_or_else(|e| fail(e));
@@ -138,7 +103,7 @@ fn a_vf_hot_plugs_into_a_running_guest_carries_traffic_and_unplugs_twice() {
             t.elapsed()
         );
         assert!(
-            vf0_attached(&emu),
+            emu.vf_attached(0),
             "cycle {c}: the emulator has no frontend on vf0"
         );
         let log = guest.log();
@@ -150,27 +115,13 @@ fn a_vf_hot_plugs_into_a_running_guest_carries_traffic_and_unplugs_twice() {
         );
 
         let t = Instant::now();
-        let unplug = hotplug_commands(&emu, "unplug");
-        let (del, del_args) = &unplug[0];
-        guest
-            .qmp(del, del_args)
-            .unwrap_or_else(|e| fail(format!("cycle {c}: {del}: {e}")));
-        // DEVICE_DELETED: the device is gone from QEMU's peripherals once the guest let go.
-        wait_until("the guest releases vf0dev", STEP, || {
-            guest
-                .qmp("qom-list", r#"{"path":"/machine/peripheral"}"#)
-                .is_ok_and(|r| !r.contains("\"vf0dev\""))
-        });
-        for (cmd, args) in &unplug[1..] {
-            guest
-                .qmp(cmd, args)
-                .unwrap_or_else(|e| fail(format!("cycle {c}: {cmd}: {e}")));
-        }
+        // device_del, DEVICE_DELETED (the guest let go), netdev_del.
+        emu.hotplug(&guest, 0, "unplug");
         guest
             .wait_for_line(&format!("HOTPLUG-GONE-{c}"), STEP)
             .unwrap_or_else(|e| fail(e));
         wait_until("the emulator sees vf0's frontend go", STEP, || {
-            !vf0_attached(&emu)
+            !emu.vf_attached(0)
         });
         println!("cycle {c}: unplugged after {:.1?}", t.elapsed());
     }

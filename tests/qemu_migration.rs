@@ -70,10 +70,7 @@ fn a_guest_on_a_vf_migrates_to_another_host_while_frames_arrive_and_keeps_networ
     let a = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
     let b = Emulator::start(&["--vfs", "2", "--pv-ports", "0"]);
     // B's vf0 takes the guest's MAC (A's vf0 MAC, in the guest's -device).
-    let mac = a.qmp("query-vfs", serde_json::json!({}))[0]["mac"]
-        .as_str()
-        .expect("vf0's MAC")
-        .to_string();
+    let mac = a.vf_mac(0);
     b.qmp("vf-set", serde_json::json!({"vf": 0, "mac": mac}));
     let peer = Guest::spawn(
         GuestConfig::new("peer")
@@ -136,28 +133,14 @@ fn a_guest_on_a_vf_migrates_to_another_host_while_frames_arrive_and_keeps_networ
     std::thread::sleep(Duration::from_millis(500));
     let before = flooded.load(Ordering::Relaxed);
 
-    let uri = format!("unix:{}", mig.display());
-    src.qmp("migrate", &format!("{{\"uri\":\"{uri}\"}}"))
-        .unwrap_or_else(|e| panic!("QEMU refused to migrate: {e}\n{}", a.report()));
-    let t = Instant::now();
-    let status = loop {
-        let r = src
-            .qmp("query-migrate", "")
-            .unwrap_or_else(|e| panic!("query-migrate: {e}"));
-        if r.contains("\"completed\"") {
-            break r;
-        }
-        if r.contains("\"failed\"") || r.contains("\"cancelled\"") {
-            panic!(
-                "migration failed: {r}\nsource:\n{}\nA:\n{}\nB:\n{}",
-                src.log_tail(20),
-                a.report(),
-                b.report()
-            );
-        }
-        assert!(t.elapsed() < MIGRATION, "migration did not complete: {r}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = src.migrate_unix(&mig, MIGRATION).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nsource:\n{}\nA:\n{}\nB:\n{}",
+            src.log_tail(20),
+            a.report(),
+            b.report()
+        )
+    });
     let during = flooded.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     let _ = flood.join();

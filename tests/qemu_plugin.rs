@@ -18,7 +18,6 @@ mod qemu;
 
 use emulator::Emulator;
 use qemu::{Guest, GuestConfig};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -33,54 +32,6 @@ const PING_SECS: u32 = 40;
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `sriov-emu qemu-args KIND N ...` split into words.
-fn qemu_args(emu: &Emulator, args: &[&str]) -> Vec<String> {
-    let out = Command::new(qemu::sriov_emu_bin())
-        .arg("qemu-args")
-        .args(args)
-        .arg("--socket-dir")
-        .arg(emu.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .flat_map(|l| {
-            if l.starts_with('{') {
-                vec![l.to_string()]
-            } else {
-                qemu::split_args(l)
-            }
-        })
-        .collect()
-}
-
-/// Runs the QMP commands of `sriov-emu qemu-args vf 0 --hotplug STEP` on the guest.
-fn hotplug(emu: &Emulator, guest: &Guest, step: &str) {
-    for line in qemu_args(emu, &["vf", "0", "--hotplug", step]) {
-        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON command");
-        let cmd = v["execute"].as_str().expect("execute");
-        if cmd == "netdev_del" {
-            // After DEVICE_DELETED: the device is gone once the guest released it.
-            let t = Instant::now();
-            while guest
-                .qmp("qom-list", r#"{"path":"/machine/peripheral"}"#)
-                .is_ok_and(|r| r.contains("\"vf0dev\""))
-            {
-                assert!(t.elapsed() < STEP, "the guest never released vf0dev");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        guest
-            .qmp(cmd, &v["arguments"].to_string())
-            .unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", emu.report()));
-    }
 }
 
 fn tx_packets(emu: &Emulator, port: &str) -> u64 {
@@ -144,21 +95,9 @@ fn traffic_moves_to_a_hot_plugged_vf_and_back_to_pv_on_unplug_with_at_most_one_l
     let _serial = one_at_a_time();
     qemu::guest_image().expect("guest image");
     let emu = Emulator::start(&["--vfs", "2", "--pv-ports", "1"]);
-    let mac = emu.qmp("query-vfs", serde_json::json!({}))[0]["mac"]
-        .as_str()
-        .expect("vf0's MAC")
-        .to_string();
+    let mac = emu.vf_mac(0);
     // The PV NIC carries the guest's MAC, which is also vf0's (as the host assigns it).
-    let pv: Vec<String> = qemu_args(&emu, &["pv", "0"])
-        .into_iter()
-        .map(|w| {
-            if w.starts_with("virtio-net-pci,") {
-                format!("{w},mac={mac}")
-            } else {
-                w
-            }
-        })
-        .collect();
+    let pv = emu.pv_nic_args(0, &mac);
     let peer_cmd = format!(
         r#"
 until ping -c 1 -W 1 198.18.70.1 >/dev/null 2>&1; do sleep 0.2; done
@@ -209,7 +148,7 @@ ping -c {n} -i 0.1 -W 1 198.18.70.2 | tail -2
     wait_traffic(&emu, "pv0", tx_packets(&emu, "pv0"), 5);
     for c in 1..=CYCLES {
         let pv_before = tx_packets(&emu, "pv0");
-        hotplug(&emu, &guest, "plug");
+        emu.hotplug(&guest, 0, "plug");
         let enslaved = wait_count(&guest, "PLUGIN-ENSLAVED", c, STEP).unwrap_or_else(|e| fail(e));
         let on_vf = wait_traffic(&emu, "vf0", tx_packets(&emu, "vf0"), 5);
         // On the VF, the PV path is quiet (the bond's backup sends nothing).
@@ -231,7 +170,7 @@ ping -c {n} -i 0.1 -W 1 198.18.70.2 | tail -2
             vf_hold >= 10,
             "cycle {c}: vf0 sent {vf_hold} frames in {HOLD:?} (pings both ways at 100 ms)"
         );
-        hotplug(&emu, &guest, "unplug");
+        emu.hotplug(&guest, 0, "unplug");
         let on_pv = wait_traffic(&emu, "pv0", tx_packets(&emu, "pv0"), 5);
         println!(
             "cycle {c}: vf0 sent {vf_hold} frames in {HOLD:?}; unplugged; traffic on pv0 \
@@ -270,20 +209,6 @@ fn free_udp_port() -> u16 {
         .expect("a free port")
 }
 
-/// The PV NIC of `emu` with the guest's MAC.
-fn pv_nic(emu: &Emulator, mac: &str) -> Vec<String> {
-    qemu_args(emu, &["pv", "0"])
-        .into_iter()
-        .map(|w| {
-            if w.starts_with("virtio-net-pci,") {
-                format!("{w},mac={mac}")
-            } else {
-                w
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachable() {
     let test = "a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachable";
@@ -306,10 +231,7 @@ fn a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachab
         ])
     };
     let (a, b) = (host(pa, pb), host(pb, pa));
-    let mac = a.qmp("query-vfs", serde_json::json!({}))[0]["mac"]
-        .as_str()
-        .expect("vf0's MAC")
-        .to_string();
+    let mac = a.vf_mac(0);
     // Host B's vf0 gets the guest's MAC, as B's management would before the plug.
     b.qmp("vf-set", serde_json::json!({"vf": 0, "mac": mac}));
     let secs: u32 = 40;
@@ -333,7 +255,7 @@ fn a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachab
         secs * 10
     );
     let config = |emu: &Emulator, qmp: &std::path::Path, log: &str| {
-        let mut nics = pv_nic(emu, &mac);
+        let mut nics = emu.pv_nic_args(0, &mac);
         nics.extend(qemu::pcie_root_ports(1));
         GuestConfig::new("mig-guest")
             .qemu_args(nics)
@@ -351,38 +273,18 @@ fn a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachab
         .unwrap_or_else(|e| fail(e));
     let t0 = Instant::now();
     // Accelerated on host A first.
-    hotplug(&a, &src, "plug");
+    a.hotplug(&src, 0, "plug");
     let on_vf_a = wait_traffic(&a, "vf0", tx_packets(&a, "vf0"), 5);
     std::thread::sleep(HOLD);
     // Unplug A's VF (back on A's PV port), then migrate to a QEMU on B's PV port.
-    hotplug(&a, &src, "unplug");
+    a.hotplug(&src, 0, "unplug");
     wait_traffic(&a, "pv0", tx_packets(&a, "pv0"), 5);
     let mig = b.path().join("migration.sock");
     let mut dst_cfg = config(&b, &b.path().join("dst.qmp"), "dst.log");
     dst_cfg = dst_cfg.qemu_args(["-incoming".to_string(), format!("unix:{}", mig.display())]);
     let dst = Guest::spawn(dst_cfg).expect("destination");
-    let t = Instant::now();
-    while !mig.exists() {
-        assert!(t.elapsed() < STEP, "the destination never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let t_mig = Instant::now();
-    src.qmp(
-        "migrate",
-        &format!("{{\"uri\":\"unix:{}\"}}", mig.display()),
-    )
-    .unwrap_or_else(|e| fail(format!("migrate: {e}")));
-    let status = loop {
-        let r = src.qmp("query-migrate", "").unwrap_or_else(|e| fail(e));
-        if r.contains("\"completed\"") {
-            break r;
-        }
-        if r.contains("\"failed\"") {
-            fail(format!("migration failed: {r}"));
-        }
-        assert!(t_mig.elapsed() < STEP, "migration did not complete: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = src.migrate_unix(&mig, STEP).unwrap_or_else(|e| fail(e));
     let migrate_time = t_mig.elapsed();
     let downtime = status
         .split("\"downtime\": ")
@@ -395,7 +297,7 @@ fn a_plug_in_guest_moves_to_another_host_unplug_migrate_replug_and_stays_reachab
     let on_pv_b = wait_traffic(&b, "pv0", tx_packets(&b, "pv0"), 5);
     src.kill();
     // Accelerated again, on host B.
-    hotplug(&b, &dst, "plug");
+    b.hotplug(&dst, 0, "plug");
     let on_vf_b = wait_traffic(&b, "vf0", tx_packets(&b, "vf0"), 5);
     let total = t0.elapsed();
     // The peer on A reaches the guest on B's VF through the uplink.

@@ -223,12 +223,6 @@ impl LogSwitch {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         true
     }
-
-    /// Whether logging is on and has an area.
-    pub fn is_logging(&self) -> bool {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.on && st.area.is_some()
-    }
 }
 
 /// A data-plane worker's copy of one connection's log, refreshed when the epoch moves.
@@ -333,7 +327,7 @@ mod tests {
         assert!(sw.set_on(true));
         assert!(!sw.set_on(true));
         v.sync(&sw);
-        assert!(v.get().is_some() && sw.is_logging());
+        assert!(v.get().is_some());
         sw.set_on(false);
         v.sync(&sw);
         assert!(v.get().is_none());

@@ -155,7 +155,7 @@ impl Switch {
     pub fn pin_or_defer(&mut self, port: PortId, mac: MacAddr, vlan: u16, now: u64) -> bool {
         match self.fdb.lookup(FdbKey::new(vlan, mac), now) {
             Some((p, _)) if p != port && !self.fdb.is_static(FdbKey::new(vlan, mac)) => {
-                self.fdb.remove_statics_of(port);
+                self.port_unpinned(port);
                 false
             }
             _ => {

@@ -85,14 +85,10 @@ impl NetBackend {
         if self.conn.mac_pinned.swap(pin, Ordering::AcqRel) == pin || !self.port.is_attached() {
             return;
         }
-        let id = self.port.spec.id;
         if pin {
-            let s = self.port.settings();
-            let now = crate::switch::now_ns() / 1_000_000_000;
-            let pinned = sw.pin_or_defer(id, s.mac, s.vlan, now);
-            self.port.set_pin_on_tx(!pinned);
+            self.port.pin_mac(&mut sw);
         } else {
-            sw.port_unpinned(id);
+            sw.port_unpinned(self.port.spec.id);
             self.port.set_pin_on_tx(false);
         }
         tracing::debug!(

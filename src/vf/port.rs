@@ -7,7 +7,7 @@ use crate::pf::{PortKind, PortSpec};
 use crate::port::TxPending;
 use crate::rss::{EnabledQueues, VfRss};
 use crate::stats::PortCounters;
-use crate::switch::{EdgePolicy, TokenBucket};
+use crate::switch::{EdgePolicy, Switch, TokenBucket};
 use crate::wire::MacAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -351,6 +351,16 @@ impl Port {
     pub fn enabled_rx_queues(&self) -> EnabledQueues {
         let qp = usize::from(self.spec.queue_pairs);
         EnabledQueues::from_mask(self.connection().map_or(0, |c| c.enabled_rx_mask(qp)))
+    }
+
+    /// Pins this VF's MAC in `sw` now, or, while another port has it, at the VF's first frame
+    /// (`Switch::pin_or_defer`). Under the switch lock (`sw`), so a concurrent `vf N set mac`
+    /// is not lost.
+    pub fn pin_mac(&self, sw: &mut Switch) {
+        let s = self.settings();
+        let now = crate::switch::now_ns() / 1_000_000_000;
+        let pinned = sw.pin_or_defer(self.spec.id, s.mac, s.vlan, now);
+        self.set_pin_on_tx(!pinned);
     }
 
     /// Sets whether the VF's MAC is to be pinned at its next frame.

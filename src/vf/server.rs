@@ -173,20 +173,17 @@ impl PortServer {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Publishes the frontend's connection. The switch pins a VF's MAC first (the MAC read
-    /// under the switch lock, so a concurrent `vf N set mac` is not lost): once the control
-    /// plane or a guest can see the port attached, frames to it never flood.
+    /// Publishes the frontend's connection. The switch pins a VF's MAC first (`Port::pin_mac`,
+    /// under the switch lock): once the control plane or a guest can see the port attached,
+    /// frames to it never flood (unless its MAC is in use on another port: then the pin waits
+    /// for the VF's first frame).
     fn attach(&self, conn: Arc<Connection>) {
         {
             let mut sw = self.switch.lock().unwrap_or_else(|e| e.into_inner());
-            let id = self.port.spec.id;
             if matches!(self.port.spec.kind, PortKind::Vf(_)) {
-                let s = self.port.settings();
-                let now = crate::switch::now_ns() / 1_000_000_000;
-                let pinned = sw.pin_or_defer(id, s.mac, s.vlan, now);
-                self.port.set_pin_on_tx(!pinned);
+                self.port.pin_mac(&mut sw);
             } else {
-                sw.port_attached(id, None);
+                sw.port_attached(self.port.spec.id, None);
             }
             conn.mac_pinned.store(true, Ordering::Release);
         }

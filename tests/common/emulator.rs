@@ -59,10 +59,10 @@ impl Emulator {
         self.child.id()
     }
 
-    /// `sriov-emu qemu-args vf N --socket-dir DIR EXTRA...`, split.
-    pub fn nic_args(&self, vf: u32, extra: &[&str]) -> Vec<String> {
+    /// What `sriov-emu qemu-args KIND N --socket-dir DIR EXTRA...` prints.
+    pub fn qemu_args(&self, kind: &str, n: u32, extra: &[&str]) -> String {
         let out = Command::new(crate::qemu::sriov_emu_bin())
-            .args(["qemu-args", "vf", &vf.to_string(), "--socket-dir"])
+            .args(["qemu-args", kind, &n.to_string(), "--socket-dir"])
             .arg(&self.dir)
             .args(extra)
             .output()
@@ -72,7 +72,83 @@ impl Emulator {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        crate::qemu::split_args(&String::from_utf8_lossy(&out.stdout))
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `sriov-emu qemu-args vf N --socket-dir DIR EXTRA...`, split.
+    pub fn nic_args(&self, vf: u32, extra: &[&str]) -> Vec<String> {
+        crate::qemu::split_args(&self.qemu_args("vf", vf, extra))
+    }
+
+    /// The options of PV port `n`, its NIC with the MAC `mac` (the plug-in model's guest MAC,
+    /// which its VF also has).
+    pub fn pv_nic_args(&self, n: u32, mac: &str) -> Vec<String> {
+        crate::qemu::split_args(&self.qemu_args("pv", n, &[]))
+            .into_iter()
+            .map(|w| {
+                if w.starts_with("virtio-net-pci,") {
+                    format!("{w},mac={mac}")
+                } else {
+                    w
+                }
+            })
+            .collect()
+    }
+
+    /// VF `vf`'s MAC, from `query-vfs`.
+    pub fn vf_mac(&self, vf: usize) -> String {
+        self.qmp("query-vfs", json!({}))[vf]["mac"]
+            .as_str()
+            .expect("a VF's MAC")
+            .to_string()
+    }
+
+    /// Whether VF `vf` has a frontend, from `query-vfs`.
+    pub fn vf_attached(&self, vf: usize) -> bool {
+        self.qmp("query-vfs", json!({}))[vf]["attached"] == json!(true)
+    }
+
+    /// The QMP commands of `sriov-emu qemu-args vf N --hotplug STEP --bus rp0`: (execute,
+    /// arguments) of each printed line.
+    pub fn hotplug_commands(&self, vf: u32, step: &str) -> Vec<(String, String)> {
+        self.qemu_args("vf", vf, &["--hotplug", step, "--bus", "rp0"])
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a JSON command: {l:?}: {e}"));
+                (
+                    v["execute"].as_str().expect("execute").to_string(),
+                    v["arguments"].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Plugs VF `vf` into the running `guest` (`step` "plug") or unplugs it ("unplug") with
+    /// those commands; an unplug waits for QEMU to release the device (what DEVICE_DELETED
+    /// says: gone from its peripherals once the guest let go) before `netdev_del`.
+    pub fn hotplug(&self, guest: &crate::qemu::Guest, vf: u32, step: &str) {
+        const RELEASE: Duration = Duration::from_secs(60);
+        let dev = format!("\"vf{vf}dev\"");
+        for (cmd, args) in self.hotplug_commands(vf, step) {
+            if cmd == "netdev_del" {
+                let t = Instant::now();
+                while guest
+                    .qmp("qom-list", r#"{"path":"/machine/peripheral"}"#)
+                    .is_ok_and(|r| r.contains(&dev))
+                {
+                    assert!(
+                        t.elapsed() < RELEASE,
+                        "the guest never released {dev}\n{}",
+                        self.report()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            guest
+                .qmp(&cmd, &args)
+                .unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", self.report()));
+        }
     }
 
     pub fn control(&self) -> Client {

@@ -572,6 +572,43 @@ impl Guest {
         let _ = child.wait();
     }
 
+    /// Live-migrates the guest to a QEMU started with `-incoming unix:SOCKET`: waits for that
+    /// QEMU to listen, sends QMP `migrate`, then asks `query-migrate` until it completes.
+    /// Returns the completed status reply; `Err` if the destination never listened, or the
+    /// migration failed, was cancelled or had not completed within `timeout`.
+    pub fn migrate_unix(&self, socket: &Path, timeout: Duration) -> Result<String, String> {
+        let t = Instant::now();
+        while !socket.exists() {
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "the destination never listened on {}",
+                    socket.display()
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let t = Instant::now();
+        self.qmp(
+            "migrate",
+            &format!("{{\"uri\":\"unix:{}\"}}", socket.display()),
+        )?;
+        loop {
+            let r = self.qmp("query-migrate", "")?;
+            if r.contains("\"completed\"") {
+                return Ok(r);
+            }
+            if r.contains("\"failed\"") || r.contains("\"cancelled\"") {
+                return Err(format!("migration failed: {r}"));
+            }
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "migration did not complete within {timeout:?}: {r}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs one QMP command on the guest's QMP socket (needs `GuestConfig::qmp_socket`).
     /// `arguments` is a JSON object text (or empty for none). Returns the raw `{"return":...}`
     /// reply line; an `{"error":...}` reply becomes `Err`. Events are skipped.
