@@ -466,3 +466,97 @@ fn two_hosts_exchange_frames_byte_exact_with_udp_offloads() {
 fn two_hosts_exchange_frames_byte_exact_without_udp_offloads() {
     two_hosts_exchange(false);
 }
+
+/// After a live migration QEMU asks the destination's back-end to announce the guest
+/// (SEND_RARP): the RARP leaves from the port as if the guest had sent it, so both hosts'
+/// FDBs learn the guest's new place before it sends anything, and frames to it stop going to
+/// the port it left.
+#[test]
+fn send_rarp_moves_the_guest_in_both_hosts_fdbs_before_it_sends_anything() {
+    let (pa, pb) = (free_port(), free_port());
+    let spec = |l: u16, r: u16| {
+        format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni={VNI}")
+            .parse()
+            .unwrap()
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_daemon_cfg(da.path(), 1, 1, |c| c.uplink = Some(spec(pa, pb)));
+    let b = start_daemon_cfg(db.path(), 1, 1, |c| c.uplink = Some(spec(pb, pa)));
+    let guest = mac("02:00:00:00:77:01");
+    let port_of = |d: &Daemon| d.fdb().into_iter().find(|r| r.mac == guest).map(|r| r.port);
+    let wait_port = |d: &Daemon, want: &str| {
+        let t = std::time::Instant::now();
+        while port_of(d).as_deref() != Some(want) {
+            assert!(
+                t.elapsed() < WAIT,
+                "the guest's MAC is on {:?}, not {want}",
+                port_of(d)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // The guest ran on A's PV port: A learned it there (and B on its uplink).
+    let mut old = connect(&a, "pv0", pairs(1, 1));
+    let mut peer = connect(&a, "vf0", pairs(1, 1));
+    old.send_wait(0, &broadcast(guest), WAIT).unwrap();
+    wait_port(&a, "pv0");
+    wait_port(&b, "uplink");
+    peer.drain(Duration::from_millis(50));
+    old.drain(Duration::from_millis(50));
+    // It migrated to B's PV port; the source QEMU still holds A's pv0 (stopped). QEMU on B
+    // sends SEND_RARP.
+    let events = a.events().subscribe();
+    let b_events = b.events().subscribe();
+    let mut new = connect(&b, "pv0", pairs(1, 1));
+    new.send_rarp(guest.0).expect("SEND_RARP acked");
+    wait_port(&b, "pv0");
+    wait_port(&a, "uplink");
+    // The RARP itself: broadcast, byte for byte what QEMU would send, on A's ports too.
+    let mut rarp = [0u8; sriov_emu::wire::RARP_FRAME_LEN];
+    sriov_emu::wire::write_rarp_announce(guest, &mut rarp);
+    let got = peer
+        .recv_timeout(0, WAIT)
+        .expect("the RARP reaches A's vf0");
+    assert_eq!(got, rarp.to_vec());
+    assert_eq!(
+        counter(&b, "pv0", "tx_packets"),
+        1,
+        "counted as the port's frame"
+    );
+    let named = |rx: &std::sync::mpsc::Receiver<std::sync::Arc<sriov_emu::events::Event>>,
+                 name: &str| {
+        let t = std::time::Instant::now();
+        loop {
+            let left = WAIT.saturating_sub(t.elapsed());
+            match rx.recv_timeout(left) {
+                Ok(e) if e.name == name => return e.data.clone(),
+                Ok(_) => {}
+                Err(_) => panic!("no {name} event"),
+            }
+        }
+    };
+    let moved = named(&events, "FDB_MOVE");
+    assert_eq!(moved["mac"], guest.to_string());
+    assert_eq!(
+        (moved["from"].as_str(), moved["to"].as_str()),
+        (Some("pv0"), Some("uplink"))
+    );
+    let announced = named(&b_events, "GUEST_ANNOUNCED");
+    assert_eq!(announced["port"], "pv0");
+    assert_eq!(announced["mac"], guest.to_string());
+    // Frames to the guest now reach it on B, none go to the port it left (which got the
+    // RARP's flood only).
+    old.drain(Duration::from_millis(100));
+    let mut to_guest = broadcast(vf_mac(0));
+    to_guest[..6].copy_from_slice(&guest.0);
+    peer.send_wait(0, &to_guest, WAIT).unwrap();
+    let at_b = new
+        .recv_timeout(0, WAIT)
+        .expect("the frame reaches the guest on B");
+    assert_eq!(at_b, to_guest);
+    assert!(
+        old.drain(Duration::from_millis(100)).is_empty(),
+        "a frame reached the port the guest left"
+    );
+    drop((old, peer, new));
+}

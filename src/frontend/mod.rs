@@ -195,7 +195,8 @@ impl VirtioNetFrontend {
             let want = VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-                | VhostUserProtocolFeatures::LOG_SHMFD;
+                | VhostUserProtocolFeatures::LOG_SHMFD
+                | VhostUserProtocolFeatures::RARP;
             let pf = pf & want;
             fe.set_protocol_features(pf)
                 .map_err(proto("SET_PROTOCOL_FEATURES"))?;
@@ -615,6 +616,12 @@ impl VirtioNetFrontend {
             source: std::io::Error::other(e),
         })?;
         Ok(DirtyLog { area, _file: file })
+    }
+
+    /// Asks the backend to announce `mac` (SEND_RARP), as QEMU does on a live migration's
+    /// destination once the guest runs there.
+    pub fn send_rarp(&mut self, mac: [u8; 6]) -> Result<()> {
+        self.fe.send_rarp(mac).map_err(proto("SEND_RARP"))
     }
 
     /// Stops dirty-page logging (SET_FEATURES without VHOST_F_LOG_ALL).

@@ -11,6 +11,7 @@ use crate::events::EventBus;
 use crate::pf::PortKind;
 use crate::port::Waker;
 use crate::switch::Switch;
+use crate::wire::MacAddr;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -145,6 +146,25 @@ impl VhostUserBackend for NetBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::RARP
+    }
+
+    /// SEND_RARP: on a live migration's destination QEMU asks the back-end to announce the
+    /// guest (whose driver cannot, without VIRTIO_NET_F_GUEST_ANNOUNCE, which is not offered).
+    /// The data plane sends a RARP from the port with the guest's MAC as source, as if the
+    /// guest had sent it: every FDB on the path learns where the guest is now, the uplink's
+    /// remote hosts included, before the guest sends anything itself.
+    fn send_rarp(&self, mac: [u8; 6]) -> io::Result<()> {
+        let mac = MacAddr(mac);
+        self.conn.request_announce(mac);
+        tracing::info!(port = %self.port.spec.name, "announcing {mac} (SEND_RARP)");
+        let mut data = port_event_data(&self.port, "announced");
+        data["mac"] = serde_json::Value::String(mac.to_string());
+        self.events.emit("GUEST_ANNOUNCED", data);
+        if self.conn.mark_tx_pending(0) {
+            self.waker.wake_tx(self.port.spec.id.index(), 0);
+        }
+        Ok(())
     }
 
     /// SET_LOG_BASE: the frontend's dirty bitmap, mapped here and marked by the data plane

@@ -14,7 +14,7 @@ use crate::dma_engine::{
 };
 use crate::port::{QueueFault, RxBatch, RxDrop, RxQueues, TxFrame, TxPop, TxQueues, Unsent};
 use crate::rss::EnabledQueues;
-use crate::wire::ETH_HEADER_LEN;
+use crate::wire::{write_rarp_announce, MacAddr, ETH_HEADER_LEN, RARP_FRAME_LEN};
 use std::sync::{Arc, RwLockWriteGuard};
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{Queue, QueueT};
@@ -81,6 +81,9 @@ pub struct VhostIo {
     queue_pairs: usize,
     /// The dirty log as of this worker's last batch on the connection.
     log: LogView,
+    /// The RARP sent from the port on SEND_RARP (a host buffer the pipeline reads until the
+    /// batch completes; boxed so its address stays put).
+    announce: Box<[u8; RARP_FRAME_LEN]>,
 }
 
 impl VhostIo {
@@ -92,7 +95,23 @@ impl VhostIo {
             max_frame: usize::from(mtu) + FRAME_OVERHEAD,
             queue_pairs: usize::from(queue_pairs),
             log: LogView::default(),
+            announce: Box::new([0; RARP_FRAME_LEN]),
         }
+    }
+
+    /// Makes `f` the RARP that announces `mac` from the port, written into `buf` (host memory,
+    /// no guest buffer to return).
+    fn announce_frame(buf: &mut [u8; RARP_FRAME_LEN], mac: MacAddr, f: &mut TxFrame) {
+        write_rarp_announce(mac, buf);
+        f.segs.reset(0);
+        f.returnable = false;
+        f.from = 0;
+        // SAFETY: `buf` (`VhostIo::announce`) is a live heap buffer of RARP_FRAME_LEN bytes, not freed or
+        // written again before this batch completes (only a pop rewrites it, and the pipeline
+        // completes a batch before the next pop).
+        f.ok = unsafe { f.segs.push_host(buf.as_ptr() as usize, RARP_FRAME_LEN) }.is_ok()
+            // SAFETY: the segment just pushed is readable (above).
+            && unsafe { f.take_head(0, RARP_FRAME_LEN) };
     }
 
     /// Forgets what may have changed behind the worker's back: the memory table, and (when
@@ -117,7 +136,9 @@ impl TxQueues for VhostIo {
     fn pop(&mut self, qp: usize, frames: &mut [TxFrame]) -> TxPop<RingAddrs> {
         let index = 2 * qp + 1;
         let poll = self.poll;
-        if poll {
+        // SEND_RARP after a migration: sent before the guest's own frames, from TX pair 0.
+        let announce = qp == 0 && self.conn.announce_pending();
+        if poll && !announce {
             if let (Some(Some(ring)), Some(Some(seen))) = (
                 self.rings.rings.get(index),
                 self.rings.seen_avail.get(index),
@@ -142,6 +163,14 @@ impl TxQueues for VhostIo {
         let Some((map, ring, fresh)) = self.rings.get(&self.conn.mem, index, q) else {
             return TxPop::Fault(QueueFault::RingUnmapped);
         };
+        if announce && !frames.is_empty() {
+            if let Some(mac) = self.conn.take_announce() {
+                let addrs = ring.addrs();
+                Self::announce_frame(&mut self.announce, mac, &mut frames[0]);
+                self.conn.tx_begin(qp);
+                return TxPop::Batch(1, addrs);
+            }
+        }
         if fresh && poll {
             ring.disable_notification();
             log.inspect(|l| ring.mark_used(l));

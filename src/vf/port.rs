@@ -36,7 +36,13 @@ pub struct Connection {
     /// connect until the frontend stops the device (GET_VRING_BASE of an RX ring: the guest
     /// reset or released it), and again from its next kick.
     pub mac_pinned: AtomicBool,
+    /// A RARP to send from the port (SEND_RARP after a migration): the MAC in the low 48 bits
+    /// and `ANNOUNCE_SET`; 0 when none. Written by the handler, taken by the data plane's next
+    /// pop of TX queue pair 0.
+    announce: AtomicU64,
 }
+
+const ANNOUNCE_SET: u64 = 1 << 63;
 
 const TX_BUSY: u8 = 1;
 const TX_ABANDONED: u8 = 2;
@@ -55,7 +61,33 @@ impl Connection {
             num_queues,
             log: LogSwitch::default(),
             mac_pinned: AtomicBool::new(false),
+            announce: AtomicU64::new(0),
         }
+    }
+
+    /// Asks the data plane to send a RARP from the port with source `mac` (a later request
+    /// replaces one not yet sent).
+    pub fn request_announce(&self, mac: MacAddr) {
+        let mut bytes = [0u8; 8];
+        bytes[..6].copy_from_slice(&mac.0);
+        self.announce
+            .store(u64::from_le_bytes(bytes) | ANNOUNCE_SET, Ordering::Release);
+    }
+
+    /// A RARP is waiting to be sent (one relaxed load: checked on every pop of TX pair 0).
+    #[inline]
+    pub fn announce_pending(&self) -> bool {
+        self.announce.load(Ordering::Relaxed) != 0
+    }
+
+    /// Takes the waiting RARP's MAC, if any.
+    pub fn take_announce(&self) -> Option<MacAddr> {
+        let v = self.announce.swap(0, Ordering::Acquire);
+        (v != 0).then(|| {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&(v & !ANNOUNCE_SET).to_le_bytes()[..6]);
+            MacAddr(mac)
+        })
     }
 
     pub fn num_queues(&self) -> usize {

@@ -154,6 +154,12 @@ pub trait VhostUserBackend: Send + Sync {
         Ok(false)
     }
 
+    /// Local change (vendor/PATCHES.md): the frontend asks the back-end to announce the guest's
+    /// MAC after a live migration (SEND_RARP, protocol feature RARP). The default refuses.
+    fn send_rarp(&self, _mac: [u8; 6]) -> Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
     /// Handle IO events for backend registered file descriptors.
     ///
     /// This function gets called if the backend registered some additional listeners onto specific
@@ -434,6 +440,10 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
 
     fn set_log_base(&self, mmap_offset: u64, mmap_size: u64, file: &File) -> Result<bool> {
         self.deref().set_log_base(mmap_offset, mmap_size, file)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        self.deref().send_rarp(mac)
     }
 
     fn handle_event(

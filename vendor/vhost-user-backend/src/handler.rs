@@ -902,6 +902,13 @@ where
     // TODO: We ignore the `LOG_ALL` flag on `SET_FEATURES`, so we will continue marking pages as
     // dirty even if the migration fails. We need to disable the logging after receiving  a
     // `SET_FEATURE` without the `LOG_ALL` flag.
+    // Local change (vendor/PATCHES.md): SEND_RARP goes to the back-end.
+    fn send_rarp(&mut self, mac: [u8; 6]) -> VhostUserResult<()> {
+        self.backend
+            .send_rarp(mac)
+            .map_err(VhostUserError::ReqHandlerError)
+    }
+
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostUserResult<()> {
         // Local change: a backend that logs its own writes takes the log (vendor/PATCHES.md).
         if self

@@ -105,6 +105,11 @@ pub trait VhostUserBackendReqHandler {
     #[cfg(feature = "postcopy")]
     fn postcopy_ack_mem_regions(&self) -> Result<()>;
     fn set_log_base(&self, log: &VhostUserLog, file: File) -> Result<()>;
+    /// sriov-emu patch: SEND_RARP (protocol feature RARP): after a live migration the frontend
+    /// asks the back-end to announce the guest's MAC (the first 6 bytes of the payload).
+    fn send_rarp(&self, _mac: [u8; 6]) -> Result<()> {
+        Err(Error::InvalidOperation("SEND_RARP"))
+    }
 }
 
 /// Services provided to the frontend by the backend without interior mutability.
@@ -183,6 +188,10 @@ pub trait VhostUserBackendReqHandlerMut {
     #[cfg(feature = "postcopy")]
     fn postcopy_ack_mem_regions(&mut self) -> Result<()>;
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> Result<()>;
+    /// sriov-emu patch: SEND_RARP (see [VhostUserBackendReqHandler::send_rarp]).
+    fn send_rarp(&mut self, _mac: [u8; 6]) -> Result<()> {
+        Err(Error::InvalidOperation("SEND_RARP"))
+    }
 }
 
 impl<T: VhostUserBackendReqHandlerMut> VhostUserBackendReqHandler for Mutex<T> {
@@ -359,6 +368,10 @@ impl<T: VhostUserBackendReqHandlerMut> VhostUserBackendReqHandler for Mutex<T> {
 
     fn set_log_base(&self, log: &VhostUserLog, file: File) -> Result<()> {
         self.lock().unwrap().set_log_base(log, file)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        self.lock().unwrap().send_rarp(mac)
     }
 }
 
@@ -879,6 +892,18 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
                 let msg = self.extract_request_body::<VhostUserLog>(&hdr, size, &buf)?;
                 self.backend.set_log_base(&msg, file)?;
                 self.send_reply_message(&hdr, &msg)?;
+            }
+            // sriov-emu patch: the frontend (QEMU, after a live migration, on the destination)
+            // asks the back-end to announce the guest's MAC with a RARP. The MAC is the first 6
+            // bytes of the u64 payload. Acked when the frontend asked for a reply.
+            Ok(FrontendReq::SEND_RARP) => {
+                self.check_proto_feature(VhostUserProtocolFeatures::RARP)?;
+                let msg = self.extract_request_body::<VhostUserU64>(&hdr, size, &buf)?;
+                let bytes = msg.value.to_le_bytes();
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&bytes[..6]);
+                let res = self.backend.send_rarp(mac);
+                self.send_ack_message(&hdr, res)?;
             }
             _ => {
                 return Err(Error::InvalidMessage);

@@ -212,6 +212,18 @@ impl Frontend {
         let mut node = self.node();
         node.hdr_flags = flags;
     }
+
+    /// sriov-emu patch: SEND_RARP (protocol feature RARP), as QEMU sends it on the migration's
+    /// destination: the guest's MAC in the first 6 bytes of a u64 payload.
+    pub fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        let mut node = self.node();
+        node.check_proto_feature(VhostUserProtocolFeatures::RARP)?;
+        let mut bytes = [0u8; 8];
+        bytes[..6].copy_from_slice(&mac);
+        let val = VhostUserU64::new(u64::from_le_bytes(bytes));
+        let hdr = node.send_request_with_body(FrontendReq::SEND_RARP, &val, None)?;
+        node.wait_for_ack(&hdr).map_err(|e| e.into())
+    }
 }
 
 impl VhostBackend for Frontend {
