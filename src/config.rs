@@ -74,6 +74,8 @@ pub struct ConfigFile {
     pub pv_ports: Option<u32>,
     pub channels_per_vf: Option<u32>,
     pub mtu: Option<u32>,
+    pub pv_channels: Option<u32>,
+    pub pv_mtu: Option<u32>,
     pub fdb_aging: Option<u64>,
     pub flow_learning: Option<bool>,
     pub stats_interval: Option<u64>,

@@ -206,12 +206,13 @@ impl Daemon {
                 "uplink open"
             );
             let fits = up.spec().guest_mtu(cfg.uplink_mtu);
-            if u32::from(cfg.pf.mtu) > fits {
+            let mtu = cfg.pf.mtu.max(cfg.pf.pv_mtu);
+            if u32::from(mtu) > fits {
                 tracing::warn!(
-                    "the ports' MTU {} is above what the uplink carries (guest MTU {fits}): \
+                    "the ports' MTU {mtu} is above what the uplink carries (guest MTU {fits}): \
                      larger frames to the wire are dropped and counted (drop_mtu); run with \
-                     --mtu {fits} and give guests host_mtu={fits} (`qemu-args --uplink ...`)",
-                    cfg.pf.mtu
+                     --mtu {fits} (and --pv-mtu) and give guests host_mtu={fits} \
+                     (`qemu-args --uplink ...`)"
                 );
             }
         }

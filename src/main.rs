@@ -147,6 +147,14 @@ struct PfArgs {
     /// guest MTU the uplink carries (see --uplink-mtu): longer frames to the wire are dropped.
     #[arg(long, value_name = "BYTES")]
     mtu: Option<u32>,
+    /// Queue pairs of each PV port, 1..=64 [default: --channels-per-vf]. The PV NIC migrates
+    /// with the guest: keep it the same on every host, whatever their VFs.
+    #[arg(long, value_name = "N")]
+    pv_channels: Option<u32>,
+    /// MTU of the PV ports, 68..=9000 [default: --mtu]. Like --pv-channels: the same on every
+    /// host a guest migrates between.
+    #[arg(long, value_name = "BYTES")]
+    pv_mtu: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -272,7 +280,8 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), MainError> {
             .or(file.channels_per_vf)
             .unwrap_or(pf::DEFAULT_CHANNELS.into()),
         a.mtu.or(file.mtu).unwrap_or(pf::DEFAULT_MTU.into()),
-    )?;
+    )?
+    .with_pv_ports(a.pv_channels.or(file.pv_channels), a.pv_mtu.or(file.pv_mtu))?;
     file.check_vfs(pf.numvfs)?;
     Ok((pf, file))
 }

@@ -53,6 +53,10 @@ pub enum PfError {
     },
     #[error("MTU {0} is out of range {MIN_MTU}..={MAX_MTU}")]
     Mtu(u32),
+    #[error("{0} channels per PV port is out of range 1..={MAX_CHANNELS_PER_VF}")]
+    PvChannels(u32),
+    #[error("PV port MTU {0} is out of range {MIN_MTU}..={MAX_MTU}")]
+    PvMtu(u32),
     #[error(
         "numvfs is {current}: set it to 0 before setting {requested} (as with sysfs sriov_numvfs)"
     )]
@@ -100,8 +104,13 @@ pub struct PfConfig {
     pub numvfs: u16,
     pub pv_ports: u16,
     pub channels_per_vf: u16,
+    /// Queue pairs of each PV port (default: `channels_per_vf`).
     pub pv_channels: u16,
+    /// MTU of the VFs.
     pub mtu: u16,
+    /// MTU of the PV ports (default: `mtu`). The PV NIC is the device that migrates with the
+    /// guest, so hosts whose adapters differ (VF channels, MTU) keep it the same.
+    pub pv_mtu: u16,
 }
 
 /// The default MAC of VF `index`: locally administered, stable, `02:00:00:00:<vf>:01`.
@@ -147,7 +156,29 @@ impl PfConfig {
             channels_per_vf: per_vf,
             pv_channels: per_vf,
             mtu,
+            pv_mtu: mtu,
         })
+    }
+
+    /// The PV ports' own queue pairs and MTU where given (else those of the VFs).
+    pub fn with_pv_ports(
+        mut self,
+        channels: Option<u32>,
+        mtu: Option<u32>,
+    ) -> Result<PfConfig, PfError> {
+        if let Some(c) = channels {
+            self.pv_channels = u16::try_from(c)
+                .ok()
+                .filter(|n| (1..=MAX_CHANNELS_PER_VF).contains(n))
+                .ok_or(PfError::PvChannels(c))?;
+        }
+        if let Some(m) = mtu {
+            self.pv_mtu = u16::try_from(m)
+                .ok()
+                .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+                .ok_or(PfError::PvMtu(m))?;
+        }
+        Ok(self)
     }
 
     /// The description of VF `vf` with `channels` queue pairs.
@@ -174,7 +205,7 @@ impl PfConfig {
             name,
             mac: None,
             queue_pairs: self.pv_channels,
-            mtu: self.mtu,
+            mtu: self.pv_mtu,
         }
     }
 }
@@ -240,7 +271,30 @@ mod tests {
             PfConfig::new(d.clone(), 4, 1, 2, 9001).unwrap_err(),
             PfError::Mtu(9001)
         );
-        assert!(PfConfig::new(d, 254, 1, 8, 9000).is_ok());
+        assert!(PfConfig::new(d.clone(), 254, 1, 8, 9000).is_ok());
+        let base = PfConfig::new(d, 4, 1, 4, 9000).unwrap();
+        let pv = base.clone().with_pv_ports(Some(2), Some(1450)).unwrap();
+        assert_eq!((pv.pv_spec(0).queue_pairs, pv.pv_spec(0).mtu), (2, 1450));
+        assert_eq!(
+            (pv.vf_spec(0, 4).queue_pairs, pv.vf_spec(0, 4).mtu),
+            (4, 9000)
+        );
+        let same = base.clone().with_pv_ports(None, None).unwrap();
+        assert_eq!(
+            (same.pv_spec(0).queue_pairs, same.pv_spec(0).mtu),
+            (4, 9000)
+        );
+        assert_eq!(
+            base.clone()
+                .with_pv_ports(Some(65), None)
+                .unwrap_err()
+                .to_string(),
+            "65 channels per PV port is out of range 1..=64"
+        );
+        assert_eq!(
+            base.with_pv_ports(None, Some(67)).unwrap_err().to_string(),
+            "PV port MTU 67 is out of range 68..=9000"
+        );
     }
 
     #[test]
