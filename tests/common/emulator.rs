@@ -14,8 +14,23 @@ use std::time::{Duration, Instant};
 pub struct Emulator {
     child: Child,
     dir: PathBuf,
+    /// The PF options it was started with that `qemu-args` takes too (so the NIC options it
+    /// prints match this emulator's ports: channels, MTU, uplink).
+    pf_flags: Vec<String>,
     _tmp: tempfile::TempDir,
 }
+
+/// The `run` options `qemu-args` also takes (each with a value).
+const PF_FLAGS: [&str; 8] = [
+    "--vfs",
+    "--pv-ports",
+    "--channels-per-vf",
+    "--mtu",
+    "--pv-channels",
+    "--pv-mtu",
+    "--uplink",
+    "--uplink-mtu",
+];
 
 impl Emulator {
     pub fn start(args: &[&str]) -> Emulator {
@@ -31,9 +46,15 @@ impl Emulator {
             .stderr(log)
             .spawn()
             .unwrap();
+        let pf_flags = args
+            .windows(2)
+            .filter(|w| PF_FLAGS.contains(&w[0]))
+            .flat_map(|w| [w[0].to_string(), w[1].to_string()])
+            .collect();
         let mut emu = Emulator {
             child,
             dir,
+            pf_flags,
             _tmp: tmp,
         };
         let t = Instant::now();
@@ -59,11 +80,19 @@ impl Emulator {
         self.child.id()
     }
 
-    /// What `sriov-emu qemu-args KIND N --socket-dir DIR EXTRA...` prints.
+    /// What `sriov-emu qemu-args KIND N --socket-dir DIR EXTRA...` prints, with the PF
+    /// options the emulator was started with (those not in `extra`).
     pub fn qemu_args(&self, kind: &str, n: u32, extra: &[&str]) -> String {
+        let inherited: Vec<&String> = self
+            .pf_flags
+            .chunks(2)
+            .filter(|f| !extra.contains(&f[0].as_str()))
+            .flatten()
+            .collect();
         let out = Command::new(crate::qemu::sriov_emu_bin())
             .args(["qemu-args", kind, &n.to_string(), "--socket-dir"])
             .arg(&self.dir)
+            .args(inherited)
             .args(extra)
             .output()
             .unwrap();
