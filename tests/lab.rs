@@ -74,6 +74,23 @@ fn assert_announced(lab: &Lab) {
     }
 }
 
+/// Plug A's vf0, unplug it, live-migrate to B's PV port (`migrate_as`: the phase's name), and
+/// with `replug` plug B's vf0: the plug-in way to another host.
+fn unplug_migrate_replug(lab: &mut Lab, migrate_as: &str, replug: Option<&str>) {
+    let p = lab.phase("plug A's vf0", Lab::plug).clone();
+    assert_on(lab, &p, true);
+    let p = lab.phase("unplug A's vf0", Lab::unplug).clone();
+    assert_on(lab, &p, false);
+    let p = lab.phase(migrate_as, |l| l.migrate(false)).clone();
+    assert_on(lab, &p, false);
+    assert_announced(lab);
+    let p = match replug {
+        Some(name) => lab.phase(name, Lab::plug).clone(),
+        None => lab.phase("stay on B's pv0", |_| String::new()).clone(),
+    };
+    assert_on(lab, &p, replug.is_some());
+}
+
 #[test]
 fn plug_cycles_move_traffic_to_the_vf_and_back_with_at_most_one_loss_per_move() {
     if !qemu::require_qemu("plug_cycles") {
@@ -126,17 +143,7 @@ fn migration_to_another_host_unplug_migrate_replug_and_the_peer_reaches_it_over_
     // emulators derive the same MACs, so here it is the one it had).
     lab.b
         .qmp("vf-set", json!({"vf": 0, "mac": lab.mac.clone()}));
-    let p = lab.phase("plug A's vf0", Lab::plug).clone();
-    assert_on(&lab, &p, true);
-    let p = lab.phase("unplug A's vf0", Lab::unplug).clone();
-    assert_on(&lab, &p, false);
-    let p = lab
-        .phase("migrate to B's pv0", |l| l.migrate(false))
-        .clone();
-    assert_on(&lab, &p, false);
-    assert_announced(&lab);
-    let p = lab.phase("plug B's vf0", Lab::plug).clone();
-    assert_on(&lab, &p, true);
+    unplug_migrate_replug(&mut lab, "migrate to B's pv0", Some("plug B's vf0"));
     // The peer on A reaches the guest on B's VF through the uplink.
     let up = |l: &Lab| {
         l.a.stats("uplink")["counters"]["tx_packets"]
@@ -164,17 +171,7 @@ fn migration_to_a_host_without_vfs_keeps_the_guest_on_its_pv_port() {
         json!([]),
         "B has numvfs 0"
     );
-    let p = lab.phase("plug A's vf0", Lab::plug).clone();
-    assert_on(&lab, &p, true);
-    let p = lab.phase("unplug A's vf0", Lab::unplug).clone();
-    assert_on(&lab, &p, false);
-    let p = lab
-        .phase("migrate to B's pv0 (B: no VFs)", |l| l.migrate(false))
-        .clone();
-    assert_on(&lab, &p, false);
-    assert_announced(&lab);
-    let p = lab.phase("stay on B's pv0", |_| String::new()).clone();
-    assert_on(&lab, &p, false);
+    unplug_migrate_replug(&mut lab, "migrate to B's pv0 (B: no VFs)", None);
     lab.finish();
     for w in ["ERROR", "WARN"] {
         if let Some(l) = lab.log(Host::B).lines().find(|l| l.contains(w)) {
@@ -208,19 +205,15 @@ fn migration_to_a_different_adapter_plugs_its_vf_with_its_own_queue_count_and_mt
             "1450",
         ],
     );
-    let p = lab.phase("plug A's vf0 (2 channels)", Lab::plug).clone();
-    assert_on(&lab, &p, true);
-    assert_eq!(lab.vf0(Host::A)["enabled-queues"], json!([0, 1]));
-    let p = lab.phase("unplug A's vf0", Lab::unplug).clone();
-    assert_on(&lab, &p, false);
-    let p = lab
-        .phase("migrate to B's pv0", |l| l.migrate(false))
-        .clone();
-    assert_on(&lab, &p, false);
-    let p = lab
-        .phase("plug B's vf0 (4 channels, MTU 9000)", Lab::plug)
-        .clone();
-    assert_on(&lab, &p, true);
+    unplug_migrate_replug(
+        &mut lab,
+        "migrate to B's pv0",
+        Some("plug B's vf0 (4 channels, MTU 9000)"),
+    );
+    // Each VF ran with every queue pair it offers (the plug's note says how many).
+    if !lab.phases[1].note.contains("2 queue pairs") {
+        lab.fail("A's vf0 did not run with its 2 queue pairs");
+    }
     let vf0 = lab.vf0(Host::B);
     if vf0["channels"] != 4 || vf0["enabled-queues"] != json!([0, 1, 2, 3]) {
         lab.fail(&format!(

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use sriov_emu::daemon::Daemon;
-use sriov_emu::uplink::vxlan_header;
+use sriov_emu::uplink::{vxlan_header, UplinkSpec};
 use sriov_emu::vf::SettingsUpdate;
 use sriov_emu::wire::MacAddr;
 use std::net::{SocketAddr, UdpSocket};
@@ -44,6 +44,18 @@ impl Remote {
         assert_eq!(vni, VNI);
         Some(inner.to_vec())
     }
+}
+
+/// The uplinks of two emulators ("hosts" A and B) joined by VXLAN on 127.0.0.1: A's spec and
+/// B's, each with `opts` appended (`,carrier=peer`, `,offload=off`).
+fn vxlan_pair(opts: &str) -> (UplinkSpec, UplinkSpec) {
+    let (pa, pb) = (free_port(), free_port());
+    let spec = |l: u16, r: u16| {
+        format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni={VNI}{opts}")
+            .parse()
+            .unwrap()
+    };
+    (spec(pa, pb), spec(pb, pa))
 }
 
 fn setup() -> (tempfile::TempDir, Daemon, Remote) {
@@ -270,14 +282,9 @@ fn floods_go_to_every_remote_and_learned_macs_to_theirs() {
 /// VFs their link) within the timeout, and gets it back when the peer returns.
 #[test]
 fn carrier_follows_the_peer_with_carrier_tracking() {
-    let (pa, pb) = (free_port(), free_port());
-    let spec = |l: u16, r: u16| {
-        format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni={VNI},carrier=peer,peer-timeout-ms=1000")
-            .parse()
-            .unwrap()
-    };
+    let (sa, sb) = vxlan_pair(",carrier=peer,peer-timeout-ms=1000");
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start_daemon_cfg(da.path(), 1, 0, |c| c.uplink = Some(spec(pa, pb)));
+    let a = start_daemon_cfg(da.path(), 1, 0, |c| c.uplink = Some(sa));
     let wait_carrier = |d: &Daemon, up: bool, within: Duration| {
         let t = std::time::Instant::now();
         while d.uplink().unwrap().carrier() != up {
@@ -286,14 +293,14 @@ fn carrier_follows_the_peer_with_carrier_tracking() {
         }
     };
     wait_carrier(&a, false, WAIT);
-    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(spec(pb, pa)));
+    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(sb.clone()));
     wait_carrier(&a, true, Duration::from_secs(3));
     wait_carrier(&b, true, Duration::from_secs(3));
     assert!(d_link_up(&a), "an auto VF follows the carrier up");
     drop(b);
     wait_carrier(&a, false, Duration::from_secs(3));
     assert!(!d_link_up(&a), "an auto VF follows the carrier down");
-    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(spec(pb, pa)));
+    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(sb));
     wait_carrier(&a, true, Duration::from_secs(3));
     let mut counters = std::collections::HashMap::new();
     a.uplink().unwrap().for_each_counter(|n, v| {
@@ -373,16 +380,10 @@ fn query_stats_shows_the_uplink_from_the_wire_side() {
 fn two_hosts_exchange(offload: bool) {
     const FRAMES: u32 = 5000;
     const ETHERTYPE: u16 = 0x88b5;
-    let (pa, pb) = (free_port(), free_port());
-    let off = if offload { "" } else { ",offload=off" };
-    let spec = |l: u16, r: u16| {
-        format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni={VNI}{off}")
-            .parse()
-            .unwrap()
-    };
+    let (sa, sb) = vxlan_pair(if offload { "" } else { ",offload=off" });
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start_daemon_cfg(da.path(), 1, 0, |c| c.uplink = Some(spec(pa, pb)));
-    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(spec(pb, pa)));
+    let a = start_daemon_cfg(da.path(), 1, 0, |c| c.uplink = Some(sa));
+    let b = start_daemon_cfg(db.path(), 1, 0, |c| c.uplink = Some(sb));
     // B's vf0 gets its own MAC (both emulators derive the same ones).
     let b_mac = mac("02:00:00:00:bb:01");
     set(
@@ -473,15 +474,10 @@ fn two_hosts_exchange_frames_byte_exact_without_udp_offloads() {
 /// the port it left.
 #[test]
 fn send_rarp_moves_the_guest_in_both_hosts_fdbs_before_it_sends_anything() {
-    let (pa, pb) = (free_port(), free_port());
-    let spec = |l: u16, r: u16| {
-        format!("vxlan:local=127.0.0.1:{l},remote=127.0.0.1:{r},vni={VNI}")
-            .parse()
-            .unwrap()
-    };
+    let (sa, sb) = vxlan_pair("");
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start_daemon_cfg(da.path(), 1, 1, |c| c.uplink = Some(spec(pa, pb)));
-    let b = start_daemon_cfg(db.path(), 1, 1, |c| c.uplink = Some(spec(pb, pa)));
+    let a = start_daemon_cfg(da.path(), 1, 1, |c| c.uplink = Some(sa));
+    let b = start_daemon_cfg(db.path(), 1, 1, |c| c.uplink = Some(sb));
     let guest = mac("02:00:00:00:77:01");
     let port_of = |d: &Daemon| d.fdb().into_iter().find(|r| r.mac == guest).map(|r| r.port);
     let wait_port = |d: &Daemon, want: &str| {

@@ -260,6 +260,8 @@ pub struct Lab {
     pings: PingWatch,
     pub t0: Instant,
     pub phases: Vec<Phase>,
+    /// The frame counters at the end of the last phase (where the next one counts from).
+    counted: Option<Frames>,
     /// Migration figures (`migrate`): total time, QEMU downtime in ms.
     pub migrations: Vec<(Duration, u64)>,
     describe_b: String,
@@ -322,6 +324,7 @@ impl Lab {
             pings,
             t0: Instant::now(),
             phases: Vec::new(),
+            counted: None,
             migrations: Vec::new(),
             describe_b,
         };
@@ -429,12 +432,15 @@ impl Lab {
 
     /// Runs one phase: `act` does it (and returns a note), then the phase holds for `HOLD`.
     pub fn phase(&mut self, name: &str, act: impl FnOnce(&mut Lab) -> String) -> &Phase {
-        let start = self.t0.elapsed();
-        let before = self.frames();
+        // Phases are contiguous (what a test checks between two phases belongs to the next),
+        // so every lost ping falls in one.
+        let start = self.phases.last().map_or(Duration::ZERO, |p| p.end);
+        let before = self.counted.unwrap_or_else(|| self.frames());
         let note = act(self);
         let mid = self.frames();
         std::thread::sleep(HOLD);
         let after = self.frames();
+        self.counted = Some(after);
         self.phases.push(Phase {
             name: name.to_string(),
             start,
@@ -479,7 +485,11 @@ impl Lab {
         self.vf = Some(h);
         self.wait_watcher("PLUGIN-ENSLAVED", self.plugs);
         let t = self.wait_traffic(h, "vf0");
-        format!("plugged {h}'s vf0; traffic on it {t:.1?} after the watcher enslaved it")
+        let queues = self.vf0(h)["enabled-queues"].as_array().map_or(0, Vec::len);
+        format!(
+            "plugged {h}'s vf0 ({queues} queue pairs enabled); traffic on it {t:.1?} after the \
+             watcher enslaved it"
+        )
     }
 
     /// Unplugs the guest's VF and waits until its traffic runs on the PV port.
