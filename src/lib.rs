@@ -8,6 +8,7 @@
 //! - `vf`: VF and PV ports as vhost-user virtio-net backends.
 //! - `dma_engine`: virtqueue processing and guest-to-guest copies (the data plane).
 //! - `frontend`: a userspace vhost-user virtio-net driver: "a guest in a test".
+//! - `capture`: pcapng captures of the ports with the switch's decisions.
 //! - `config`: the `--config` TOML file.
 //! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
@@ -15,6 +16,7 @@
 //! Errors: one `thiserror` enum per module. An error's message says what failed; its cause is
 //! its `source()`, never repeated in the message, so `ErrorChain` prints each cause once.
 
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod daemon;
