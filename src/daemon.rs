@@ -1,6 +1,7 @@
 //! `sriov-emu run`: the PF's ports, their sockets, the data plane; numvfs and channel changes
 //! at run time.
 
+use crate::capture::{CaptureHub, CaptureSession, PcapngOut, PortSet};
 use crate::datapath::DataPlane;
 use crate::events::EventBus;
 use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
@@ -53,6 +54,18 @@ pub enum DaemonError {
     Thread(#[source] std::io::Error),
     #[error("cannot open the uplink")]
     Uplink(#[source] UplinkError),
+    #[error("cannot start the capture into {path}")]
+    Capture {
+        path: PathBuf,
+        #[source]
+        source: crate::capture::PcapngError,
+    },
+    #[error("cannot start the capture's writer thread")]
+    CaptureThread(#[source] std::io::Error),
+    #[error("no port {0:?} to capture (ports: vfN, pvN, uplink, drops)")]
+    CapturePort(String),
+    #[error("no capture {0}")]
+    NoCapture(u32),
 }
 
 /// One FDB entry as the control plane shows it.
@@ -89,6 +102,30 @@ pub struct DaemonConfig {
     pub uplink_mtu: u32,
     /// Its line rate, Mbit/s.
     pub uplink_rate: u32,
+    /// A capture from the start (`--pcap`).
+    pub pcap: Option<CaptureRequest>,
+}
+
+/// A capture to start: into `path` (a ring of files under `max_bytes` when given), of `ports`
+/// (names: `vf0`, `pv0`, `uplink`, `drops`; all when `None`), frames cut to `snaplen` bytes.
+#[derive(Debug, Clone)]
+pub struct CaptureRequest {
+    pub path: PathBuf,
+    pub ports: Option<Vec<String>>,
+    pub snaplen: usize,
+    pub max_bytes: Option<u64>,
+}
+
+/// The default snap length: the largest frame (MTU 9000 and two VLAN tags).
+pub const DEFAULT_SNAPLEN: usize = 9000 + 14 + 8;
+
+/// A running capture as the control plane shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureInfo {
+    pub id: u32,
+    pub path: PathBuf,
+    pub captured: u64,
+    pub dropped: u64,
 }
 
 impl DaemonConfig {
@@ -106,6 +143,7 @@ impl DaemonConfig {
             uplink: None,
             uplink_mtu: crate::uplink::spec::DEFAULT_UNDERLAY_MTU,
             uplink_rate: 10_000,
+            pcap: None,
         }
     }
 }
@@ -128,6 +166,10 @@ pub struct Daemon {
     /// The PF's carrier: the uplink's, or up when there is none. VFs with link state `auto`
     /// follow it.
     carrier: Arc<AtomicBool>,
+    /// The running captures (the data plane's tap reads them).
+    captures: Arc<CaptureHub>,
+    /// Where each running capture writes, by id.
+    capture_paths: Mutex<HashMap<u32, PathBuf>>,
 }
 
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -190,7 +232,12 @@ impl Daemon {
             uplink: uplink.clone(),
             uplink_mtu: cfg.uplink_mtu,
             carrier: carrier.clone(),
+            captures: Arc::default(),
+            capture_paths: Mutex::new(HashMap::new()),
         };
+        if let Some(req) = &cfg.pcap {
+            daemon.capture_start(req)?;
+        }
         daemon.add_ports(pf.port_specs())?;
         if let Some(up) = &uplink {
             up.set_rate(cfg.uplink_rate);
@@ -226,6 +273,7 @@ impl Daemon {
                 daemon.events.clone(),
             )
             .with_uplink(uplink.clone())
+            .with_captures(daemon.captures.clone())
             .worker(w)
             .polling(cfg.poll)
             .on_cpu(cpu)
@@ -532,6 +580,109 @@ impl Daemon {
     }
 
     /// Stops the data plane, disconnects every frontend and removes the sockets.
+    /// Starts a capture; returns its id.
+    pub fn capture_start(&self, req: &CaptureRequest) -> Result<u32, DaemonError> {
+        let ports = match &req.ports {
+            None => PortSet::all(),
+            Some(names) => {
+                let mut ids = Vec::new();
+                let mut drops = false;
+                for n in names {
+                    match n.as_str() {
+                        "drops" => drops = true,
+                        _ => ids.push(
+                            pf::port_id_by_name(n)
+                                .ok_or_else(|| DaemonError::CapturePort(n.clone()))?
+                                .0,
+                        ),
+                    }
+                }
+                PortSet::of(ids, drops)
+            }
+        };
+        if let Some(dir) = req.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Capture {
+                path: req.path.clone(),
+                source: crate::capture::PcapngError::Create {
+                    path: dir.display().to_string(),
+                    source,
+                },
+            })?;
+        }
+        let out =
+            PcapngOut::create(&req.path, req.snaplen as u32, req.max_bytes).map_err(|source| {
+                DaemonError::Capture {
+                    path: req.path.clone(),
+                    source,
+                }
+            })?;
+        let session = CaptureSession::start(
+            out,
+            ports,
+            req.snaplen,
+            crate::capture::session::DEFAULT_SLOTS,
+            Box::new(|p| pf::port_name(PortId(p))),
+        )
+        .map_err(DaemonError::CaptureThread)?;
+        let id = self.captures.add(session);
+        self.capture_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, req.path.clone());
+        tracing::info!(id, path = %req.path.display(), "capture started");
+        Ok(id)
+    }
+
+    /// Stops capture `id`: its queue is written and its files flushed. Returns what it
+    /// counted and the files it wrote.
+    pub fn capture_stop(&self, id: u32) -> Result<(CaptureInfo, Vec<PathBuf>), DaemonError> {
+        let s = self.captures.remove(id).ok_or(DaemonError::NoCapture(id))?;
+        let (out, stats) = s.stop();
+        let path = self
+            .capture_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+            .unwrap_or_default();
+        let mut files = out.map(|o| o.files()).unwrap_or_default();
+        if files.is_empty() {
+            files.push(path.clone());
+        }
+        tracing::info!(
+            id,
+            captured = stats.captured,
+            dropped = stats.dropped,
+            "capture stopped"
+        );
+        Ok((
+            CaptureInfo {
+                id,
+                path,
+                captured: stats.captured,
+                dropped: stats.dropped,
+            },
+            files,
+        ))
+    }
+
+    /// The running captures.
+    pub fn captures(&self) -> Vec<CaptureInfo> {
+        let paths = self.capture_paths.lock().unwrap_or_else(|e| e.into_inner());
+        self.captures
+            .list()
+            .into_iter()
+            .map(|(id, s)| {
+                let st = s.stats();
+                CaptureInfo {
+                    id,
+                    path: paths.get(&id).cloned().unwrap_or_default(),
+                    captured: st.captured,
+                    dropped: st.dropped,
+                }
+            })
+            .collect()
+    }
+
     pub fn shutdown(&self) {
         if self.stop.swap(true, Ordering::AcqRel) {
             return;
@@ -545,6 +696,15 @@ impl Daemon {
             .copied()
             .collect();
         self.remove_ports(ids);
+        // Last, so the captures hold every frame switched until now; each file ends at a block
+        // boundary (a SIGTERM leaves readable files).
+        for (id, _) in self.captures.list() {
+            if let Ok((info, files)) = self.capture_stop(id) {
+                for f in files {
+                    tracing::info!(id = info.id, file = %f.display(), "capture written");
+                }
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::render;
 use sriov_emu::control::{ControlError, ControlServer};
-use sriov_emu::daemon::{Daemon, DaemonConfig, DaemonError};
+use sriov_emu::daemon::{CaptureRequest, Daemon, DaemonConfig, DaemonError, DEFAULT_SNAPLEN};
 use sriov_emu::pf::{self, PfConfig, PfError};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
 use sriov_emu::ErrorChain;
@@ -212,6 +212,21 @@ struct RunArgs {
     /// of it [default: 10000: a 10G adapter].
     #[arg(long, value_name = "MBPS")]
     uplink_rate: Option<u32>,
+    /// Capture from the start into DIR/sriov-emu.pcapng: pcapng with an interface per port
+    /// (and `drops`), each frame's direction and the switch's decision as its comment
+    /// (Wireshark and tshark read it as it is). Written off the data path; frames a slow disk
+    /// cannot take are counted, not waited for. Flushed at exit (SIGTERM included).
+    #[arg(long, value_name = "DIR")]
+    pcap: Option<PathBuf>,
+    /// With --pcap: only these ports, e.g. `vf0,pv0,uplink,drops` [default: every port and
+    /// drops].
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "pcap")]
+    pcap_ports: Option<Vec<String>>,
+    /// With --pcap: keep the capture under this many MiB, as a ring of 4 files
+    /// (DIR/sriov-emu-00001.pcapng, ...; the oldest goes) [default: no limit].
+    #[arg(long, value_name = "MB", requires = "pcap",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pcap_max_mb: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -389,6 +404,12 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             r @ 1..=100_000 => r,
             r => return Err(MainError::UplinkRate(r)),
         },
+        pcap: args.pcap.as_ref().map(|dir| CaptureRequest {
+            path: dir.join("sriov-emu.pcapng"),
+            ports: args.pcap_ports.clone(),
+            snaplen: DEFAULT_SNAPLEN,
+            max_bytes: args.pcap_max_mb.map(|mb| mb << 20),
+        }),
     })?;
     let daemon = Arc::new(daemon);
     if let Err(e) = file.apply_vfs(&daemon) {

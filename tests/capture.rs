@@ -147,3 +147,114 @@ fn tshark_reads_interfaces_directions_times_and_decisions() {
         assert_eq!(got, &want.map(String::from).to_vec());
     }
 }
+
+mod common;
+
+/// A mixed run through the real binary with `--pcap DIR`, stopped with SIGTERM: tshark reads
+/// the file; every port's interface has exactly its `tx_packets` inbound and its `rx_packets`
+/// outbound; every frame a `drop_*` counter counted is on `drops`, its comment naming that
+/// counter (a spoofed frame, a VLAN-filtered one, one with no destination among them).
+#[test]
+fn a_pcap_run_shows_every_frame_where_the_counters_say_and_every_drop_with_its_reason() {
+    use common::{broadcast, connect, pairs, vf_mac, Emu, WAIT};
+    let cap = tempfile::tempdir().unwrap();
+    let dir = cap.path().join("pcaps");
+    let emu = Emu::start(&[
+        "--vfs",
+        "3",
+        "--pv-ports",
+        "0",
+        "--pcap",
+        dir.to_str().unwrap(),
+    ]);
+    // vf2 is on port VLAN 100: frames tagged with another VLAN do not reach it.
+    emu.control()
+        .execute("vf-set", serde_json::json!({"vf": 2, "vlan": 100}))
+        .unwrap();
+    let mut fe: Vec<_> = (0..3)
+        .map(|i| connect(emu.path(), &format!("vf{i}"), pairs(1, 1)))
+        .collect();
+    let unicast = |dst: [u8; 6], src: [u8; 6], n: u8| {
+        let mut f = vec![n; 60];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        f
+    };
+    for n in 0..20u8 {
+        fe[0]
+            .send_wait(0, &unicast(vf_mac(1).0, vf_mac(0).0, n), WAIT)
+            .unwrap();
+        fe[1]
+            .send_wait(0, &unicast(vf_mac(0).0, vf_mac(1).0, n), WAIT)
+            .unwrap();
+    }
+    // A broadcast (to vf1 and, untagged into its VLAN, vf2).
+    fe[0].send_wait(0, &broadcast(vf_mac(0)), WAIT).unwrap();
+    // Spoofed: vf0 with another source MAC.
+    fe[0]
+        .send_wait(0, &unicast(vf_mac(1).0, [2, 9, 9, 9, 9, 9], 1), WAIT)
+        .unwrap();
+    // To nobody: an unknown unicast with no port that takes it (no PV port, no uplink).
+    fe[0]
+        .send_wait(0, &unicast([2, 7, 7, 7, 7, 7], vf_mac(0).0, 2), WAIT)
+        .unwrap();
+    // Tagged with VLAN 200, broadcast: vf1 takes it, vf2 (VLAN 100) filters it.
+    let mut tagged = broadcast(vf_mac(1));
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0xc8]);
+    fe[1].send_wait(0, &tagged, WAIT).unwrap();
+    for f in &mut fe {
+        f.drain(std::time::Duration::from_millis(200));
+    }
+    let stats = emu
+        .control()
+        .execute("query-stats", serde_json::json!({}))
+        .unwrap();
+    drop(fe);
+    drop(emu); // SIGTERM: the capture is flushed at exit
+    let file = dir.join("sriov-emu.pcapng");
+    let rows = tshark_fields(
+        &file,
+        &[
+            "frame.interface_name",
+            "frame.packet_flags_direction",
+            "frame.comment",
+        ],
+    );
+    let count = |iface: &str, dir: &str| {
+        rows.iter().filter(|r| r[0] == iface && r[1] == dir).count() as u64
+    };
+    let mut drops: std::collections::BTreeMap<String, u64> = Default::default();
+    for p in stats.as_array().unwrap() {
+        let name = p["port"].as_str().unwrap();
+        let c = &p["counters"];
+        assert_eq!(
+            count(name, "0x00000001"),
+            c["tx_packets"].as_u64().unwrap(),
+            "{name}: inbound frames against tx_packets"
+        );
+        assert_eq!(
+            count(name, "0x00000002"),
+            c["rx_packets"].as_u64().unwrap(),
+            "{name}: outbound frames against rx_packets"
+        );
+        for (k, v) in c.as_object().unwrap() {
+            if k.starts_with("drop_") && v.as_u64().unwrap() > 0 {
+                *drops.entry(k.clone()).or_default() += v.as_u64().unwrap();
+            }
+        }
+    }
+    println!("{} frames captured; drops counted: {drops:?}", rows.len());
+    for want in ["drop_spoofchk", "drop_vlan_filter", "drop_no_destination"] {
+        assert!(drops.contains_key(want), "no {want} in this run: {drops:?}");
+    }
+    let on_drops: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] == "drops").collect();
+    for (name, n) in &drops {
+        let shown = on_drops
+            .iter()
+            .filter(|r| r[2].ends_with(&format!("dropped: {name}")))
+            .count() as u64;
+        assert_eq!(shown, *n, "{name}: frames on drops against the counter");
+    }
+    assert_eq!(on_drops.len() as u64, drops.values().sum::<u64>());
+}

@@ -4,16 +4,20 @@
 //!   pool: its bytes up to the snap length, the switch's decision) and the decision's text.
 //! - `pcapng.rs`: the file: an interface per port and `drops`, nanosecond timestamps, the
 //!   direction and the decision on every packet; a ring of files under a size limit.
+//! - `hub.rs`: the running captures, as the control plane changes them and as each worker
+//!   sees them (one relaxed load per batch while none runs).
 //! - `session.rs`: a running capture: its ports, its slot pool, the bounded queue to its writer
 //!   thread; frames it had no slot for are counted (`capture_dropped`), never waited for.
 //!
 //! Capture is a hook on the pipeline (`datapath`), not a switch port: it never learns or
 //! receives floods, and it changes nothing the switch decides.
 
+pub mod hub;
 pub mod pcapng;
 pub mod record;
 pub mod session;
 
+pub use hub::{CaptureHub, HubView};
 pub use pcapng::{PcapngError, PcapngOut};
 pub use record::{Decision, Direction, Record, VlanAction};
 pub use session::{CaptureSession, CaptureStats, PortSet};

@@ -21,10 +21,13 @@ pub const DEFAULT_SLOTS: usize = 4096;
 /// How long the writer sleeps when idle before looking again (a batch's `wake` cuts it).
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-/// Which ports a capture takes (by port-table index), and whether it takes drops.
+/// Words of a `PortSet`: room for every port id (`pf::PORT_SLOTS`, 319).
+const PORT_WORDS: usize = 5;
+
+/// Which ports a capture takes (by port id), and whether it takes drops.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSet {
-    bits: [u64; 4],
+    bits: [u64; PORT_WORDS],
     pub drops: bool,
 }
 
@@ -32,14 +35,14 @@ impl PortSet {
     /// Every port, and drops.
     pub fn all() -> Self {
         PortSet {
-            bits: [u64::MAX; 4],
+            bits: [u64::MAX; PORT_WORDS],
             drops: true,
         }
     }
 
-    /// The ports given (indices up to 255), and drops if `drops`.
+    /// The ports given (ids below 320), and drops if `drops`.
     pub fn of(ports: impl IntoIterator<Item = u16>, drops: bool) -> Self {
-        let mut bits = [0u64; 4];
+        let mut bits = [0u64; PORT_WORDS];
         for p in ports {
             if let Some(w) = bits.get_mut(usize::from(p) / 64) {
                 *w |= 1 << (p % 64);
@@ -82,7 +85,9 @@ pub struct CaptureSession {
     pub ports: PortSet,
     pub snaplen: usize,
     shared: Arc<Shared>,
-    writer: Option<JoinHandle<PcapngOut>>,
+    /// The writer thread (to wake it) and its handle (to join it at the stop).
+    thread: std::thread::Thread,
+    writer: Mutex<Option<JoinHandle<PcapngOut>>>,
 }
 
 impl CaptureSession {
@@ -116,13 +121,18 @@ impl CaptureSession {
             ports,
             snaplen,
             shared,
-            writer: Some(writer),
+            thread: writer.thread().clone(),
+            writer: Mutex::new(Some(writer)),
         })
     }
 
-    /// A free slot to fill, or `None` (counted as dropped) when the writer is behind.
+    /// A free slot to fill, or `None` (counted as dropped) when the writer is behind; `None`
+    /// too once the capture stopped (a worker may hold it for a batch more).
     #[inline]
     pub fn slot(&self) -> Option<Box<Record>> {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return None;
+        }
         let r = self.shared.free.pop();
         if r.is_none() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -143,9 +153,7 @@ impl CaptureSession {
     #[inline]
     pub fn wake(&self) {
         if self.shared.idle.swap(false, Ordering::AcqRel) {
-            if let Some(w) = &self.writer {
-                w.thread().unpark();
-            }
+            self.thread.unpark();
         }
     }
 
@@ -166,24 +174,19 @@ impl CaptureSession {
     }
 
     /// Stops the capture: the writer drains the queue, flushes and ends. Returns the output
-    /// (for its file list) and the counts.
-    pub fn stop(mut self) -> (Option<PcapngOut>, CaptureStats) {
+    /// (for its file list; `None` if already stopped) and the counts.
+    pub fn stop(&self) -> (Option<PcapngOut>, CaptureStats) {
         self.shared.stop.store(true, Ordering::Release);
-        let out = self.writer.take().and_then(|w| {
-            w.thread().unpark();
-            w.join().ok()
-        });
+        self.thread.unpark();
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let out = w.and_then(|w| w.join().ok());
         (out, self.stats())
     }
 }
 
 impl Drop for CaptureSession {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(w) = self.writer.take() {
-            w.thread().unpark();
-            let _ = w.join();
-        }
+        let _ = self.stop();
     }
 }
 
@@ -254,10 +257,10 @@ mod tests {
 
     #[test]
     fn port_sets() {
-        let s = PortSet::of([0, 63, 64, 255], false);
-        assert!(s.has(0) && s.has(63) && s.has(64) && s.has(255));
-        assert!(!s.has(1) && !s.has(256) && !s.drops);
-        assert!(PortSet::all().has(200));
+        let s = PortSet::of([0, 63, 64, 255, 318], false);
+        assert!(s.has(0) && s.has(63) && s.has(64) && s.has(255) && s.has(318));
+        assert!(!s.has(1) && !s.has(256) && !s.has(320) && !s.drops);
+        assert!(PortSet::all().has(318));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 use super::groups::{Group, Groups};
 use super::ports::PortIo;
+use super::tap::Tap;
 use super::views::Views;
 use super::TX_BATCH;
+use crate::capture::Direction;
 use crate::dma_engine::frame::MAX_HEAD;
 use crate::port::{QueueFault, RxBatch, RxDrop, RxQueues, RxScratch, TxFrame};
 use crate::rss::Steering;
@@ -93,8 +95,8 @@ impl Deliveries {
     }
 
     /// Writes the deliveries of `frames` into the destinations' RX rings, one lock per ring,
-    /// and empties the list.
-    pub fn write(&mut self, frames: &[TxFrame], views: &mut Views) {
+    /// and empties the list; `tap` records them when a capture runs.
+    pub fn write(&mut self, frames: &[TxFrame], views: &mut Views, tap: &Tap) {
         for d in &self.list {
             self.groups.add(d.dst, d.queue);
         }
@@ -105,7 +107,7 @@ impl Deliveries {
             };
             let mut tally = RxTally::default();
             let fault = match view.io.as_mut() {
-                Some(io) => write_group(io, &g, self, frames, &mut tally),
+                Some(io) => write_group(io, &g, self, frames, &mut tally, tap),
                 None => {
                     tally.no_buffer += u64::from(g.len);
                     None
@@ -129,6 +131,7 @@ fn write_group(
     p: &mut Deliveries,
     frames: &[TxFrame],
     tally: &mut RxTally,
+    tap: &Tap,
 ) -> Option<QueueFault> {
     let (mut rx, fault) = match io.open(usize::from(g.queue), g.len as usize) {
         Ok(rx) => (rx, None),
@@ -153,6 +156,13 @@ fn write_group(
             Some(rx) => rx.push(&fv, &mut p.scratch),
             None => Err(RxDrop::NoBuffer),
         };
+        if tap.on {
+            let k = usize::from(d.frame);
+            match result {
+                Ok(()) => tap.record(k, Some(d.dst), Direction::Outbound, &fv, None),
+                Err(e) => tap.record(k, None, Direction::Outbound, &fv, Some(rx_drop_name(e))),
+            }
+        }
         match result {
             Ok(()) => {
                 tally.packets += 1;
@@ -172,4 +182,13 @@ fn write_group(
         tally.no_buffer += lost.frames;
     }
     fault
+}
+
+/// The drop counter an RX refusal is counted in.
+fn rx_drop_name(e: RxDrop) -> &'static str {
+    match e {
+        RxDrop::NoBuffer => "drop_no_rx_buffer",
+        RxDrop::Oversize => "drop_oversize_rx",
+        RxDrop::Mtu => "drop_mtu",
+    }
 }

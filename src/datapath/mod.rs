@@ -12,12 +12,14 @@
 //! - `groups.rs`: deliveries grouped by destination RX ring in one pass, in order.
 //! - `deliver.rs`: the groups written into RX rings, counted once per group.
 //!
-//! A capture tap (a later issue) is a hook on `pipeline.rs`, not a port.
+//! - `tap.rs`: the capture hook: records of the batch's frames for the running captures
+//!   (`capture`), one relaxed load per batch while none runs. A capture is not a port.
 
 mod deliver;
 pub mod groups;
 mod pipeline;
 mod ports;
+mod tap;
 mod views;
 mod worker;
 

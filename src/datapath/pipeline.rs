@@ -6,11 +6,13 @@
 
 use super::deliver::{Deliveries, Delivery};
 use super::groups::Groups;
+use super::tap::Tap;
 use super::views::Views;
 use super::TX_BATCH;
+use crate::capture::{CaptureHub, Decision, Direction, VlanAction};
 use crate::events::EventBus;
 use crate::pf::UPLINK_PORT_ID;
-use crate::port::{TxFrame, TxPending, TxPop, TxQueues};
+use crate::port::{FrameView, TxFrame, TxPending, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
 use crate::stats::PortTotals;
 use crate::switch::EdgePolicy;
@@ -134,10 +136,16 @@ pub struct Pipeline {
     throttle: u64,
     /// The earliest time a held-back queue is to be tried again.
     next_retry: Option<u64>,
+    /// The capture hook (one relaxed load per batch while no capture runs).
+    tap: Tap,
 }
 
 impl Pipeline {
-    pub fn new(switch: Arc<Mutex<Switch>>, events: Arc<EventBus>) -> Self {
+    pub fn new(
+        switch: Arc<Mutex<Switch>>,
+        events: Arc<EventBus>,
+        captures: Arc<CaptureHub>,
+    ) -> Self {
         Pipeline {
             switch,
             events,
@@ -150,6 +158,7 @@ impl Pipeline {
             dests: Vec::with_capacity(crate::pf::PORT_SLOTS),
             throttle: 0,
             next_retry: None,
+            tap: Tap::new(captures, TX_BATCH),
         }
     }
 
@@ -200,8 +209,14 @@ impl Pipeline {
                 }
             };
             let port = view.port.clone();
+            self.tap.begin();
             let sent = self.switch_batch(views, src, &port, qp, n);
-            self.deliveries.write(&self.frames[..sent], views);
+            if self.tap.on {
+                self.capture_batch(views, &port, qp, sent);
+            }
+            self.deliveries
+                .write(&self.frames[..sent], views, &self.tap);
+            self.tap.end();
             let Some(view) = views.get_mut(src) else {
                 break;
             };
@@ -460,6 +475,7 @@ impl Pipeline {
             let c = &view.port.counters.totals;
             if let Err(drop) = policy::egress(&view.policy, self.frames[k].head()) {
                 count_policy_drop(c, drop);
+                self.tap.egress_drop(k, dst, policy_drop_name(drop));
                 return;
             }
             self.deliveries.list.push(Delivery {
@@ -482,6 +498,7 @@ impl Pipeline {
         let strip = match policy::egress(&view.policy, f.head()) {
             Err(drop) => {
                 count_policy_drop(c, drop);
+                self.tap.egress_drop(k, dst, policy_drop_name(drop));
                 return;
             }
             Ok(Egress::Pass) => false,
@@ -489,6 +506,7 @@ impl Pipeline {
         };
         if view.enabled.is_empty() {
             c.drop_no_rx_buffer.inc();
+            self.tap.egress_drop(k, dst, "drop_no_rx_buffer");
             return;
         }
         let (queue, by, fell_back) = match &view.rss_fast {
@@ -579,6 +597,105 @@ impl Pipeline {
             }
         }
         groups.clear();
+    }
+}
+
+impl Pipeline {
+    /// The batch's captures (some capture runs): each sent frame's decision, its inbound
+    /// record on the sender's interface, and the frames dropped at the sender's edge, for want
+    /// of a destination, and at the destinations' edges, on `drops`. The outbound records are
+    /// made as the frames are written (`Deliveries::write`).
+    fn capture_batch(&mut self, views: &Views, port: &Port, qp: usize, cut: usize) {
+        let Pipeline {
+            tap,
+            frames,
+            decided,
+            deliveries,
+            verdicts,
+            ..
+        } = self;
+        let policy = port.edge_policy();
+        let id = port.spec.id.0;
+        for k in 0..cut {
+            let dropped_at_egress = tap.egress_drops().any(|(f, _, _)| f == k);
+            let Some(d) = tap.decision_mut(k) else {
+                break;
+            };
+            *d = Decision {
+                ingress: id,
+                ingress_queue: qp as u16,
+                ..Decision::default()
+            };
+            let dec = &decided[k];
+            d.drop = match dec.drop {
+                Some(Dropped::Malformed) => Some("drop_malformed"),
+                Some(Dropped::Policy(p)) => Some(policy_drop_name(p)),
+                None => None,
+            };
+            if dec.hdr.is_none() {
+                continue;
+            }
+            if policy.is_vf && policy.vlan != 0 {
+                d.vlan = VlanAction::Insert {
+                    vid: policy.vlan,
+                    tpid: policy.tpid,
+                };
+            }
+            let (mut n, mut by) = (0, None);
+            for del in deliveries.list.iter().filter(|x| usize::from(x.frame) == k) {
+                d.push_egress(del.dst, del.queue);
+                n += 1;
+                by = Some(del.by);
+                if del.strip {
+                    let vid = views.get(usize::from(del.dst)).map_or(0, |v| v.policy.vlan);
+                    d.vlan = VlanAction::Strip { vid };
+                }
+            }
+            if n == 1 {
+                d.steering = by;
+            }
+            if n == 0 && !dropped_at_egress {
+                d.drop = Some(match verdicts[k] {
+                    Verdict::SamePort => "drop_same_port",
+                    _ => "drop_no_destination",
+                });
+            }
+        }
+        for (k, f) in frames[..cut].iter().enumerate() {
+            let view = frame_view(f);
+            tap.record(k, Some(id), Direction::Inbound, &view, None);
+            let drop = tap.decision_mut(k).and_then(|d| d.drop);
+            if drop.is_some() {
+                tap.record(k, None, Direction::Inbound, &view, drop);
+            }
+        }
+        for (k, _, reason) in tap.egress_drops() {
+            if let Some(f) = frames.get(k) {
+                tap.record(k, None, Direction::Outbound, &frame_view(f), Some(reason));
+            }
+        }
+    }
+}
+
+/// A popped frame as the capture copies it (nothing of a malformed one, whose head was never
+/// taken).
+fn frame_view(f: &TxFrame) -> FrameView<'_> {
+    if f.ok {
+        // SAFETY: the frame belongs to the batch being switched, not yet completed: its
+        // segments stay readable (`TxFrame::view`'s contract).
+        unsafe { f.view() }
+    } else {
+        // SAFETY: a zero-length view reads no segment.
+        unsafe { FrameView::new(&[], 0, 0, &f.segs) }
+    }
+}
+
+/// The drop counter a policy drop is counted in.
+fn policy_drop_name(d: PolicyDrop) -> &'static str {
+    match d {
+        PolicyDrop::LinkDown => "drop_link_down",
+        PolicyDrop::SpoofChk => "drop_spoofchk",
+        PolicyDrop::VlanFilter => "drop_vlan_filter",
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::pipeline::Pipeline;
 use super::views::Views;
+use crate::capture::CaptureHub;
 use crate::events::EventBus;
 use crate::port::Waker;
 use crate::switch::Switch;
@@ -41,6 +42,7 @@ pub struct DataPlane {
     switch: Arc<Mutex<Switch>>,
     events: Arc<EventBus>,
     uplink: Option<Arc<Uplink>>,
+    captures: Arc<CaptureHub>,
 }
 
 impl DataPlane {
@@ -61,7 +63,14 @@ impl DataPlane {
             switch,
             events,
             uplink: None,
+            captures: Arc::default(),
         }
+    }
+
+    /// Feeds the running captures of `captures` (none by default).
+    pub fn with_captures(mut self, captures: Arc<CaptureHub>) -> Self {
+        self.captures = captures;
+        self
     }
 
     /// Serves the uplink too (its port is in the table).
@@ -116,7 +125,7 @@ impl Worker {
                 cfg.poll,
                 cfg.uplink.clone(),
             ),
-            pipeline: Pipeline::new(cfg.switch.clone(), cfg.events.clone()),
+            pipeline: Pipeline::new(cfg.switch.clone(), cfg.events.clone(), cfg.captures.clone()),
             last_age: 0,
             round: 0x9e37_79b9_7f4a_7c15 ^ cfg.worker as u64,
             cfg,

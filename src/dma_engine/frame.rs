@@ -63,6 +63,19 @@ impl<'a> FrameView<'a> {
             unsafe { read_segments(self.segs.as_slice(), self.tail_base, &mut out[split..]) };
         (read == self.len - split).then_some(self.len)
     }
+
+    /// Copies the frame's first bytes, as many as fit `out` (a capture's snap length); returns
+    /// how many were copied (fewer if the rest is not all there).
+    pub fn copy_prefix(&self, out: &mut [u8]) -> usize {
+        let n = self.len.min(out.len());
+        let split = self.head.len().min(n);
+        out[..split].copy_from_slice(&self.head[..split]);
+        // SAFETY: as in `copy_to`: the segments are readable while the view lives, and `out`
+        // is not in them.
+        let read =
+            unsafe { read_segments(self.segs.as_slice(), self.tail_base, &mut out[split..n]) };
+        split + read
+    }
 }
 
 /// Writes the virtio-net header (for one buffer) and frame bytes `[0, to)` into the first RX

@@ -223,6 +223,29 @@ pub fn pv_port_id(pv: u16) -> PortId {
 /// Port id of the uplink.
 pub const UPLINK_PORT_ID: PortId = PortId(TOTAL_VFS + MAX_PV_PORTS);
 
+/// The name of the port with id `id` (`vf3`, `pv0`, `uplink`), as its spec has it.
+pub fn port_name(id: PortId) -> String {
+    match id.0 {
+        v if v < TOTAL_VFS => format!("vf{v}"),
+        p if p < TOTAL_VFS + MAX_PV_PORTS => format!("pv{}", p - TOTAL_VFS),
+        _ if id == UPLINK_PORT_ID => "uplink".to_string(),
+        other => format!("port{other}"),
+    }
+}
+
+/// The id of the port named `name` (`vf3`, `pv0`, `uplink`), the inverse of `port_name`.
+pub fn port_id_by_name(name: &str) -> Option<PortId> {
+    if name == "uplink" {
+        return Some(UPLINK_PORT_ID);
+    }
+    let num = |rest: &str| rest.parse::<u16>().ok().filter(|_| !rest.starts_with('+'));
+    if let Some(v) = name.strip_prefix("vf").and_then(num) {
+        return (v < TOTAL_VFS).then(|| vf_port_id(v));
+    }
+    let p = name.strip_prefix("pv").and_then(num)?;
+    (p < MAX_PV_PORTS).then(|| pv_port_id(p))
+}
+
 /// Number of port ids: every possible VF and PV port, and the uplink.
 pub const PORT_SLOTS: usize = (TOTAL_VFS + MAX_PV_PORTS + 1) as usize;
 
@@ -243,6 +266,22 @@ pub fn uplink_spec(queues: u16, mtu: u16) -> PortSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_names_and_ids_match() {
+        for id in [
+            vf_port_id(0),
+            vf_port_id(253),
+            pv_port_id(0),
+            pv_port_id(63),
+            UPLINK_PORT_ID,
+        ] {
+            assert_eq!(port_id_by_name(&port_name(id)), Some(id));
+        }
+        for bad in ["vf254", "pv64", "vf", "vf+1", "eth0", "uplink0", "pv-1"] {
+            assert_eq!(port_id_by_name(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn default_macs_are_stable_and_local() {
