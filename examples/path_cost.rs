@@ -1,8 +1,9 @@
-//! What dirty-page logging costs the data plane: VF -> VF through the real binary with two
+//! What the data path's optional features cost: VF -> VF through the real binary with two
 //! userspace frontends (this process, pinned to CPU0; the emulator's worker pinned to CPU1, in
-//! event mode), with logging off and with logging on (both frontends send SET_LOG_BASE and ack
-//! VHOST_F_LOG_ALL, as QEMU does during a migration), and optionally logging off with another
-//! build (`--old BIN`, e.g. the build before logging existed), interleaved, RUNS times each.
+//! event mode). Modes, interleaved, RUNS times each: this build plain; with dirty-page logging
+//! on (both frontends send SET_LOG_BASE and ack VHOST_F_LOG_ALL, as QEMU does during a
+//! migration); with `--capture`, capturing both ports (`--pcap` into a temporary directory);
+//! and with `--old BIN` another build plain (e.g. the build before a feature existed).
 //!
 //! The sender queues bursts of 256 frames (`--burst`) with one kick and waits until the receiver has them
 //! all, so every mode sees the same batches. Reported per mode: the rate, and the emulator's
@@ -10,8 +11,8 @@
 //! window), which follows the machine's speed swings far less than the rate does. Medians of
 //! the runs with the spread, and the ratios to "this build, logging off".
 //!
-//!     cargo build --release --example log_cost
-//!     target/release/examples/log_cost [--old BIN] [--runs 5] [--secs 3] [--size 64]
+//!     cargo build --release --example path_cost
+//!     target/release/examples/path_cost [--old BIN] [--capture] [--runs 5] [--secs 3] [--size 64]
 
 use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use sriov_emu::pf::default_vf_mac;
@@ -26,6 +27,7 @@ struct Opts {
     secs: f64,
     size: usize,
     burst: usize,
+    capture: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -43,12 +45,14 @@ fn parse() -> Result<Opts, String> {
         secs: 3.0,
         size: 64,
         burst: 256,
+        capture: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--old" => o.old = Some(PathBuf::from(val()?)),
+            "--capture" => o.capture = true,
             "--bin" => o.bin = PathBuf::from(val()?),
             "--runs" => o.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--secs" => o.secs = val()?.parse().map_err(|e| format!("--secs: {e}"))?,
@@ -56,7 +60,7 @@ fn parse() -> Result<Opts, String> {
             "--burst" => o.burst = val()?.parse().map_err(|e| format!("--burst: {e}"))?,
             "-h" | "--help" => {
                 return Err(
-                    "usage: log_cost [--old BIN] [--bin BIN] [--runs N] [--secs S] \
+                    "usage: path_cost [--old BIN] [--capture] [--bin BIN] [--runs N] [--secs S] \
                             [--size BYTES] [--burst N]"
                         .into(),
                 )
@@ -101,21 +105,25 @@ struct Emulator {
 }
 
 impl Emulator {
-    fn start(bin: &Path) -> Result<Emulator, String> {
+    fn start(bin: &Path, capture: bool) -> Result<Emulator, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().to_path_buf();
-        let child = Command::new(bin)
-            .args([
-                "run",
-                "--vfs",
-                "2",
-                "--pv-ports",
-                "0",
-                "--cpus",
-                "1",
-                "--socket-dir",
-            ])
-            .arg(&path)
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "run",
+            "--vfs",
+            "2",
+            "--pv-ports",
+            "0",
+            "--cpus",
+            "1",
+            "--socket-dir",
+        ])
+        .arg(&path);
+        if capture {
+            cmd.arg("--pcap").arg(path.join("pcap"));
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -171,8 +179,12 @@ fn pump(
 }
 
 /// One measurement: (Mpps, emulator CPU ns per frame).
-fn measure(bin: &Path, log: bool, o: &Opts) -> Result<(f64, f64), String> {
-    let emu = Emulator::start(bin)?;
+/// A mode: its name, the binary, dirty logging on, capture on.
+type Mode = (&'static str, PathBuf, bool, bool);
+
+fn measure(mode: &Mode, o: &Opts) -> Result<(f64, f64), String> {
+    let (_, bin, log, capture) = mode;
+    let emu = Emulator::start(bin, *capture)?;
     let cfg = FrontendConfig {
         queue_size: 1024,
         ..FrontendConfig::default()
@@ -181,7 +193,7 @@ fn measure(bin: &Path, log: bool, o: &Opts) -> Result<(f64, f64), String> {
         .map_err(|e| format!("vf0: {e}"))?;
     let mut rx = VirtioNetFrontend::connect(emu.dir.join("vf1.sock"), cfg)
         .map_err(|e| format!("vf1: {e}"))?;
-    let _logs = if log {
+    let _logs = if *log {
         Some((
             tx.start_dirty_log().map_err(|e| format!("vf0 log: {e}"))?,
             rx.start_dirty_log().map_err(|e| format!("vf1 log: {e}"))?,
@@ -226,17 +238,21 @@ fn main() -> ExitCode {
         }
     };
     pin_to(0);
-    let mut modes: Vec<(&str, PathBuf, bool)> = vec![
-        ("this build, logging off", o.bin.clone(), false),
-        ("this build, logging on", o.bin.clone(), true),
+    let mut modes: Vec<Mode> = vec![
+        ("this build", o.bin.clone(), false, false),
+        ("this build, logging on", o.bin.clone(), true, false),
     ];
+    if o.capture {
+        modes.push(("this build, capture on", o.bin.clone(), false, true));
+    }
     if let Some(old) = &o.old {
-        modes.push(("older build, logging off", old.clone(), false));
+        modes.push(("older build", old.clone(), false, false));
     }
     let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
     for r in 0..o.runs {
-        for (i, (name, bin, log)) in modes.iter().enumerate() {
-            match measure(bin, *log, &o) {
+        for (i, mode) in modes.iter().enumerate() {
+            let name = mode.0;
+            match measure(mode, &o) {
                 Ok(m) => {
                     println!(
                         "run {}: {name}: {:.3} Mpps, {:.0} ns/frame",
@@ -265,7 +281,7 @@ fn main() -> ExitCode {
             (median(&mut rate), median(&mut ns))
         })
         .collect();
-    for (i, (name, _, _)) in modes.iter().enumerate() {
+    for (i, (name, ..)) in modes.iter().enumerate() {
         let r = &results[i];
         let lo = |f: fn(&(f64, f64)) -> f64| r.iter().map(f).fold(f64::MAX, f64::min);
         let hi = |f: fn(&(f64, f64)) -> f64| r.iter().map(f).fold(0.0, f64::max);
