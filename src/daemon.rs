@@ -126,6 +126,8 @@ pub struct CaptureInfo {
     pub path: PathBuf,
     pub captured: u64,
     pub dropped: u64,
+    /// Why the capture stopped writing (its file or pipe failed), if it did.
+    pub error: Option<String>,
 }
 
 impl DaemonConfig {
@@ -660,6 +662,7 @@ impl Daemon {
                 path,
                 captured: stats.captured,
                 dropped: stats.dropped,
+                error: s.error(),
             },
             files,
         ))
@@ -678,6 +681,7 @@ impl Daemon {
                     path: paths.get(&id).cloned().unwrap_or_default(),
                     captured: st.captured,
                     dropped: st.dropped,
+                    error: s.error(),
                 }
             })
             .collect()

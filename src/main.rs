@@ -118,6 +118,23 @@ enum CtlCmd {
     /// Print events (VF_ATTACHED, VF_LINK_CHANGE, UPLINK_CARRIER, FDB_MOVE, ...) as they happen,
     /// one JSON per line.
     Events,
+    /// Capture ports into a pcapng file or stream one: `ctl capture vf1 -w - | tshark -i -`
+    /// (or `| wireshark -k -i -`) shows the frames live, until the reader goes or Ctrl-C;
+    /// `ctl capture vf0,pv0,drops -w /tmp/x.pcapng` captures until Ctrl-C (or --duration).
+    /// Interfaces: one per port and `drops`; every frame carries the switch's decision.
+    Capture {
+        /// Ports to capture, e.g. `vf0,pv0,uplink,drops` [default: every port and drops].
+        ports: Option<String>,
+        /// Where to: a file, or `-` for standard output.
+        #[arg(short = 'w', long = "write", value_name = "FILE|-")]
+        write: String,
+        /// Bytes kept of each frame, 1..=65535 [default: the largest frame].
+        #[arg(short = 's', long, value_name = "BYTES")]
+        snaplen: Option<u32>,
+        /// Stop after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
     /// Run any control command: `ctl qmp query-vfs '{"...": ...}'`.
     Qmp {
         command: String,
@@ -496,6 +513,12 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
         },
+        CtlCmd::Capture {
+            ports,
+            write,
+            snaplen,
+            duration,
+        } => ctl_capture(&mut c, ports, &write, snaplen, duration)?,
         CtlCmd::Qmp { command, arguments } => {
             let args = match arguments {
                 Some(s) => serde_json::from_str(&s)
@@ -506,6 +529,135 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// `ctl capture`: starts a capture into `write` (a file, or `-`: a FIFO the emulator writes
+/// and this copies to standard output), waits for Ctrl-C, `duration`, or (streaming) the end of
+/// the stream or of its reader, then stops it.
+fn ctl_capture(
+    c: &mut Client,
+    ports: Option<String>,
+    write: &str,
+    snaplen: Option<u32>,
+    duration: Option<u64>,
+) -> Result<(), ClientError> {
+    let signals = block_signals();
+    let stream = write == "-";
+    let (file, fifo) = if stream {
+        let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!("sriov-emu-capture-{}.fifo", std::process::id()));
+        let fifo = capture_fifo(&path).map_err(|e| {
+            ClientError::Usage(format!("cannot make the FIFO {}: {e}", path.display()))
+        })?;
+        (path, Some(fifo))
+    } else {
+        let p = PathBuf::from(write);
+        let p = if p.is_absolute() {
+            p
+        } else {
+            std::env::current_dir().map_err(ClientError::Io)?.join(p)
+        };
+        (p, None)
+    };
+    let mut args = serde_json::json!({ "file": file });
+    if let Some(p) = &ports {
+        args["ports"] = serde_json::json!(p.split(',').map(str::trim).collect::<Vec<_>>());
+    }
+    if let Some(n) = snaplen {
+        args["snaplen"] = serde_json::json!(n);
+    }
+    let started = c.execute("capture-start", args);
+    if fifo.is_some() {
+        // The emulator has it open (or failed): the name is no longer needed.
+        let _ = std::fs::remove_file(&file);
+    }
+    let id = started?["id"].as_u64().unwrap_or(0);
+    let copier = fifo.map(|f| {
+        std::thread::spawn(move || {
+            let r = copy_stream(f);
+            // Wake the main thread, waiting for a signal.
+            // SAFETY: kill(2) on our own PID with a signal the main thread waits for.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            r
+        })
+    });
+    match duration {
+        Some(secs) => wait_signal_for(&signals, Duration::from_secs(secs)),
+        None => {
+            wait_signal(&signals);
+        }
+    }
+    let stopped = c.execute("capture-stop", serde_json::json!({ "id": id }));
+    if let Some(t) = copier {
+        let _ = t.join();
+    }
+    let st = stopped?;
+    eprintln!(
+        "captured {} frames ({} dropped: the writer was behind) into {}",
+        st["captured"],
+        st["capture_dropped"],
+        if stream {
+            "standard output".to_string()
+        } else {
+            st["files"].to_string()
+        }
+    );
+    if let Some(e) = st.get("error") {
+        eprintln!("the capture stopped writing: {e}");
+    }
+    Ok(())
+}
+
+/// Makes a FIFO at `path` and opens it for reading without waiting for a writer.
+fn capture_fifo(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Copies the capture from the FIFO to standard output until the emulator closes it or the
+/// reader of standard output goes.
+fn copy_stream(f: std::fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    // Blocking from now on: the writer is there.
+    // SAFETY: fcntl(2) on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    let (mut f, mut out) = (f, std::io::stdout().lock());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
+}
+
+/// Waits for SIGINT/SIGTERM, at most `timeout`.
+fn wait_signal_for(set: &libc::sigset_t, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` and `ts` are initialised and live across the call.
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
 }
 
 fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {

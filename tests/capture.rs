@@ -258,3 +258,144 @@ fn a_pcap_run_shows_every_frame_where_the_counters_say_and_every_drop_with_its_r
     }
     assert_eq!(on_drops.len() as u64, drops.values().sum::<u64>());
 }
+
+/// `ctl capture vf1 -w - | tshark -i -` shows frames sent while it runs; Ctrl-C (SIGINT to
+/// ctl) stops the capture and ends the stream.
+#[test]
+fn ctl_capture_streams_live_into_tshark() {
+    use common::{connect, pairs, vf_mac, Emu, WAIT};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let mut tx = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut rx = connect(emu.path(), "vf1", pairs(1, 1));
+    let mut ctl = Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+        .args(["ctl", "--socket-dir"])
+        .arg(emu.path())
+        .args(["capture", "vf1", "-w", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tshark = Command::new("tshark")
+        .args([
+            "-l",
+            "-i",
+            "-",
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.comment",
+        ])
+        .stdin(ctl.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("tshark is missing ({e}): ./scripts/setup installs it"));
+    // The capture runs once the control socket lists it.
+    let t = std::time::Instant::now();
+    while emu
+        .control()
+        .execute("query-captures", serde_json::json!({}))
+        .unwrap()
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        assert!(t.elapsed() < WAIT, "the capture never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut frame = vec![0u8; 60];
+    frame[..6].copy_from_slice(&vf_mac(1).0);
+    frame[6..12].copy_from_slice(&vf_mac(0).0);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    for _ in 0..10 {
+        tx.send_wait(0, &frame, WAIT).unwrap();
+    }
+    rx.drain(std::time::Duration::from_millis(100));
+    // Ten lines from tshark while the capture still runs: vf1's outbound frames.
+    let lines = std::sync::mpsc::channel();
+    let out = BufReader::new(tshark.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if lines.0.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match lines.1.recv_timeout(WAIT) {
+            Ok(l) => got.push(l),
+            Err(_) => panic!("tshark showed {} lines live: {got:?}", got.len()),
+        }
+    }
+    assert!(
+        got.iter()
+            .all(|l| l == "vf1\tin vf0 q0; out vf1 q0; steered by non_ip"),
+        "{got:?}"
+    );
+    // Ctrl-C: ctl stops the capture and the stream ends.
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(ctl.id() as i32, libc::SIGINT) };
+    let st = ctl.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut ctl.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(st.success(), "ctl: {st}: {err}");
+    assert!(err.contains("captured 10 frames (0 dropped"), "{err}");
+    assert!(tshark.wait().unwrap().success());
+    let _ = reader.join();
+    let left = emu
+        .control()
+        .execute("query-captures", serde_json::json!({}))
+        .unwrap();
+    assert_eq!(left, serde_json::json!([]));
+}
+
+/// The control commands check their input before starting anything.
+#[test]
+fn capture_commands_refuse_bad_input_clearly() {
+    use common::Emu;
+    let emu = Emu::start(&["--vfs", "1", "--pv-ports", "0"]);
+    let err = |args: serde_json::Value| {
+        emu.control()
+            .execute("capture-start", args)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(serde_json::json!({"file": "rel.pcapng"})).contains("must be an absolute path"));
+    let f = emu.path().join("x.pcapng");
+    assert_eq!(
+        err(serde_json::json!({"file": f, "ports": ["vf9x"]})),
+        "no port \"vf9x\" to capture (ports: vfN, pvN, uplink, drops)"
+    );
+    assert!(err(serde_json::json!({"file": f, "snaplen": 0})).contains("out of range"));
+    assert!(err(serde_json::json!({"file": f, "max-mb": 0})).contains("at least 1"));
+    let e = emu
+        .control()
+        .execute("capture-stop", serde_json::json!({"id": 7}))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "no capture 7");
+    // A good one starts, is listed, and stops with its file.
+    let id = emu
+        .control()
+        .execute(
+            "capture-start",
+            serde_json::json!({"file": f, "ports": ["vf0", "drops"]}),
+        )
+        .unwrap()["id"]
+        .clone();
+    let list = emu
+        .control()
+        .execute("query-captures", serde_json::json!({}))
+        .unwrap();
+    assert_eq!(list[0]["id"], id);
+    let stopped = emu
+        .control()
+        .execute("capture-stop", serde_json::json!({"id": id}))
+        .unwrap();
+    assert_eq!(stopped["files"], serde_json::json!([f]));
+    assert!(f.exists());
+}

@@ -225,7 +225,11 @@ fn write_loop(s: &Shared, mut out: PcapngOut, name: &dyn Fn(u16) -> String) -> P
     }
 }
 
+/// The output failed (a full disk, a reader gone from a pipe): the capture takes no more
+/// frames (`slot` sees `stop`), the writer drains and ends, the error stays for the control
+/// plane to show.
 fn fail(s: &Shared, e: &PcapngError) {
+    s.stop.store(true, Ordering::Release);
     let msg = crate::ErrorChain(e).to_string();
     tracing::warn!("capture stopped writing: {msg}");
     let mut err = s.error.lock().unwrap_or_else(|e| e.into_inner());

@@ -40,6 +40,9 @@ const COMMAND_ARGS: &[(&str, &[&str])] = &[
     ("query-stats", &["port"]),
     ("query-fdb", &[]),
     ("fdb-flush", &[]),
+    ("capture-start", &["file", "ports", "snaplen", "max-mb"]),
+    ("capture-stop", &["id"]),
+    ("query-captures", &[]),
     ("quit", &[]),
 ];
 
@@ -89,6 +92,11 @@ pub fn execute(
             d.fdb_flush();
             Ok(json!({}))
         }
+        "capture-start" => capture_start(d, &mut a),
+        "capture-stop" => capture_stop(d, &mut a),
+        "query-captures" => Ok(Value::Array(
+            d.captures().iter().map(capture_info).collect(),
+        )),
         "quit" => {
             quit();
             Ok(json!({}))
@@ -446,6 +454,82 @@ fn query_fdb(d: &Daemon) -> CmdResult {
         })
         .collect();
     Ok(Value::Array(entries))
+}
+
+/// The largest snap length a capture takes (a jumbo frame with two VLAN tags fits the default).
+const MAX_SNAPLEN: u32 = 65_535;
+
+fn capture_start(d: &Daemon, a: &mut Args) -> CmdResult {
+    let file = std::path::PathBuf::from(a.str("file")?);
+    if !file.is_absolute() {
+        return Err(QmpError::generic(
+            "Parameter 'file' must be an absolute path (the emulator's working directory is not \
+             the client's)",
+        ));
+    }
+    let ports = match a.opt_value("ports") {
+        None => None,
+        Some(Value::Array(v)) => Some(
+            v.iter()
+                .map(|p| {
+                    p.as_str().map(str::to_string).ok_or_else(|| {
+                        QmpError::generic("Parameter 'ports' expects a list of port names")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "Parameter 'ports' expects a list of port names",
+            ))
+        }
+    };
+    let snaplen = match a.opt_int("snaplen")? {
+        None => crate::daemon::DEFAULT_SNAPLEN,
+        Some(n) if (1..=i64::from(MAX_SNAPLEN)).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'snaplen' is out of range 1..={MAX_SNAPLEN}: {n}"
+            )))
+        }
+    };
+    let max_bytes = match a.opt_int("max-mb")? {
+        None => None,
+        Some(n) if n >= 1 => Some((n as u64) << 20),
+        Some(n) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'max-mb' must be at least 1: {n}"
+            )))
+        }
+    };
+    let id = d.capture_start(&crate::daemon::CaptureRequest {
+        path: file,
+        ports,
+        snaplen,
+        max_bytes,
+    })?;
+    Ok(json!({ "id": id }))
+}
+
+fn capture_stop(d: &Daemon, a: &mut Args) -> CmdResult {
+    let id = a.u32("id")?;
+    let (info, files) = d.capture_stop(id)?;
+    let mut v = capture_info(&info);
+    v["files"] = json!(files);
+    Ok(v)
+}
+
+fn capture_info(c: &crate::daemon::CaptureInfo) -> Value {
+    let mut v = json!({
+        "id": c.id,
+        "file": c.path,
+        "captured": c.captured,
+        "capture_dropped": c.dropped,
+    });
+    if let Some(e) = &c.error {
+        v["error"] = json!(e);
+    }
+    v
 }
 
 #[cfg(test)]
