@@ -45,6 +45,23 @@ enum MainError {
         index: u32,
         count: u16,
     },
+    #[error(transparent)]
+    Replay(#[from] sriov_emu::capture::replay::ReplayError),
+    #[error("cannot attach to {path} (is the port free? replay takes it as a guest would)")]
+    ReplayAttach {
+        path: PathBuf,
+        #[source]
+        source: sriov_emu::frontend::FrontendError,
+    },
+    #[error("frame {index} of {file} was not sent")]
+    ReplaySend {
+        index: usize,
+        file: PathBuf,
+        #[source]
+        source: sriov_emu::frontend::FrontendError,
+    },
+    #[error("--rate must be at least 1 frame per second")]
+    ReplayRate,
 }
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -65,6 +82,27 @@ enum Cmd {
     QemuArgs(QemuArgsCmd),
     /// Manage a running emulator through its control socket (`ip link ... vf N ...` words).
     Ctl(CtlArgs),
+    /// Send the frames of a pcap or pcapng file into a port as if its guest had transmitted
+    /// them (through its vhost-user socket, which must be free: no QEMU on it).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The capture (pcap or pcapng, Ethernet).
+    file: PathBuf,
+    /// The port that sends them: vf0, pv0, ...
+    #[arg(long, value_name = "PORT")]
+    port: String,
+    /// The emulator's socket directory [default: $XDG_RUNTIME_DIR/sriov-emu or /run/sriov-emu].
+    #[arg(long, value_name = "DIR")]
+    socket_dir: Option<PathBuf>,
+    /// Frames per second [default: as fast as the port takes them].
+    #[arg(long, value_name = "PPS")]
+    rate: Option<u64>,
+    /// Send the whole file N times.
+    #[arg(long = "loop", value_name = "N", default_value_t = 1)]
+    loops: u32,
 }
 
 #[derive(Args, Debug)]
@@ -660,6 +698,64 @@ fn wait_signal_for(set: &libc::sigset_t, timeout: Duration) {
     unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
 }
 
+/// `replay`: the file's frames into the port's TX queue, paced by `--rate`.
+fn replay(a: ReplayArgs) -> Result<(), MainError> {
+    if a.rate == Some(0) {
+        return Err(MainError::ReplayRate);
+    }
+    let got = sriov_emu::capture::replay::read_frames(&a.file)?;
+    let path = a
+        .socket_dir
+        .unwrap_or_else(default_socket_dir)
+        .join(format!("{}.sock", a.port));
+    let cfg = sriov_emu::frontend::FrontendConfig::default();
+    let mut fe = sriov_emu::frontend::VirtioNetFrontend::connect(&path, cfg).map_err(|source| {
+        MainError::ReplayAttach {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let start = std::time::Instant::now();
+    let (mut sent, mut bytes) = (0u64, 0u64);
+    for _ in 0..a.loops {
+        for (i, f) in got.frames.iter().enumerate() {
+            if let Some(pps) = a.rate {
+                let due = start + Duration::from_secs_f64(sent as f64 / pps as f64);
+                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            fe.send_wait(0, f, Duration::from_secs(5))
+                .map_err(|source| MainError::ReplaySend {
+                    index: i,
+                    file: a.file.clone(),
+                    source,
+                })?;
+            sent += 1;
+            bytes += f.len() as u64;
+        }
+    }
+    // The last frames are taken from the ring before the port goes.
+    let t = std::time::Instant::now();
+    while fe.tx_in_flight(0) > 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!(
+        "replayed {sent} frames ({bytes} bytes) into {} in {:.2?}{}",
+        a.port,
+        start.elapsed(),
+        if got.truncated > 0 {
+            format!(
+                "; {} were cut by the capture's snap length and sent as captured",
+                got.truncated
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
 fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
     let (pf, file) = pf_config(&a.pf)?;
     let vf_conf = |i: u16| file.vf.iter().find(|v| v.index == u32::from(i));
@@ -809,6 +905,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::QemuArgs(a) => qemu_args(a),
         Cmd::Ctl(a) => ctl(a).map_err(MainError::from),
+        Cmd::Replay(a) => replay(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,12 +9,15 @@
 //! - `session.rs`: a running capture: its ports, its slot pool, the bounded queue to its writer
 //!   thread; frames it had no slot for are counted (`capture_dropped`), never waited for.
 //!
+//! - `replay.rs`: the frames of a pcap or pcapng file, for `sriov-emu replay`.
+//!
 //! Capture is a hook on the pipeline (`datapath`), not a switch port: it never learns or
 //! receives floods, and it changes nothing the switch decides.
 
 pub mod hub;
 pub mod pcapng;
 pub mod record;
+pub mod replay;
 pub mod session;
 
 pub use hub::{CaptureHub, HubView};
