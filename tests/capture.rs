@@ -491,6 +491,16 @@ fn replaying_the_fixtures_into_vf0_delivers_byte_identical_frames_to_vf1() {
             "frame {i} differs at vf1"
         );
     }
+    // The hash vf1's RSS gives the fixtures' IPv4 UDP flow, as `vf-rss-test` explains it.
+    let explained = emu
+        .control()
+        .execute(
+            "vf-rss-test",
+            serde_json::json!({"vf": 1, "proto": "udp", "src": "198.18.0.1", "dst": "198.18.0.2",
+                               "src-port": 1234, "dst-port": 5678}),
+        )
+        .unwrap();
+    let hash = explained["hash"].as_str().unwrap().to_string();
     drop(rx);
     drop(emu);
     let file = cap.path().join("sriov-emu.pcapng");
@@ -499,6 +509,20 @@ fn replaying_the_fixtures_into_vf0_delivers_byte_identical_frames_to_vf1() {
         got,
         "vf1's capture against what it received"
     );
+    let rows = tshark_fields(&file, &["frame.interface_name", "frame.comment"]);
+    let udp4: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| r[0] == "vf1")
+        .skip(1)
+        .step_by(8)
+        .collect();
+    assert_eq!(udp4.len(), 3);
+    for r in udp4 {
+        assert_eq!(
+            r[1],
+            format!("in vf0 q0; out vf1 q0; steered by rss, hash {hash}")
+        );
+    }
     // The 10-byte frame is refused as a descriptor chain (shorter than an Ethernet header):
     // its record on `drops` has no bytes (a refused chain's memory is never read).
     let dropped = frames_on(&file, "drops");

@@ -627,12 +627,13 @@ impl Pipeline {
                 ..Decision::default()
             };
             let dec = &decided[k];
+            let has_hdr = dec.hdr.is_some();
             d.drop = match dec.drop {
                 Some(Dropped::Malformed) => Some("drop_malformed"),
                 Some(Dropped::Policy(p)) => Some(policy_drop_name(p)),
                 None => None,
             };
-            if dec.hdr.is_none() {
+            if !has_hdr {
                 continue;
             }
             if policy.is_vf && policy.vlan != 0 {
@@ -653,6 +654,19 @@ impl Pipeline {
             }
             if n == 1 {
                 d.steering = by;
+                // The hash the destination's RSS computed (or would have: one queue and a
+                // plain table skip it), with its own key.
+                if by == Some(Steering::Rss) {
+                    let dst = usize::from(d.egress()[0].0);
+                    let tuple = decided[k].tuple(&frames[k]);
+                    d.rss_hash = views
+                        .get(dst)
+                        .filter(|v| v.role != PortRole::Uplink)
+                        .and_then(|v| match &v.rss_fast {
+                            Some(snap) => snap.hash(tuple),
+                            None => v.port.rss_data_path().hash(tuple),
+                        });
+                }
             }
             if n == 0 && !dropped_at_egress {
                 d.drop = Some(match verdicts[k] {

@@ -312,6 +312,11 @@ impl VfRss {
         choose(&self.toeplitz, table, tuple, enabled, hit, false)
     }
 
+    /// The RSS hash of `tuple` with this VF's key (`None` for a frame that is not IP).
+    pub fn hash(&self, tuple: &FlowTuple) -> Option<u32> {
+        tuple.is_ip().then(|| self.toeplitz.hash_tuple(tuple))
+    }
+
     /// Like `decide`, without side effects, and always with the hash: the debugging answer.
     pub fn explain(&self, tuple: &FlowTuple, enabled: &EnabledQueues) -> Decision {
         let hit = tuple.is_ip().then(|| self.flows.peek(tuple)).flatten();
@@ -357,6 +362,12 @@ impl SteeringSnapshot {
         let i = self.toeplitz.hash_tuple(tuple) as usize % TABLE_SIZE;
         let (q, _, fb) = table_entry(self.user_table.as_deref(), i, enabled);
         (q, Steering::Rss, fb)
+    }
+
+    /// The RSS hash of `tuple` with this VF's key (`None` for a frame that is not IP): what a
+    /// capture shows beside the queue.
+    pub fn hash(&self, tuple: &FlowTuple) -> Option<u32> {
+        tuple.is_ip().then(|| self.toeplitz.hash_tuple(tuple))
     }
 
     /// True when only the hash and the default spread are involved.
