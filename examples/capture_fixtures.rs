@@ -13,25 +13,12 @@ use pcap_file::pcapng::blocks::interface_description::{
 };
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, TsResolution};
+use sriov_emu::wire::checksum::{fold, ones_sum as sum};
 use std::borrow::Cow;
 use std::time::Duration;
 
 const SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const DST: [u8; 6] = [2, 0, 0, 0, 1, 1];
-
-fn sum(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
 
 fn eth(dst: [u8; 6], tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = dst.to_vec();

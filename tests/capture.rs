@@ -534,3 +534,151 @@ fn replaying_the_fixtures_into_vf0_delivers_byte_identical_frames_to_vf1() {
         .count();
     assert_eq!(malformed, 3);
 }
+
+/// A long run under `--pcap-max-mb 1`: the capture is a ring of files whose total stays under
+/// the limit, and a SIGTERM in the middle of the traffic leaves every file readable.
+#[test]
+fn a_size_limited_capture_stays_under_its_limit_and_survives_sigterm_mid_run() {
+    use common::{connect, pairs, vf_mac, Emu};
+    let cap = tempfile::tempdir().unwrap();
+    let mut emu = Emu::start(&[
+        "--vfs",
+        "2",
+        "--pv-ports",
+        "0",
+        "--pcap",
+        cap.path().to_str().unwrap(),
+        "--pcap-max-mb",
+        "1",
+    ]);
+    let mut tx = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut rx = connect(emu.path(), "vf1", pairs(1, 1));
+    let mut frame = vec![0u8; 1000];
+    frame[..6].copy_from_slice(&vf_mac(1).0);
+    frame[6..12].copy_from_slice(&vf_mac(0).0);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let wait = std::time::Duration::from_secs(2);
+    // About 20 MB of records (two per frame) through a 1 MiB ring, then SIGTERM mid-stream.
+    for i in 0..30_000u32 {
+        frame[14..18].copy_from_slice(&i.to_be_bytes());
+        if i == 10_000 {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(emu.child.id() as i32, libc::SIGTERM) };
+        }
+        if tx.send_wait(0, &frame, wait).is_err() {
+            break;
+        }
+        if i % 256 == 0 {
+            rx.drain(std::time::Duration::ZERO);
+        }
+    }
+    let st = emu.child.wait().unwrap();
+    assert!(st.success(), "the emulator exited with {st}");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(cap.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let total: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    println!("{} files, {total} bytes", files.len());
+    assert!(files.len() >= 2 && files.len() <= 4, "{files:?}");
+    assert!(total <= 1 << 20, "{total} bytes under a 1 MiB limit");
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            name.starts_with("sriov-emu-") && name.ends_with(".pcapng"),
+            "{name}"
+        );
+        // tshark reads it to the end without complaint (no block cut short).
+        let rows = tshark_fields(f, &["frame.interface_name"]);
+        assert!(!rows.is_empty(), "{name} holds no frame");
+    }
+}
+
+/// A capture whose writer is stuck (its FIFO is never read) costs the traffic nothing: every
+/// frame is delivered, about as fast as without the capture, and what the capture had no room
+/// for is counted in `capture_dropped` (captured + dropped = every record it was offered).
+#[test]
+fn a_stuck_capture_writer_costs_no_throughput_and_counts_capture_dropped() {
+    use common::{connect, pairs, vf_mac, Emu, WAIT};
+    use std::os::unix::fs::OpenOptionsExt;
+    const N: u32 = 20_480;
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let mut tx = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut rx = connect(emu.path(), "vf1", pairs(1, 1));
+    let mut frame = [0u8; 64];
+    frame[..6].copy_from_slice(&vf_mac(1).0);
+    frame[6..12].copy_from_slice(&vf_mac(0).0);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let mut run = || {
+        let t = std::time::Instant::now();
+        let mut got = 0u32;
+        for _ in 0..N / 64 {
+            let sent = tx
+                .send_batch(0, std::iter::repeat_n(&frame[..], 64))
+                .unwrap();
+            assert_eq!(sent, 64);
+            let t0 = std::time::Instant::now();
+            let mut burst = 0;
+            while burst < 64 {
+                if rx.recv(0).is_some() {
+                    burst += 1;
+                } else {
+                    assert!(t0.elapsed() < WAIT, "frames stopped arriving");
+                }
+            }
+            got += burst;
+        }
+        (got, t.elapsed())
+    };
+    let (got_before, before) = run();
+    // A FIFO opened for reading and never read: the writer blocks once its 64 KiB are full.
+    let fifo = emu.path().join("stuck.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path alive across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let id = emu
+        .control()
+        .execute("capture-start", serde_json::json!({"file": fifo}))
+        .unwrap()["id"]
+        .clone();
+    let (got_stuck, stuck) = run();
+    let listed = emu
+        .control()
+        .execute("query-captures", serde_json::json!({}))
+        .unwrap();
+    let (captured, dropped) = (
+        listed[0]["captured"].as_u64().unwrap(),
+        listed[0]["capture_dropped"].as_u64().unwrap(),
+    );
+    // The reader goes: the writer's write fails, the capture stops taking frames.
+    drop(reader);
+    let stopped = emu
+        .control()
+        .execute("capture-stop", serde_json::json!({"id": id}))
+        .unwrap();
+    let (got_after, after) = run();
+    println!(
+        "{N} frames: {before:.2?} without the capture, {stuck:.2?} with a stuck one \
+         (captured {captured}, dropped {dropped}), {after:.2?} after it; stop: {stopped}"
+    );
+    assert_eq!((got_before, got_stuck, got_after), (N, N, N));
+    assert_eq!(
+        captured + dropped,
+        2 * u64::from(N),
+        "inbound on vf0 and outbound on vf1"
+    );
+    assert!(
+        dropped > u64::from(N),
+        "the stuck writer took {captured} records"
+    );
+    let plain = before.max(after);
+    assert!(
+        stuck < plain * 2 + std::time::Duration::from_millis(100),
+        "the stuck capture slowed the traffic: {stuck:?} against {plain:?}"
+    );
+}

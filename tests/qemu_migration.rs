@@ -194,18 +194,7 @@ fn a_guest_on_a_vf_migrates_to_another_host_while_frames_arrive_and_keeps_networ
 /// guest's kernel checks both checksums, counts the datagram in NoPorts and drops it), with
 /// `payload` bytes that depend on `seq`.
 fn udp_datagram(dst: [u8; 6], src: [u8; 6], seq: u32, payload: usize) -> Vec<u8> {
-    fn sum(data: &[u8], mut acc: u32) -> u32 {
-        for c in data.chunks(2) {
-            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        acc
-    }
-    fn fold(mut acc: u32) -> u16 {
-        while acc > 0xffff {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        !(acc as u16)
-    }
+    use sriov_emu::wire::checksum::{fold, ones_sum as sum};
     let (sip, dip) = ([198u8, 18, 50, 3], [198u8, 18, 50, 1]);
     let udp_len = 8 + payload;
     let mut udp = Vec::with_capacity(udp_len);

@@ -40,6 +40,8 @@ pub enum PcapngError {
     },
     #[error("cannot write the capture")]
     Write(#[source] pcap_file::PcapError),
+    #[error("cannot write the capture")]
+    Io(#[source] io::Error),
     #[error("cannot remove the old capture file {path}")]
     Remove {
         path: String,
@@ -48,6 +50,16 @@ pub enum PcapngError {
     },
     #[error("a size limit of {0} bytes is below the minimum of {MIN_LIMIT}")]
     LimitTooSmall(u64),
+}
+
+impl From<pcap_file::PcapError> for PcapngError {
+    /// An I/O failure is reported as such (the crate's own text calls every one a read error).
+    fn from(e: pcap_file::PcapError) -> Self {
+        match e {
+            pcap_file::PcapError::IoError(io) => PcapngError::Io(io),
+            other => PcapngError::Write(other),
+        }
+    }
 }
 
 /// Counts what goes through it (buffered bytes included, so a file's size is known before it
@@ -126,7 +138,7 @@ fn writer(out: Box<dyn Write + Send>) -> Result<PcapNgWriter<Sink>, PcapngError>
         inner: BufWriter::with_capacity(256 * 1024, out),
         bytes: 0,
     };
-    PcapNgWriter::with_section_header(sink, section()).map_err(PcapngError::Write)
+    PcapNgWriter::with_section_header(sink, section()).map_err(PcapngError::from)
 }
 
 impl PcapngOut {
@@ -198,7 +210,7 @@ impl PcapngOut {
         self.writer
             .write_pcapng_block(idb)
             .map(|_| ())
-            .map_err(PcapngError::Write)
+            .map_err(PcapngError::from)
     }
 
     /// The id of `port`'s interface in the current file, announced first if new.
@@ -285,7 +297,7 @@ impl PcapngOut {
         self.writer
             .write_pcapng_block(epb)
             .map(|_| ())
-            .map_err(PcapngError::Write)
+            .map_err(PcapngError::from)
     }
 
     /// Pushes what is buffered to the file or stream.

@@ -206,7 +206,7 @@ fn write_loop(s: &Shared, mut out: PcapngOut, name: &dyn Fn(u16) -> String) -> P
         }
         if wrote && !failed {
             if let Err(e) = out.flush() {
-                fail(s, &PcapngError::Write(pcap_file::PcapError::IoError(e)));
+                fail(s, &PcapngError::Io(e));
                 failed = true;
             }
         }
