@@ -27,7 +27,18 @@ fn big_rings() -> FrontendConfig {
     }
 }
 
-/// A sender that keeps its TX ring full (an offered load as high as the ring allows, far
+/// The sender's rings: both of the VF's queue pairs, 1024 entries each. The shaper must always
+/// have frames waiting: 2048 64-byte frames are 5 ms at 200 Mbit/s, which covers the sender
+/// being off the CPU for a scheduler slice on a busy machine (one ring, 2.4 ms, did not: the
+/// rings ran dry and the rate read low, with the shaper idle for want of frames).
+fn sender_rings() -> FrontendConfig {
+    FrontendConfig {
+        queue_size: 1024,
+        ..pairs(2, 2)
+    }
+}
+
+/// A sender that keeps its TX rings full (an offered load as high as the rings allow, far
 /// above any rate here), until `stop`. Returns the frames it queued.
 fn flood(
     mut fe: VirtioNetFrontend,
@@ -37,9 +48,12 @@ fn flood(
     std::thread::spawn(move || {
         let mut queued = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let n = fe
-                .send_batch(0, std::iter::repeat_n(&frame[..], 64))
-                .unwrap_or(0);
+            let mut n = 0;
+            for qp in 0..fe.queue_pairs() {
+                n += fe
+                    .send_batch(qp, std::iter::repeat_n(&frame[..], 64))
+                    .unwrap_or(0);
+            }
             queued += n as u64;
             if n == 0 {
                 std::thread::sleep(Duration::from_micros(200));
@@ -68,7 +82,11 @@ struct Shaped {
 /// vf0 with `max_tx_rate rate` floods vf1 with `len`-byte frames.
 fn shaped(rate: u32, len: usize, poll: bool) -> Shaped {
     let dir = tempfile::tempdir().unwrap();
-    let d = start_daemon_cfg(dir.path(), 2, 0, |c| c.poll = poll);
+    let d = start_daemon_cfg(dir.path(), 2, 0, |c| {
+        c.poll = poll;
+        // Two queue pairs per VF: the sender floods both (`sender_rings`).
+        c.pf.channels_per_vf = 2;
+    });
     d.vf_set(
         0,
         &SettingsUpdate {
@@ -77,7 +95,7 @@ fn shaped(rate: u32, len: usize, poll: bool) -> Shaped {
         },
     )
     .unwrap();
-    let a = connect(&d, "vf0", big_rings());
+    let a = connect(&d, "vf0", sender_rings());
     let mut b = connect(&d, "vf1", big_rings());
     let stop = Arc::new(AtomicBool::new(false));
     let tx = flood(
