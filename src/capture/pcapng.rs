@@ -9,7 +9,6 @@
 //! total stays under the limit. Every file is complete at a block boundary once flushed.
 
 use super::record::Record;
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
@@ -20,7 +19,6 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Files in a size-limited capture's ring.
 pub const RING_FILES: usize = 4;
@@ -107,6 +105,11 @@ pub struct PcapngOut {
     /// current file, in the order they were announced.
     ifaces: HashMap<Option<u16>, u32>,
     order: Vec<(Option<u16>, String)>,
+    /// Port names by id, filled as ports appear (a comment names them without allocating).
+    names: Vec<Option<String>>,
+    /// The comment and the block being encoded (reused: no allocation per record).
+    comment: String,
+    block: Vec<u8>,
 }
 
 fn section() -> SectionHeaderBlock<'static> {
@@ -187,6 +190,9 @@ impl PcapngOut {
             snaplen,
             ifaces: HashMap::new(),
             order: Vec::new(),
+            names: Vec::new(),
+            comment: String::with_capacity(256),
+            block: Vec::with_capacity(16 * 1024),
         }
     }
 
@@ -272,32 +278,85 @@ impl PcapngOut {
         Ok(())
     }
 
+    /// Caches `port`'s name.
+    fn cache_name(&mut self, port: u16, name: &dyn Fn(u16) -> String) {
+        let i = usize::from(port);
+        if self.names.len() <= i {
+            self.names.resize(i + 1, None);
+        }
+        if self.names[i].is_none() {
+            self.names[i] = Some(name(port));
+        }
+    }
+
     /// Writes one frame; `name` gives a port's name (for a new interface and the comment).
+    /// The Enhanced Packet Block is encoded here into a reused buffer, in the section's (the
+    /// machine's) byte order: flags option, comment option, end of options.
     pub fn write(&mut self, r: &Record, name: &dyn Fn(u16) -> String) -> Result<(), PcapngError> {
-        let comment = r.decision.comment(name);
-        // EPB: 32 bytes of header and trailer, the padded data, the options (flags 12,
-        // comment 4 + padded text, end 4).
-        let size = 32
-            + u64::from(r.cap_len.next_multiple_of(4))
-            + 12
-            + 8
-            + comment.len().next_multiple_of(4) as u64;
-        self.rotate_for(size + 64)?;
-        let interface_id = self.iface(r.port, name)?;
-        let epb = EnhancedPacketBlock {
-            interface_id,
-            timestamp: Duration::from_nanos(r.ts_ns),
-            original_len: r.orig_len,
-            data: Cow::Borrowed(r.bytes()),
-            options: vec![
-                EnhancedPacketOption::Flags(r.dir.epb_flags()),
-                EnhancedPacketOption::Comment(Cow::Owned(comment)),
-            ],
+        let d = &r.decision;
+        self.cache_name(d.ingress, name);
+        for &(p, _) in d.egress() {
+            self.cache_name(p, name);
+        }
+        let mut comment = std::mem::take(&mut self.comment);
+        comment.clear();
+        let names = &self.names;
+        d.write_comment(&mut comment, &|p, out| {
+            out.push_str(
+                names
+                    .get(usize::from(p))
+                    .and_then(Option::as_deref)
+                    .unwrap_or("?"),
+            )
+        });
+        let data = r.bytes();
+        let comment_len = comment.len().min(usize::from(u16::MAX) - 3);
+        let size = 28
+            + data.len().next_multiple_of(4)
+            + 8 // flags option
+            + 4
+            + comment_len.next_multiple_of(4)
+            + 4 // end of options
+            + 4; // trailing length
+        let result = self
+            .rotate_for(size as u64)
+            .and_then(|()| self.iface(r.port, name));
+        let interface_id = match result {
+            Ok(id) => id,
+            Err(e) => {
+                self.comment = comment;
+                return Err(e);
+            }
         };
+        let b = &mut self.block;
+        b.clear();
+        let u32s = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_ne_bytes());
+        let u16s = |b: &mut Vec<u8>, v: u16| b.extend_from_slice(&v.to_ne_bytes());
+        let pad = |b: &mut Vec<u8>, n: usize| b.resize(b.len() + (n.next_multiple_of(4) - n), 0);
+        u32s(b, 6); // Enhanced Packet Block
+        u32s(b, size as u32);
+        u32s(b, interface_id);
+        u32s(b, (r.ts_ns >> 32) as u32);
+        u32s(b, r.ts_ns as u32);
+        u32s(b, data.len() as u32);
+        u32s(b, r.orig_len);
+        b.extend_from_slice(data);
+        pad(b, data.len());
+        u16s(b, 2); // epb_flags
+        u16s(b, 4);
+        u32s(b, r.dir.epb_flags());
+        u16s(b, 1); // opt_comment
+        u16s(b, comment_len as u16);
+        b.extend_from_slice(&comment.as_bytes()[..comment_len]);
+        pad(b, comment_len);
+        u32s(b, 0); // opt_endofopt
+        u32s(b, size as u32);
+        self.comment = comment;
+        debug_assert_eq!(self.block.len(), size);
         self.writer
-            .write_pcapng_block(epb)
-            .map(|_| ())
-            .map_err(PcapngError::from)
+            .get_mut()
+            .write_all(&self.block)
+            .map_err(PcapngError::Io)
     }
 
     /// Pushes what is buffered to the file or stream.
@@ -310,6 +369,7 @@ impl PcapngOut {
 mod tests {
     use super::super::record::{Decision, Direction};
     use super::*;
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
     use pcap_file::pcapng::{Block, PcapNgReader};
 
     fn names(p: u16) -> String {

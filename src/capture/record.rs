@@ -79,13 +79,24 @@ impl Decision {
     /// 100`, or `in vf0 q0; dropped: drop_spoofchk`. `name` gives a port's name.
     pub fn comment(&self, name: &dyn Fn(u16) -> String) -> String {
         let mut s = String::with_capacity(64);
-        let _ = write!(s, "in {} q{}", name(self.ingress), self.ingress_queue);
+        self.write_comment(&mut s, &|p, out| out.push_str(&name(p)));
+        s
+    }
+
+    /// Appends the comment text to `s`; `name(port, s)` appends a port's name (the writer
+    /// keeps the names, so a record costs no allocation).
+    pub fn write_comment(&self, s: &mut String, name: &dyn Fn(u16, &mut String)) {
+        s.push_str("in ");
+        name(self.ingress, s);
+        let _ = write!(s, " q{}", self.ingress_queue);
         if let Some(reason) = self.drop {
             let _ = write!(s, "; dropped: {reason}");
-            return s;
+            return;
         }
         for (i, &(p, q)) in self.egress().iter().enumerate() {
-            let _ = write!(s, "{} {} q{q}", if i == 0 { "; out" } else { "," }, name(p));
+            s.push_str(if i == 0 { "; out " } else { ", " });
+            name(p, s);
+            let _ = write!(s, " q{q}");
         }
         if self.egress_more > 0 {
             let _ = write!(s, " and {} more", self.egress_more);
@@ -105,7 +116,6 @@ impl Decision {
                 let _ = write!(s, "; vlan strip {vid}");
             }
         }
-        s
     }
 }
 
