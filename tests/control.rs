@@ -584,3 +584,92 @@ fn changing_channels_keeps_the_vf_settings_and_rss_configuration() {
         0
     );
 }
+
+/// Control plane security: a process of another uid is refused (SO_PEERCRED) even when the
+/// socket's mode was opened to everyone by hand; at most `MAX_CLIENTS` clients at once, the
+/// next one told why; clients coming and going leave no thread or descriptor behind.
+#[test]
+fn another_uid_is_refused_clients_are_capped_and_leave_nothing_behind() {
+    use sriov_emu::control::MAX_CLIENTS;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let emu = Emu::start(&["--vfs", "1", "--pv-ports", "0"]);
+    let sock = emu.path().join("control.sock");
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Open the directory and the socket to everyone, as a careless admin might.
+        std::fs::set_permissions(emu.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+            .args(["ctl", "--control"])
+            .arg(&sock)
+            .args(["qmp", "query-version"])
+            .uid(54_321)
+            .gid(54_321)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "another uid was served");
+        assert!(
+            err.contains("permission denied: uid 54321 is not the emulator's (uid 0)"),
+            "{err}"
+        );
+    } else {
+        eprintln!("SKIPPED: the other-uid half needs root to run a process as another uid");
+    }
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", emu.child.id()))
+            .unwrap()
+            .count()
+    };
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", emu.child.id()))
+            .unwrap()
+            .count()
+    };
+    let greeted = |s: &UnixStream| {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    // Warm up once (lazy threads), then count.
+    drop(emu.control());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (fd0, th0) = (fds(), threads());
+    let held: Vec<UnixStream> = (0..MAX_CLIENTS)
+        .map(|_| {
+            let s = UnixStream::connect(&sock).unwrap();
+            assert!(greeted(&s).contains("\"QMP\""));
+            s
+        })
+        .collect();
+    let extra = UnixStream::connect(&sock).unwrap();
+    let line = greeted(&extra);
+    assert!(
+        line.contains("too many control clients (at most 64 at once)"),
+        "{line}"
+    );
+    drop(extra);
+    drop(held);
+    // 1,000 clients come and go, one after the other.
+    for _ in 0..1000 {
+        let c = emu.control();
+        drop(c);
+    }
+    let t = std::time::Instant::now();
+    while (fds() > fd0 || threads() > th0) && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        fds() <= fd0 && threads() <= th0,
+        "descriptors and threads after 1,064 clients: {} and {}, before {fd0} and {th0}",
+        fds(),
+        threads()
+    );
+    // And a client is served again.
+    let v = emu
+        .control()
+        .execute("query-version", serde_json::json!({}))
+        .unwrap();
+    assert!(v["package"].is_string() || v.is_object());
+}

@@ -50,6 +50,13 @@ impl Client {
         })?;
         let mut c = Client::over(s)?;
         let greeting = c.read()?;
+        if let Some(e) = greeting.get("error") {
+            // Refused before the greeting (another user, too many clients).
+            return Err(ClientError::Qmp {
+                class: e["class"].as_str().unwrap_or_default().to_string(),
+                desc: e["desc"].as_str().unwrap_or_default().to_string(),
+            });
+        }
         if greeting.get("QMP").is_none() {
             return Err(ClientError::Protocol(format!(
                 "no QMP greeting: {greeting}"

@@ -18,4 +18,4 @@ mod stream;
 
 pub use commands::execute;
 pub use qmp::{QmpError, MAX_LINE};
-pub use server::{ControlError, ControlServer};
+pub use server::{ControlError, ControlServer, MAX_CLIENTS};

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +56,7 @@ impl ControlServer {
             .map_err(listen_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
+        let clients = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -65,10 +66,21 @@ impl ControlServer {
                     }
                     match conn {
                         Ok(c) => {
+                            if let Err(why) = admit(&c, &clients) {
+                                refuse(c, &why);
+                                continue;
+                            }
                             let (d, q) = (daemon.clone(), quit.clone());
-                            let _ = std::thread::Builder::new()
+                            let slot = ClientSlot::take(&clients);
+                            let spawned = std::thread::Builder::new()
                                 .name("control-client".into())
-                                .spawn(move || serve_client(c, &d, &*q));
+                                .spawn(move || {
+                                    let _slot = slot;
+                                    serve_client(c, &d, &*q)
+                                });
+                            if let Err(e) = spawned {
+                                tracing::warn!("cannot start a control client thread: {e}");
+                            }
                         }
                         Err(e) => tracing::warn!("control socket accept failed: {e}"),
                     }
@@ -93,6 +105,79 @@ impl Drop for ControlServer {
         let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Clients served at once; more are refused (each has a thread).
+pub const MAX_CLIENTS: usize = 64;
+
+/// A client's place among the `MAX_CLIENTS`, given back when its thread ends.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        ClientSlot(count.clone())
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The peer's uid (SO_PEERCRED), or `None` if the kernel does not say.
+fn peer_uid(c: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) on a socket we own, writing at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(c),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::from_mut(&mut cred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+/// Whether the client may be served: the emulator's own uid or root (even if the socket's mode
+/// was opened by hand, another user's process is refused), and a free client place.
+fn admit(c: &UnixStream, clients: &AtomicUsize) -> Result<(), String> {
+    // SAFETY: geteuid(2) has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match peer_uid(c) {
+        Some(uid) if uid == me || uid == 0 => {}
+        Some(uid) => {
+            return Err(format!(
+                "permission denied: uid {uid} is not the emulator's (uid {me})"
+            ))
+        }
+        None => return Err("permission denied: the peer's credentials are unknown".into()),
+    }
+    if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+        return Err(format!(
+            "too many control clients (at most {MAX_CLIENTS} at once)"
+        ));
+    }
+    Ok(())
+}
+
+/// Tells a refused client why (a QMP error line, without waiting for it to read) and closes.
+fn refuse(c: UnixStream, why: &str) {
+    tracing::warn!("control client refused: {why}");
+    let _ = c.set_nonblocking(true);
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({"error": {"class": "GenericError", "desc": why}}))
+            .unwrap_or_default();
+    line.push(b'\n');
+    let _ = (&c).write_all(&line);
 }
 
 fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
