@@ -170,8 +170,6 @@ pub struct Daemon {
     carrier: Arc<AtomicBool>,
     /// The running captures (the data plane's tap reads them).
     captures: Arc<CaptureHub>,
-    /// Where each running capture writes, by id.
-    capture_paths: Mutex<HashMap<u32, PathBuf>>,
 }
 
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -235,7 +233,6 @@ impl Daemon {
             uplink_mtu: cfg.uplink_mtu,
             carrier: carrier.clone(),
             captures: Arc::default(),
-            capture_paths: Mutex::new(HashMap::new()),
         };
         if let Some(req) = &cfg.pcap {
             daemon.capture_start(req)?;
@@ -581,7 +578,6 @@ impl Daemon {
             .collect()
     }
 
-    /// Stops the data plane, disconnects every frontend and removes the sockets.
     /// Starts a capture; returns its id.
     pub fn capture_start(&self, req: &CaptureRequest) -> Result<u32, DaemonError> {
         let ports = match &req.ports {
@@ -620,6 +616,7 @@ impl Daemon {
             })?;
         let session = CaptureSession::start(
             out,
+            req.path.clone(),
             ports,
             req.snaplen,
             crate::capture::session::DEFAULT_SLOTS,
@@ -627,10 +624,6 @@ impl Daemon {
         )
         .map_err(DaemonError::CaptureThread)?;
         let id = self.captures.add(session);
-        self.capture_paths
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, req.path.clone());
         tracing::info!(id, path = %req.path.display(), "capture started");
         Ok(id)
     }
@@ -639,54 +632,31 @@ impl Daemon {
     /// counted and the files it wrote.
     pub fn capture_stop(&self, id: u32) -> Result<(CaptureInfo, Vec<PathBuf>), DaemonError> {
         let s = self.captures.remove(id).ok_or(DaemonError::NoCapture(id))?;
-        let (out, stats) = s.stop();
-        let path = self
-            .capture_paths
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-            .unwrap_or_default();
+        let (out, _) = s.stop();
+        let info = capture_info(id, &s);
         let mut files = out.map(|o| o.files()).unwrap_or_default();
         if files.is_empty() {
-            files.push(path.clone());
+            files.push(s.path.clone());
         }
         tracing::info!(
             id,
-            captured = stats.captured,
-            dropped = stats.dropped,
+            captured = info.captured,
+            dropped = info.dropped,
             "capture stopped"
         );
-        Ok((
-            CaptureInfo {
-                id,
-                path,
-                captured: stats.captured,
-                dropped: stats.dropped,
-                error: s.error(),
-            },
-            files,
-        ))
+        Ok((info, files))
     }
 
     /// The running captures.
     pub fn captures(&self) -> Vec<CaptureInfo> {
-        let paths = self.capture_paths.lock().unwrap_or_else(|e| e.into_inner());
         self.captures
             .list()
-            .into_iter()
-            .map(|(id, s)| {
-                let st = s.stats();
-                CaptureInfo {
-                    id,
-                    path: paths.get(&id).cloned().unwrap_or_default(),
-                    captured: st.captured,
-                    dropped: st.dropped,
-                    error: s.error(),
-                }
-            })
+            .iter()
+            .map(|(id, s)| capture_info(*id, s))
             .collect()
     }
 
+    /// Stops the data plane, disconnects every frontend and removes the sockets.
     pub fn shutdown(&self) {
         if self.stop.swap(true, Ordering::AcqRel) {
             return;
@@ -715,6 +685,18 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What the control plane shows of capture `id`.
+fn capture_info(id: u32, s: &CaptureSession) -> CaptureInfo {
+    let st = s.stats();
+    CaptureInfo {
+        id,
+        path: s.path.clone(),
+        captured: st.captured,
+        dropped: st.dropped,
+        error: s.error(),
     }
 }
 

@@ -50,7 +50,8 @@ fn tshark_reads_interfaces_directions_times_and_decisions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mixed.pcapng");
     let out = PcapngOut::create(&path, 256, None).unwrap();
-    let s = CaptureSession::start(out, PortSet::all(), 256, 64, Box::new(name)).unwrap();
+    let s =
+        CaptureSession::start(out, path.clone(), PortSet::all(), 256, 64, Box::new(name)).unwrap();
     let udp = {
         let mut f = vec![0u8; 60];
         f[..6].copy_from_slice(&[2, 0, 0, 0, 1, 1]);

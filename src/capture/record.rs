@@ -75,16 +75,9 @@ impl Decision {
         &self.egress[..usize::from(self.egress_len)]
     }
 
-    /// The comment text: `in vf0 q0; out vf1 q1; steered by rss, hash 0x1a2b3c4d; vlan insert
-    /// 100`, or `in vf0 q0; dropped: drop_spoofchk`. `name` gives a port's name.
-    pub fn comment(&self, name: &dyn Fn(u16) -> String) -> String {
-        let mut s = String::with_capacity(64);
-        self.write_comment(&mut s, &|p, out| out.push_str(&name(p)));
-        s
-    }
-
-    /// Appends the comment text to `s`; `name(port, s)` appends a port's name (the writer
-    /// keeps the names, so a record costs no allocation).
+    /// Appends the comment text to `s`: `in vf0 q0; out vf1 q1; steered by rss, hash
+    /// 0x1a2b3c4d; vlan insert 100`, or `in vf0 q0; dropped: drop_spoofchk`. `name(port, s)`
+    /// appends a port's name (the writer keeps the names, so a record costs no allocation).
     pub fn write_comment(&self, s: &mut String, name: &dyn Fn(u16, &mut String)) {
         s.push_str("in ");
         name(self.ingress, s);
@@ -181,6 +174,13 @@ impl Record {
 mod tests {
     use super::*;
 
+    /// The comment with names from `name`.
+    fn comment(d: &Decision, name: &dyn Fn(u16) -> String) -> String {
+        let mut s = String::new();
+        d.write_comment(&mut s, &|p, out| out.push_str(&name(p)));
+        s
+    }
+
     fn names(p: u16) -> String {
         match p {
             0..=253 => format!("vf{p}"),
@@ -201,7 +201,7 @@ mod tests {
         };
         d.push_egress(1, 3);
         assert_eq!(
-            d.comment(&names),
+            comment(&d, &names),
             "in vf0 q1; out vf1 q3; steered by rss, hash 0x1a2b3c4d; vlan strip 100"
         );
     }
@@ -220,7 +220,7 @@ mod tests {
             d.push_egress(p, 0);
         }
         assert_eq!(
-            d.comment(&names),
+            comment(&d, &names),
             "in pv0 q0; out vf0 q0, vf1 q0, vf2 q0, vf3 q0, vf4 q0, vf5 q0, vf6 q0, vf7 q0 and 3 \
              more; vlan insert 7 (tpid 0x88a8)"
         );
@@ -233,7 +233,7 @@ mod tests {
             drop: Some("drop_spoofchk"),
             ..Decision::default()
         };
-        assert_eq!(d.comment(&names), "in vf2 q0; dropped: drop_spoofchk");
+        assert_eq!(comment(&d, &names), "in vf2 q0; dropped: drop_spoofchk");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use super::pcapng::{PcapngError, PcapngOut};
 use super::record::Record;
 use crossbeam_queue::ArrayQueue;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -83,7 +84,8 @@ struct Shared {
 /// A running capture.
 pub struct CaptureSession {
     pub ports: PortSet,
-    pub snaplen: usize,
+    /// Where it writes, as asked (a file, the ring's name, a FIFO).
+    pub path: PathBuf,
     shared: Arc<Shared>,
     /// The writer thread (to wake it) and its handle (to join it at the stop).
     thread: std::thread::Thread,
@@ -91,10 +93,11 @@ pub struct CaptureSession {
 }
 
 impl CaptureSession {
-    /// Starts the writer thread on `out` with `slots` record slots of `snaplen` bytes; `name`
-    /// gives a port's name (interfaces and comments).
+    /// Starts the writer thread on `out` (written at `path`) with `slots` record slots of
+    /// `snaplen` bytes; `name` gives a port's name (interfaces and comments).
     pub fn start(
         out: PcapngOut,
+        path: PathBuf,
         ports: PortSet,
         snaplen: usize,
         slots: usize,
@@ -119,7 +122,7 @@ impl CaptureSession {
             .spawn(move || write_loop(&s, out, name.as_ref()))?;
         Ok(CaptureSession {
             ports,
-            snaplen,
+            path,
             shared,
             thread: writer.thread().clone(),
             writer: Mutex::new(Some(writer)),
@@ -272,7 +275,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.pcapng");
         let out = PcapngOut::create(&path, 128, None).unwrap();
-        let s = CaptureSession::start(out, PortSet::all(), 128, 64, Box::new(names)).unwrap();
+        let s = CaptureSession::start(out, path.clone(), PortSet::all(), 128, 64, Box::new(names))
+            .unwrap();
         let mut sent = 0;
         for i in 0..10_000u64 {
             while !capture(&s, (i % 4) as u16, 100, i) {
@@ -313,7 +317,8 @@ mod tests {
         let release = Arc::new(AtomicBool::new(false));
         // The writer blocks on its first flush (or once its buffer is full).
         let out = PcapngOut::stream(Box::new(Stuck(release.clone())), 64).unwrap();
-        let s = CaptureSession::start(out, PortSet::all(), 64, 32, Box::new(names)).unwrap();
+        let s = CaptureSession::start(out, "-".into(), PortSet::all(), 64, 32, Box::new(names))
+            .unwrap();
         let t = std::time::Instant::now();
         let mut taken = 0;
         for i in 0..100_000u64 {

@@ -14,7 +14,7 @@ use crate::events::EventBus;
 use crate::pf::UPLINK_PORT_ID;
 use crate::port::{FrameView, TxFrame, TxPending, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
-use crate::stats::PortTotals;
+use crate::stats::{Counter, PortTotals};
 use crate::switch::EdgePolicy;
 use crate::switch::{
     fan_out, policy, vlan, Egress, FdbMove, FromPort, Ingress, Learned, PolicyDrop, PortId,
@@ -436,7 +436,7 @@ impl Pipeline {
             bytes += d.len as u64;
             match d.drop {
                 Some(Dropped::Malformed) => c.drop_malformed.inc(),
-                Some(Dropped::Policy(p)) => count_policy_drop(c, p),
+                Some(Dropped::Policy(p)) => policy_drop_counter(c, p).0.inc(),
                 None => {}
             }
         }
@@ -474,8 +474,9 @@ impl Pipeline {
             // The wire: no RSS; its "queue" is the remote behind it (or all of them).
             let c = &view.port.counters.totals;
             if let Err(drop) = policy::egress(&view.policy, self.frames[k].head()) {
-                count_policy_drop(c, drop);
-                self.tap.egress_drop(k, dst, policy_drop_name(drop));
+                let (counter, name) = policy_drop_counter(c, drop);
+                counter.inc();
+                self.tap.egress_drop(k, dst, name);
                 return;
             }
             self.deliveries.list.push(Delivery {
@@ -497,8 +498,9 @@ impl Pipeline {
         let (f, d) = (&self.frames[k], &mut self.decided[k]);
         let strip = match policy::egress(&view.policy, f.head()) {
             Err(drop) => {
-                count_policy_drop(c, drop);
-                self.tap.egress_drop(k, dst, policy_drop_name(drop));
+                let (counter, name) = policy_drop_counter(c, drop);
+                counter.inc();
+                self.tap.egress_drop(k, dst, name);
                 return;
             }
             Ok(Egress::Pass) => false,
@@ -614,8 +616,12 @@ impl Pipeline {
             verdicts,
             ..
         } = self;
-        let policy = port.edge_policy();
         let id = port.spec.id.0;
+        let totals = &port.counters.totals;
+        // The edge policy the batch was switched with (the sender's view), not a new read.
+        let Some(policy) = views.get(port.spec.id.index()).map(|v| v.policy) else {
+            return;
+        };
         for k in 0..cut {
             let dropped_at_egress = tap.egress_drops().any(|(f, _, _)| f == k);
             let Some(d) = tap.decision_mut(k) else {
@@ -630,7 +636,7 @@ impl Pipeline {
             let has_hdr = dec.hdr.is_some();
             d.drop = match dec.drop {
                 Some(Dropped::Malformed) => Some("drop_malformed"),
-                Some(Dropped::Policy(p)) => Some(policy_drop_name(p)),
+                Some(Dropped::Policy(p)) => Some(policy_drop_counter(totals, p).1),
                 None => None,
             };
             if !has_hdr {
@@ -704,19 +710,11 @@ fn frame_view(f: &TxFrame) -> FrameView<'_> {
     }
 }
 
-/// The drop counter a policy drop is counted in.
-fn policy_drop_name(d: PolicyDrop) -> &'static str {
+/// The drop counter a policy drop is counted in, and its name (as captures give the reason).
+fn policy_drop_counter(c: &PortTotals, d: PolicyDrop) -> (&Counter, &'static str) {
     match d {
-        PolicyDrop::LinkDown => "drop_link_down",
-        PolicyDrop::SpoofChk => "drop_spoofchk",
-        PolicyDrop::VlanFilter => "drop_vlan_filter",
-    }
-}
-
-fn count_policy_drop(c: &PortTotals, d: PolicyDrop) {
-    match d {
-        PolicyDrop::LinkDown => c.drop_link_down.inc(),
-        PolicyDrop::SpoofChk => c.drop_spoofchk.inc(),
-        PolicyDrop::VlanFilter => c.drop_vlan_filter.inc(),
+        PolicyDrop::LinkDown => (&c.drop_link_down, "drop_link_down"),
+        PolicyDrop::SpoofChk => (&c.drop_spoofchk, "drop_spoofchk"),
+        PolicyDrop::VlanFilter => (&c.drop_vlan_filter, "drop_vlan_filter"),
     }
 }

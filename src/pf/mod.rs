@@ -183,7 +183,7 @@ impl PfConfig {
 
     /// The description of VF `vf` with `channels` queue pairs.
     pub fn vf_spec(&self, vf: u16, channels: u16) -> PortSpec {
-        let name = format!("vf{vf}");
+        let name = port_name(vf_port_id(vf));
         PortSpec {
             id: vf_port_id(vf),
             kind: PortKind::Vf(vf),
@@ -197,7 +197,7 @@ impl PfConfig {
 
     /// The description of PV port `pv`.
     pub fn pv_spec(&self, pv: u16) -> PortSpec {
-        let name = format!("pv{pv}");
+        let name = port_name(pv_port_id(pv));
         PortSpec {
             id: pv_port_id(pv),
             kind: PortKind::Pv(pv),
@@ -223,7 +223,8 @@ pub fn pv_port_id(pv: u16) -> PortId {
 /// Port id of the uplink.
 pub const UPLINK_PORT_ID: PortId = PortId(TOTAL_VFS + MAX_PV_PORTS);
 
-/// The name of the port with id `id` (`vf3`, `pv0`, `uplink`), as its spec has it.
+/// The name of the port with id `id` (`vf3`, `pv0`, `uplink`): its spec's, its socket's and
+/// its capture interface's.
 pub fn port_name(id: PortId) -> String {
     match id.0 {
         v if v < TOTAL_VFS => format!("vf{v}"),
@@ -255,7 +256,7 @@ pub fn uplink_spec(queues: u16, mtu: u16) -> PortSpec {
     PortSpec {
         id: UPLINK_PORT_ID,
         kind: PortKind::Uplink,
-        name: "uplink".into(),
+        name: port_name(UPLINK_PORT_ID),
         mac: None,
         queue_pairs: queues,
         mtu,
