@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use sriov_emu::daemon::{Daemon, DaemonConfig};
-use sriov_emu::frontend::FrontendConfig;
+use sriov_emu::frontend::{FrontendConfig, RawDesc};
 use sriov_emu::pf::PfConfig;
 use std::time::{Duration, Instant};
 
@@ -80,15 +80,14 @@ fn a_chain_longer_than_the_queue_is_malformed_even_if_its_descriptors_are_empty(
     let mut b = connect(&d, "vf1", pairs(1, 1));
     let frame = udp_frame(vf_mac(1), vf_mac(0), 1, 2, 3, 100);
     let (buf, len) = frame_in_tx_buffer(&mut a, &frame);
-    const NEXT: u16 = 1;
     // An indirect table of `n` descriptors: n - 1 empty ones, then the frame.
-    let table = |n: u16| -> Vec<(u64, u32, u16, u16)> {
+    let table = |n: u16| -> Vec<RawDesc> {
         (0..n)
             .map(|i| {
                 if i + 1 < n {
-                    (buf, 0, NEXT, i + 1)
+                    RawDesc::new(buf, 0, RawDesc::NEXT, i + 1)
                 } else {
-                    (buf, len, 0, 0)
+                    RawDesc::new(buf, len, 0, 0)
                 }
             })
             .collect()

@@ -39,6 +39,7 @@ struct RxTally {
     steer: [u64; 4],
     fallback: u64,
     faults: u64,
+    bad_buffers: u64,
 }
 
 impl RxTally {
@@ -64,6 +65,7 @@ impl RxTally {
         add(&t.rx_steer_non_ip, self.steer[3]);
         add(&t.rx_steer_fallback, self.fallback);
         add(&t.queue_faults, self.faults);
+        add(&t.rx_malformed_buffers, self.bad_buffers);
     }
 
     fn steered(&mut self, by: Steering, fell_back: bool) {
@@ -180,6 +182,7 @@ fn write_group(
         tally.packets = tally.packets.saturating_sub(lost.frames);
         tally.bytes = tally.bytes.saturating_sub(lost.bytes);
         tally.no_buffer += lost.frames;
+        tally.bad_buffers += lost.bad_buffers;
     }
     fault
 }

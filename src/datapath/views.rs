@@ -84,6 +84,7 @@ impl PortView {
                 Some(c) => (
                     Some(PortIo::Vhost(VhostIo::new(
                         c.clone(),
+                        Arc::from(spec.name.as_str()),
                         spec.mtu,
                         spec.queue_pairs,
                         self.poll,

@@ -74,12 +74,26 @@ pub struct SplitRing {
 }
 
 impl SplitRing {
-    /// Maps the rings of `q`; `None` if the size is not a power of two or a ring is not
-    /// mapped, contiguous and aligned in `map`.
+    /// Maps the rings of `q`; `None` if the size is not a power of two, a ring is not
+    /// mapped, contiguous and aligned in `map`, or two rings overlap (the device would write
+    /// used elements over what it reads next).
     pub fn map(q: &Queue, map: &GuestMap) -> Option<Self> {
         let addrs = RingAddrs::of(q);
         let size = u64::from(addrs.size);
         if size == 0 || !size.is_power_of_two() {
+            return None;
+        }
+        // Without EVENT_IDX the rings end before used_event / avail_event (virtio 1.2, 2.7).
+        let event = if addrs.event_idx { 2 } else { 0 };
+        let ranges = [
+            (addrs.desc, DESC_SIZE * size),
+            (addrs.avail, 4 + 2 * size + event),
+            (addrs.used, 4 + 8 * size + event),
+        ];
+        if overlap(ranges[0], ranges[1])
+            || overlap(ranges[0], ranges[2])
+            || overlap(ranges[1], ranges[2])
+        {
             return None;
         }
         let desc = map.contiguous(addrs.desc, DESC_SIZE * size)?;
@@ -346,6 +360,12 @@ impl SplitRing {
             }
         }
     }
+}
+
+/// Whether guest ranges `(start, len)` `a` and `b` share a byte (ranges that wrap past the
+/// top of the address space are not mapped anyway).
+fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
 }
 
 /// Starts loading the cache line at host address `addr` (a hint: never faults).

@@ -20,7 +20,8 @@ struct Fixture {
 }
 
 /// A 16-entry queue whose descriptor table holds `descs` as given and whose avail ring
-/// offers head 0.
+/// offers head 0. (MockSplitQueue puts the used ring over the avail ring's last entries at
+/// this size, which `SplitRing::map` refuses: the used ring is moved clear of it.)
 fn fixture(descs: &[RawDescriptor]) -> Fixture {
     let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());
     let vq = MockSplitQueue::new(&*mem, 16);
@@ -29,7 +30,8 @@ fn fixture(descs: &[RawDescriptor]) -> Fixture {
     }
     vq.avail().ring().ref_at(0).unwrap().store(0);
     vq.avail().idx().store(1);
-    let q: Queue = vq.create_queue().unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_used_ring_address(Some(0x400), Some(0));
     Fixture { mem, q }
 }
 
@@ -269,4 +271,26 @@ fn rings_outside_guest_memory_are_not_mapped() {
     let mut q = f.q;
     q.set_avail_ring_address(Some((MEM - 4) as u32), Some(0));
     assert!(SplitRing::map(&q, &map).is_none());
+}
+
+#[test]
+fn overlapping_rings_are_not_mapped() {
+    let f = fixture(&[]);
+    let map = GuestMap::new(f.mem.clone());
+    let (desc, avail, used) = (f.q.desc_table(), f.q.avail_ring(), f.q.used_ring());
+    let lo = |a: u64| Some(a as u32);
+    let mut q = f.q;
+    // The used ring over the descriptor table, over the avail ring, sharing its last byte.
+    for at in [desc, avail, avail + 6 + 2 * 16 - 4] {
+        q.set_used_ring_address(lo(at), Some(0));
+        assert!(SplitRing::map(&q, &map).is_none(), "used ring at {at:#x}");
+    }
+    // The avail ring inside the descriptor table.
+    q.set_used_ring_address(lo(used), Some(0));
+    q.set_avail_ring_address(lo(desc + 16), Some(0));
+    assert!(SplitRing::map(&q, &map).is_none());
+    // Right behind one another is fine.
+    q.set_avail_ring_address(lo(desc + 16 * 16), Some(0));
+    q.set_used_ring_address(lo(desc + 16 * 16 + 6 + 2 * 16 + 2), Some(0));
+    assert!(SplitRing::map(&q, &map).is_some());
 }

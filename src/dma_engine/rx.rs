@@ -73,6 +73,9 @@ pub struct RxFill<'a> {
     /// The dirty log while the frontend migrates the guest: every buffer and used-ring write
     /// is marked in it.
     log: Option<&'a LogArea>,
+    /// Chains the guest posted broken (read-only, outside its memory, shorter than the
+    /// header), handed back empty.
+    bad_buffers: u32,
 }
 
 impl<'a> RxFill<'a> {
@@ -113,6 +116,7 @@ impl<'a> RxFill<'a> {
             hdr_len: vnet_hdr_len(features),
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             log: None,
+            bad_buffers: 0,
         })
     }
 
@@ -183,6 +187,7 @@ impl<'a> RxFill<'a> {
                 if head < size {
                     self.push_used(head, 0);
                 }
+                self.bad_buffers += 1;
                 poisoned = true;
                 continue;
             }
@@ -251,6 +256,11 @@ impl<'a> RxFill<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Broken chains the group handed back empty so far.
+    pub fn bad_buffers(&self) -> u32 {
+        self.bad_buffers
     }
 
     /// Publishes the used buffers. Returns the device's new (next_avail, next_used) and whether

@@ -3,10 +3,21 @@
 use super::copy::read_segments;
 use super::guest_map::GuestMap;
 use super::ring::{prefetch, SplitRing};
-use super::segments::{Direction, Segments};
+use super::segments::{ChainError, Direction, Segments};
 use crate::wire::ETH_HEADER_LEN;
 
-/// Walks TX chain `head` into `segs` and checks the frame's length: `Some(frame length)`
+/// Why a TX chain was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TxChainError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("{0} bytes: shorter than the virtio-net and Ethernet headers")]
+    Short(usize),
+    #[error("{0} bytes: longer than the MTU allows")]
+    Long(usize),
+}
+
+/// Walks TX chain `head` into `segs` and checks the frame's length: the frame's length
 /// (without the `hdr_len` bytes of virtio-net header) if the chain is valid and the frame is
 /// between an Ethernet header and `max_frame` bytes. Starts loading the frame's first bytes.
 #[inline]
@@ -17,11 +28,14 @@ pub fn walk_tx(
     hdr_len: usize,
     max_frame: usize,
     segs: &mut Segments,
-) -> Option<usize> {
-    ring.walk(map, head, Direction::Read, segs).ok()?;
+) -> Result<usize, TxChainError> {
+    ring.walk(map, head, Direction::Read, segs)?;
     let total = segs.total();
-    if total < hdr_len + ETH_HEADER_LEN || total - hdr_len > max_frame {
-        return None;
+    if total < hdr_len + ETH_HEADER_LEN {
+        return Err(TxChainError::Short(total));
+    }
+    if total - hdr_len > max_frame {
+        return Err(TxChainError::Long(total));
     }
     let mut off = hdr_len;
     for s in segs.as_slice() {
@@ -31,7 +45,7 @@ pub fn walk_tx(
         }
         off -= s.len as usize;
     }
-    Some(total - hdr_len)
+    Ok(total - hdr_len)
 }
 
 /// Copies the frame's first `buf.len()` bytes (after the `hdr_len` header) out of the chain;

@@ -4,9 +4,9 @@
 //! frontend's own memory or just past it. A well-behaved driver (`mod.rs`) never does these;
 //! tests/hostile.rs and tests/switching.rs use them to check the device contains the damage.
 
-use super::{proto, Desc, FrontendError, Result, VirtioNetFrontend};
-use vhost::VhostBackend;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use super::{proto, Desc, FrontendError, RawDesc, Result, VirtioNetFrontend};
+use vhost::{VhostBackend, VringConfigData};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 impl VirtioNetFrontend {
     /// Posts a hand-made chain on TX queue pair `qp` and kicks: for tests of how the device
@@ -26,12 +26,25 @@ impl VirtioNetFrontend {
     }
 
     /// Posts a chain of one indirect descriptor on TX queue pair `qp` whose table holds
-    /// `descs` as given: (guest address, length, flags, next). The table is written into the
-    /// scratch buffer of the second-to-last descriptor. For tests of hostile chains.
-    pub fn send_indirect_raw(&mut self, qp: usize, descs: &[(u64, u32, u16, u16)]) -> Result<u16> {
+    /// `descs` as given. The table is written into the scratch buffer of the second-to-last
+    /// descriptor. For tests of hostile chains.
+    pub fn send_indirect_raw(&mut self, qp: usize, descs: &[RawDesc]) -> Result<u16> {
         if qp >= self.cfg.queue_pairs {
             return Err(FrontendError::NoSuchQueue(qp));
         }
+        let q = 2 * qp + 1;
+        let table = self.indirect_table(qp, descs)?;
+        self.reclaim_tx(qp);
+        let head = self.rings[q]
+            .add_indirect(&self.mem, table, (descs.len() * 16) as u32)
+            .ok_or(FrontendError::QueueFull(qp))?;
+        self.kick(q);
+        Ok(head)
+    }
+
+    /// Writes `descs` as an indirect table into the scratch buffer of TX queue pair `qp`'s
+    /// second-to-last descriptor; returns its guest address.
+    pub fn indirect_table(&mut self, qp: usize, descs: &[RawDesc]) -> Result<u64> {
         let q = 2 * qp + 1;
         let (_, size) = self.bufs[q];
         let table = self.buf_addr(q, self.cfg.queue_size - 2);
@@ -39,21 +52,74 @@ impl VirtioNetFrontend {
         if bytes > size as usize {
             return Err(FrontendError::FrameTooLong(bytes));
         }
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let at = GuestAddress(table + 16 * i as u64);
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
-            let _ = self.mem.write_slice(&raw, at);
+        let raw: Vec<u8> = descs.iter().flat_map(|d| d.to_bytes()).collect();
+        let _ = self.mem.write_slice(&raw, GuestAddress(table));
+        Ok(table)
+    }
+
+    /// Writes `descs` (index in the table, descriptor) into vring `q`'s descriptor table as
+    /// given, publishes `head` in its avail ring and kicks: any chain, loop or index a hostile
+    /// driver can write. The frontend's own bookkeeping is bypassed: after this, its ordinary
+    /// sends and receives on `q` are not to be relied on.
+    pub fn post_raw(&mut self, q: usize, descs: &[(u16, RawDesc)], head: u16) {
+        for &(idx, d) in descs {
+            self.rings[q].write_desc_raw(&self.mem, idx, d);
         }
-        self.reclaim_tx(qp);
-        let head = self.rings[q]
-            .add_indirect(&self.mem, table, bytes as u32)
-            .ok_or(FrontendError::QueueFull(qp))?;
+        self.rings[q].publish_raw(&self.mem, head);
         self.kick(q);
-        Ok(head)
+    }
+
+    /// Kicks vring `q` `n` times, nothing new posted: a kick storm.
+    pub fn kick_storm(&self, q: usize, n: usize) {
+        for _ in 0..n {
+            self.kick(q);
+        }
+    }
+
+    /// SET_VRING_ADDR for vring `q` with the three rings at the guest addresses given (any
+    /// overlap or alignment), then a kick. The addresses must be in guest memory: the message
+    /// carries them as this process's addresses.
+    pub fn set_vring_addr_raw(&mut self, q: usize, desc: u64, avail: u64, used: u64) -> Result<()> {
+        let qs = self.cfg.queue_size;
+        let addr = VringConfigData {
+            queue_max_size: qs,
+            queue_size: qs,
+            flags: 0,
+            desc_table_addr: self.host_base + desc,
+            used_ring_addr: self.host_base + used,
+            avail_ring_addr: self.host_base + avail,
+            log_addr: None,
+        };
+        self.fe
+            .set_vring_addr(q, &addr)
+            .map_err(proto("SET_VRING_ADDR"))?;
+        self.kick(q);
+        Ok(())
+    }
+
+    /// Guest-physical addresses of vring `q`'s descriptor table, avail ring and used ring.
+    pub fn ring_gpas(&self, q: usize) -> (u64, u64, u64) {
+        let l = self.rings[q].layout;
+        (l.desc, l.avail, l.used)
+    }
+
+    /// Guest-physical start and length of each memory-table entry.
+    pub fn memory_regions(&self) -> Vec<(u64, u64)> {
+        self.mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len()))
+            .collect()
+    }
+
+    /// Writes `data` at guest-physical `gpa` (any of the frontend's memory).
+    pub fn write_guest(&self, gpa: u64, data: &[u8]) {
+        let _ = self.mem.write_slice(data, GuestAddress(gpa));
+    }
+
+    /// The guest memory, shared: for a test thread that rewrites it while the device reads
+    /// (a guest's other vCPU).
+    pub fn memory(&self) -> GuestMemoryMmap {
+        self.mem.clone()
     }
 
     /// Writes `idx` as queue `q`'s avail index (q: 2 * pair for RX, 2 * pair + 1 for TX) and

@@ -11,7 +11,7 @@
 mod hostile;
 mod ring;
 
-pub use ring::{Desc, DriverRing, RingLayout, Used};
+pub use ring::{Desc, DriverRing, RawDesc, RingLayout, Used};
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -90,6 +90,12 @@ pub struct FrontendConfig {
     pub driver_features: u64,
     /// Put the virtio-net header in its own TX descriptor (as legacy Linux drivers do).
     pub split_tx_header: bool,
+    /// Memory-table entries the guest memory is described in: equal, 4 KiB aligned parts,
+    /// contiguous in guest-physical space but mapped apart (a QEMU guest's RAM below and above
+    /// the PCI hole, DIMMs). The rings stay in the first.
+    pub memory_regions: usize,
+    /// Post every RX buffer at setup, as a driver does (a hostile test posts its own).
+    pub fill_rx: bool,
 }
 
 impl Default for FrontendConfig {
@@ -102,6 +108,8 @@ impl Default for FrontendConfig {
             tx_buf_size: 9216 + 64,
             driver_features: u64::MAX,
             split_tx_header: false,
+            memory_regions: 1,
+            fill_rx: true,
         }
     }
 }
@@ -171,6 +179,44 @@ fn memfd(size: u64) -> Result<File> {
     Ok(file)
 }
 
+/// Maps the guest memory file as `parts` memory-table entries (one if 0), contiguous in
+/// guest-physical space; the first holds at least `first_min` bytes (the rings).
+fn map_regions(
+    file: File,
+    total: u64,
+    first_min: u64,
+    parts: usize,
+) -> Result<(GuestMemoryMmap, Vec<VhostUserMemoryRegionInfo>)> {
+    let parts = parts.max(1) as u64;
+    let part = (total / parts)
+        .next_multiple_of(4096)
+        .max(first_min.next_multiple_of(4096));
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let len = part.min(total - start);
+        let f = file
+            .try_clone()
+            .map_err(|source| FrontendError::Memfd { op: "dup", source })?;
+        ranges.push((
+            GuestAddress(start),
+            len as usize,
+            Some(FileOffset::new(f, start)),
+        ));
+        start += len;
+    }
+    let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(FrontendError::Mmap)?;
+    let infos = mem
+        .iter()
+        .map(VhostUserMemoryRegionInfo::from_guest_region)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(FrontendError::MemoryRegion)?;
+    if infos.is_empty() {
+        return Err(FrontendError::NoRegion);
+    }
+    Ok((mem, infos))
+}
+
 impl VirtioNetFrontend {
     /// Connects to `path` and brings the device up, like QEMU at guest driver load.
     pub fn connect(path: impl AsRef<Path>, cfg: FrontendConfig) -> Result<Self> {
@@ -231,17 +277,9 @@ impl VirtioNetFrontend {
         }
         let total = total.next_multiple_of(2 << 20);
         let file = memfd(total)?;
-        let mem = GuestMemoryMmap::from_ranges_with_files([(
-            GuestAddress(0),
-            total as usize,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .map_err(FrontendError::Mmap)?;
-        let region = mem.iter().next().ok_or(FrontendError::NoRegion)?;
-        let info = VhostUserMemoryRegionInfo::from_guest_region(region)
-            .map_err(FrontendError::MemoryRegion)?;
-        let host_base = info.userspace_addr;
-        fe.set_mem_table(&[info]).map_err(proto("SET_MEM_TABLE"))?;
+        let (mem, infos) = map_regions(file, total, ring_bytes * nq as u64, cfg.memory_regions)?;
+        let host_base = infos[0].userspace_addr;
+        fe.set_mem_table(&infos).map_err(proto("SET_MEM_TABLE"))?;
 
         let mut rings = Vec::with_capacity(nq);
         let mut kicks = Vec::with_capacity(nq);
@@ -285,8 +323,10 @@ impl VirtioNetFrontend {
             hdr_len,
             cfg,
         };
-        for qp in 0..me.cfg.queue_pairs {
-            me.fill_rx(qp);
+        if me.cfg.fill_rx {
+            for qp in 0..me.cfg.queue_pairs {
+                me.fill_rx(qp);
+            }
         }
         for qp in 0..me.cfg.queue_pairs {
             let on = qp < me.cfg.enabled_pairs;

@@ -69,6 +69,43 @@ pub struct Desc {
     pub write: bool,
 }
 
+/// A descriptor exactly as written in a table: any address, length, flags and next index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawDesc {
+    pub addr: u64,
+    pub len: u32,
+    pub flags: u16,
+    pub next: u16,
+}
+
+impl RawDesc {
+    /// `VIRTQ_DESC_F_NEXT`
+    pub const NEXT: u16 = VIRTQ_DESC_F_NEXT;
+    /// `VIRTQ_DESC_F_WRITE`
+    pub const WRITE: u16 = VIRTQ_DESC_F_WRITE;
+    /// `VIRTQ_DESC_F_INDIRECT`
+    pub const INDIRECT: u16 = VIRTQ_DESC_F_INDIRECT;
+
+    pub fn new(addr: u64, len: u32, flags: u16, next: u16) -> Self {
+        RawDesc {
+            addr,
+            len,
+            flags,
+            next,
+        }
+    }
+
+    /// The 16 bytes of the descriptor, little endian.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&self.len.to_le_bytes());
+        raw[12..14].copy_from_slice(&self.flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&self.next.to_le_bytes());
+        raw
+    }
+}
+
 impl DriverRing {
     pub fn new(mem: &GuestMemoryMmap, layout: RingLayout, event_idx: bool) -> Self {
         // Zero the ring so a reconnect starts clean.
@@ -141,6 +178,18 @@ impl DriverRing {
         let _ = mem.write_obj(0u16, GuestAddress(at + 14));
         self.publish(mem, id);
         Some(id)
+    }
+
+    /// Writes descriptor `idx` of the table as given, whatever it says (a hostile driver's).
+    pub fn write_desc_raw(&self, mem: &GuestMemoryMmap, idx: u16, d: RawDesc) {
+        let at = self.layout.desc + u64::from(idx % self.layout.size) * DESC_SIZE;
+        let _ = mem.write_slice(&d.to_bytes(), GuestAddress(at));
+    }
+
+    /// Publishes `head` in the avail ring without taking it from the free list (a hostile
+    /// driver's head, or one it already posted).
+    pub fn publish_raw(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        self.publish(mem, head);
     }
 
     fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {

@@ -28,7 +28,7 @@ pub const MAX_BATCH: usize = 64;
 /// counted; the port keeps working once it is repaired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QueueFault {
-    #[error("a ring is outside guest memory")]
+    #[error("the rings are unusable (outside guest memory, misaligned or overlapping)")]
     RingUnmapped,
     #[error("the avail index ran more than the ring size ahead")]
     AvailOverrun,
@@ -72,6 +72,10 @@ pub trait RxBatch {
 pub struct Unsent {
     pub frames: u64,
     pub bytes: u64,
+    /// Buffers the receiver posted broken (not writable, outside its memory, too short for a
+    /// header), handed back empty: the frames went to the next buffers or were not delivered
+    /// (and counted so).
+    pub bad_buffers: u64,
 }
 
 /// Giving frames to a port.

@@ -83,6 +83,10 @@ counters! {
         drop_no_rx_buffer,
         /// RX: the frame does not fit the guest's RX buffers (no mergeable buffers).
         drop_oversize_rx,
+        /// RX: buffers the guest posted broken (device-readable, outside its memory, shorter
+        /// than the virtio-net header), handed back empty; the frame went to the next buffer,
+        /// or was counted in `drop_no_rx_buffer` if there was none.
+        rx_malformed_buffers,
         /// RX (the uplink): the frame does not fit the wire's MTU after encapsulation; it is
         /// never fragmented.
         drop_mtu,

@@ -8,7 +8,7 @@
 use super::port::Connection;
 use super::Vring;
 use crate::dma_engine::rx::{RxFill, RxScratch};
-use crate::dma_engine::tx::walk_tx;
+use crate::dma_engine::tx::{walk_tx, TxChainError};
 use crate::dma_engine::{
     vnet_hdr_len, FrameView, GuestMap, GuestMemAtomic, LogView, RingAddrs, SplitRing,
 };
@@ -84,11 +84,37 @@ pub struct VhostIo {
     /// The RARP sent from the port on SEND_RARP (a host buffer the pipeline reads until the
     /// batch completes; boxed so its address stays put).
     announce: Box<[u8; RARP_FRAME_LEN]>,
+    /// The port's name, for logs.
+    port: Arc<str>,
+    /// A malformed TX chain was logged on this connection (each is counted; one is logged).
+    warned: bool,
+}
+
+/// Logs the first malformed TX chain of a connection: a guest that writes one usually writes
+/// many, and each is counted in `drop_malformed` anyway.
+#[cold]
+fn warn_malformed(warned: &mut bool, port: &str, qp: usize, head: u16, e: TxChainError) {
+    if !*warned {
+        *warned = true;
+        tracing::warn!(
+            port,
+            "TX queue {qp}: chain {head} malformed: {e}; dropped and counted in drop_malformed \
+             (further ones on this connection are counted, not logged)"
+        );
+    }
 }
 
 impl VhostIo {
-    pub fn new(conn: Arc<Connection>, mtu: u16, queue_pairs: u16, poll: bool) -> Self {
+    pub fn new(
+        conn: Arc<Connection>,
+        port: Arc<str>,
+        mtu: u16,
+        queue_pairs: u16,
+        poll: bool,
+    ) -> Self {
         VhostIo {
+            port,
+            warned: false,
             rings: GuestRings::new(conn.num_queues()),
             conn,
             poll,
@@ -208,9 +234,17 @@ impl TxQueues for VhostIo {
         }
         for (f, &h) in frames[..n].iter_mut().zip(&heads[..n]) {
             f.returnable = h < ring.size();
-            let len = walk_tx(ring, map, h, hdr_len, self.max_frame, &mut f.segs);
-            f.ok = len.is_some();
-            f.len = len.unwrap_or(0);
+            match walk_tx(ring, map, h, hdr_len, self.max_frame, &mut f.segs) {
+                Ok(len) => {
+                    f.ok = true;
+                    f.len = len;
+                }
+                Err(e) => {
+                    f.ok = false;
+                    f.len = 0;
+                    warn_malformed(&mut self.warned, &self.port, qp, h, e);
+                }
+            }
         }
         for f in &mut frames[..n] {
             if f.ok {
@@ -290,6 +324,7 @@ impl RxBatch for VhostRx<'_> {
     }
 
     fn close(mut self) -> Unsent {
+        let bad_buffers = u64::from(self.fill.bad_buffers());
         let (next_avail, next_used, notify) = self.fill.finish();
         let q = self.state.get_queue_mut();
         q.set_next_avail(next_avail);
@@ -298,7 +333,10 @@ impl RxBatch for VhostRx<'_> {
             let _ = self.state.signal_used_queue();
         }
         // What was written is in the guest's ring.
-        Unsent::default()
+        Unsent {
+            bad_buffers,
+            ..Unsent::default()
+        }
     }
 }
 
