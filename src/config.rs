@@ -70,6 +70,7 @@ fn at(path: Option<&Path>) -> String {
 pub struct ConfigFile {
     pub socket_dir: Option<PathBuf>,
     pub control: Option<PathBuf>,
+    pub control_group: Option<String>,
     pub numvfs: Option<u32>,
     pub pv_ports: Option<u32>,
     pub channels_per_vf: Option<u32>,

@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::render;
-use sriov_emu::control::{ControlError, ControlServer};
+use sriov_emu::control::{group_id, ControlError, ControlServer};
 use sriov_emu::daemon::{CaptureRequest, Daemon, DaemonConfig, DaemonError, DEFAULT_SNAPLEN};
 use sriov_emu::pf::{self, PfConfig, PfError};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
@@ -238,6 +238,10 @@ struct RunArgs {
     /// The control socket (QMP) [default: <socket dir>/control.sock].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Open the control socket to a group (a name or a gid): mode 0660 and that group, and its
+    /// members are served. Without it only the emulator's own user and root are (mode 0600).
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
     /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
@@ -437,6 +441,10 @@ fn run(args: RunArgs) -> Result<(), MainError> {
         .clone()
         .or(file.control.clone())
         .unwrap_or_else(|| pf.socket_dir.join("control.sock"));
+    let control_group = match args.control_group.as_ref().or(file.control_group.as_ref()) {
+        Some(g) => Some(group_id(g).map_err(ControlError::from)?),
+        None => None,
+    };
     let signals = block_signals();
     let daemon = Daemon::start(DaemonConfig {
         pf,
@@ -476,7 +484,7 @@ fn run(args: RunArgs) -> Result<(), MainError> {
         // SAFETY: kill(2) on our own PID with a signal this process waits for.
         unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
     });
-    let control = match ControlServer::start(&control_path, daemon.clone(), quit) {
+    let control = match ControlServer::start(&control_path, control_group, daemon.clone(), quit) {
         Ok(c) => c,
         Err(e) => {
             daemon.shutdown();

@@ -673,3 +673,217 @@ fn another_uid_is_refused_clients_are_capped_and_leave_nothing_behind() {
         .unwrap();
     assert!(v["package"].is_string() || v.is_object());
 }
+
+/// The emulator's resident memory, kB.
+fn rss_kb(emu: &Emu) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", emu.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// A 100 MiB message is refused with a clear error, without the emulator's memory growing,
+/// and the connection stays usable.
+#[test]
+fn a_100_mib_message_is_refused_without_memory_growth() {
+    let emu = Emu::start(&["--vfs", "1", "--pv-ports", "0"]);
+    let mut raw = Raw::connect(&emu);
+    raw.exec("qmp_capabilities", json!({}));
+    let rss0 = rss_kb(&emu);
+    let mut w = raw.w.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(br#"{"execute": "query-version", "arguments": {"pad": ""#)
+            .unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..100 {
+            w.write_all(&chunk).unwrap();
+        }
+        w.write_all(b"\"}}\n").unwrap();
+    });
+    let reply = raw.read();
+    writer.join().unwrap();
+    let desc = reply["error"]["desc"].as_str().unwrap_or_default();
+    assert!(
+        desc.contains("exceeds the limit of 65536"),
+        "100 MiB message answered {reply}"
+    );
+    let rss1 = rss_kb(&emu);
+    eprintln!("emulator VmRSS {rss0} kB before, {rss1} kB after a 100 MiB message");
+    assert!(
+        rss1 < rss0 + 4096,
+        "VmRSS grew from {rss0} to {rss1} kB on a 100 MiB message"
+    );
+    // The same connection goes on.
+    let v = raw.exec("query-version", json!({}));
+    assert!(v["return"].is_object(), "{v}");
+}
+
+/// A client that sends commands and reads nothing fills its socket: its own thread waits,
+/// nobody else does. Another client's commands and the data path go on meanwhile, and after
+/// `CLIENT_WRITE_TIMEOUT` the stuck client is disconnected and its thread is gone.
+#[test]
+fn a_client_that_never_reads_blocks_neither_other_clients_nor_the_data_path() {
+    use sriov_emu::control::CLIENT_WRITE_TIMEOUT;
+    use sriov_emu::frontend::VirtioNetFrontend;
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0"]);
+    let mut stuck = Raw::connect(&emu);
+    stuck.exec("qmp_capabilities", json!({}));
+    // Commands whose replies it never reads, from a thread (its own writes block once the
+    // emulator stops reading it).
+    let mut w = stuck.w.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let cmd = br#"{"execute": "query-vfs"}"#;
+        for _ in 0..200_000 {
+            if w.write_all(cmd).is_err() {
+                break;
+            }
+        }
+    });
+    // Long enough for its socket to fill both ways.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut other = Raw::connect(&emu);
+    other.exec("qmp_capabilities", json!({}));
+    for i in 0..20 {
+        let t = Instant::now();
+        let v = other.exec("vf-set", json!({"vf": 1, "link-state": "enable"}));
+        assert!(v["return"].is_object(), "{v}");
+        let v = other.exec("query-vfs", json!({}));
+        assert!(v["return"].is_array(), "{v}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "command {i} took {:?} beside a stuck client",
+            t.elapsed()
+        );
+    }
+    let fe = |n: u32| {
+        VirtioNetFrontend::connect(emu.path().join(format!("vf{n}.sock")), pairs(1, 1)).unwrap()
+    };
+    let (mut a, mut b) = (fe(0), fe(1));
+    for i in 0..100 {
+        let f = udp_frame(vf_mac(1), vf_mac(0), 1, 2, i, 60 + i as usize * 10);
+        a.send(0, &f).unwrap();
+        assert_eq!(
+            b.recv_timeout(0, WAIT).as_deref(),
+            Some(&f[..]),
+            "frame {i}"
+        );
+    }
+    // The stuck client is cut off; its threads end (the other client keeps its two).
+    let client_threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", emu.child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.starts_with("control-"))
+            .count()
+    };
+    // Each client has a control-client and a control-events thread.
+    assert_eq!(
+        client_threads(),
+        4,
+        "the stuck client's threads are gone already"
+    );
+    let t = Instant::now();
+    while client_threads() > 2 {
+        assert!(
+            t.elapsed() < CLIENT_WRITE_TIMEOUT + Duration::from_secs(5),
+            "the stuck client still has its threads after {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "the stuck client was dropped {:?} after the checks",
+        t.elapsed()
+    );
+    flood.join().unwrap();
+    assert!(
+        emu.log().contains("control client dropped"),
+        "{}",
+        emu.log()
+    );
+    drop(other);
+}
+
+/// `--control-group`: the socket becomes 0660 and that group's; its members (primary or
+/// supplementary group) are served, others refused; an unknown group stops `run` clearly.
+#[test]
+fn control_group_opens_the_socket_to_its_members_only() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(BIN)
+        .args(["run", "--vfs", "0", "--control-group", "no-such-group-here"])
+        .arg("--socket-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown group \"no-such-group-here\""),
+        "{err}"
+    );
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: running a client as another uid needs root");
+        return;
+    }
+    const GROUP: u32 = 54_400;
+    let emu = Emu::start(&["--vfs", "1", "--pv-ports", "0", "--control-group", "54400"]);
+    let sock = emu.path().join("control.sock");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), GROUP);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(emu.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A client as (uid, primary gid, supplementary groups).
+    let ctl = |uid: u32, gid: u32, groups: &'static [u32]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ctl", "--control"])
+            .arg(&sock)
+            .args(["qmp", "query-version"]);
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) between fork and
+        // exec, in the order that lets root drop its privileges.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = ctl(54_321, GROUP, &[]);
+    assert!(ok, "a member by its primary group was refused: {err}");
+    let (ok, err) = ctl(54_322, 54_401, &[GROUP]);
+    assert!(ok, "a member by a supplementary group was refused: {err}");
+    // A non-member: the socket's mode stops it; with the mode opened by hand, its credentials.
+    let (ok, err) = ctl(54_323, 54_401, &[]);
+    assert!(!ok, "a non-member was served");
+    assert!(err.contains("Permission denied"), "{err}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let (ok, err) = ctl(54_323, 54_401, &[]);
+    assert!(!ok, "a non-member was served");
+    assert!(
+        err.contains(
+            "permission denied: uid 54323 is neither the emulator's (uid 0) nor in the control \
+             group (gid 54400)"
+        ),
+        "{err}"
+    );
+}

@@ -3,12 +3,15 @@
 //!
 //! - `qmp.rs`: the wire format: greeting, requests, returns, errors, argument checking.
 //! - `commands.rs`: every command, on top of `Daemon` (documented in docs/control.md).
+//! - `access.rs`: who may connect: the socket's owner, group and mode, and every peer's
+//!   credentials checked (SO_PEERCRED).
 //! - `server.rs`: the socket: several clients, one line per message, events after
 //!   `qmp_capabilities`, bad input answered with an error on a connection that stays usable.
 //! - `stream.rs`: splits the byte stream into JSON messages (no newlines needed, as in QEMU).
 //! - `client.rs`: the `ctl` client: a QMP client and the `ip link ... vf N ...` vocabulary.
 //! - `render.rs`: `ctl`'s human-readable and OpenMetrics text of the replies.
 
+mod access;
 pub mod client;
 mod commands;
 mod qmp;
@@ -16,6 +19,7 @@ pub mod render;
 mod server;
 mod stream;
 
+pub use access::{group_id, AccessError};
 pub use commands::execute;
 pub use qmp::{QmpError, MAX_LINE};
-pub use server::{ControlError, ControlServer, MAX_CLIENTS};
+pub use server::{ControlError, ControlServer, CLIENT_WRITE_TIMEOUT, MAX_CLIENTS};

@@ -1,12 +1,12 @@
 //! The control socket: QMP framing, clients, events.
 
+use super::access::{check_peer, restrict, AccessError};
 use super::commands::execute;
 use super::qmp::{self, QmpError, MAX_LINE};
 use super::stream::{Piece, Splitter};
 use crate::daemon::Daemon;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +24,8 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 type QuitFn = dyn Fn() + Send + Sync;
@@ -35,9 +37,11 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Listens on `path` (mode 0600) and serves clients on their own threads.
+    /// Listens on `path` (mode 0600, or 0660 and owned by `group`) and serves clients on their
+    /// own threads: the emulator's uid, root, and members of `group`.
     pub fn start(
         path: &Path,
+        group: Option<u32>,
         daemon: Arc<Daemon>,
         quit: Arc<QuitFn>,
     ) -> Result<ControlServer, ControlError> {
@@ -52,8 +56,10 @@ impl ControlServer {
             source,
         };
         let listener = UnixListener::bind(path).map_err(listen_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(listen_err)?;
+        if let Err(e) = restrict(path, group) {
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let clients = Arc::new(AtomicUsize::new(0));
@@ -66,7 +72,7 @@ impl ControlServer {
                     }
                     match conn {
                         Ok(c) => {
-                            if let Err(why) = admit(&c, &clients) {
+                            if let Err(why) = admit(&c, group, &clients) {
                                 refuse(c, &why);
                                 continue;
                             }
@@ -126,41 +132,10 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The peer's uid (SO_PEERCRED), or `None` if the kernel does not say.
-fn peer_uid(c: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt(2) on a socket we own, writing at most `len` bytes into `cred`.
-    let r = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(c),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::from_mut(&mut cred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
-}
-
-/// Whether the client may be served: the emulator's own uid or root (even if the socket's mode
-/// was opened by hand, another user's process is refused), and a free client place.
-fn admit(c: &UnixStream, clients: &AtomicUsize) -> Result<(), String> {
-    // SAFETY: geteuid(2) has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    match peer_uid(c) {
-        Some(uid) if uid == me || uid == 0 => {}
-        Some(uid) => {
-            return Err(format!(
-                "permission denied: uid {uid} is not the emulator's (uid {me})"
-            ))
-        }
-        None => return Err("permission denied: the peer's credentials are unknown".into()),
-    }
+/// Whether the client may be served: its credentials (`access::check_peer`) and a free client
+/// place.
+fn admit(c: &UnixStream, group: Option<u32>, clients: &AtomicUsize) -> Result<(), String> {
+    check_peer(c, group)?;
     if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
         return Err(format!(
             "too many control clients (at most {MAX_CLIENTS} at once)"
@@ -180,16 +155,36 @@ fn refuse(c: UnixStream, why: &str) {
     let _ = (&c).write_all(&line);
 }
 
+/// How long a client may leave a reply or an event unread (its socket buffer full) before it
+/// is disconnected: a stuck client must not hold its thread and place forever.
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes one line to the client. A client that does not read within `CLIENT_WRITE_TIMEOUT`
+/// is shut down, which also ends its reading thread.
 fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).unwrap_or_default();
     line.push(b'\n');
-    w.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line)
+    let s = w.lock().unwrap_or_else(|e| e.into_inner());
+    let r = (&*s).write_all(&line);
+    if let Err(e) = &r {
+        tracing::warn!(
+            "control client dropped: {e} (it did not read for {CLIENT_WRITE_TIMEOUT:?})"
+        );
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    r
 }
 
 fn serve_client(stream: UnixStream, d: &Arc<Daemon>, quit: &QuitFn) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
+    if write_half
+        .set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))
+        .is_err()
+    {
+        return;
+    }
     let writer = Arc::new(Mutex::new(write_half));
     if send(&writer, &qmp::greeting()).is_err() {
         return;
