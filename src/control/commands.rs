@@ -421,6 +421,7 @@ fn applies_to_wire(n: &str) -> bool {
         "rx_queue_",
         "tx_queue_",
         "tx_throttled",
+        "rx_malformed_buffers",
     ]
     .iter()
     .any(|p| n.starts_with(p))

@@ -358,12 +358,14 @@ impl Pipeline {
                         at.vlan = vlan;
                         at.remote = remote;
                         let (v, learned) = sw.forward(&at, &hdr, now);
-                        if let Learned::Moved { from } = learned {
-                            self.moves.push(FdbMove {
+                        match learned {
+                            Learned::Moved { from } => self.moves.push(FdbMove {
                                 mac: hdr.src,
                                 from,
                                 to: at.port,
-                            });
+                            }),
+                            Learned::Full => port.counters.totals.fdb_learn_refused.inc(),
+                            _ => {}
                         }
                         last = Some((hdr.src, hdr.dst, vlan, remote, v));
                         v

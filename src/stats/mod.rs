@@ -104,6 +104,10 @@ counters! {
         flow_learned,
         /// Learned flows evicted (least recently used) to make room.
         flow_evictions,
+        /// Source MACs from this port the FDB did not learn: it held its maximum of learned
+        /// entries (`switch::fdb::MAX_LEARNED`). The frames are forwarded; frames to those
+        /// MACs flood as unknown unicast.
+        fdb_learn_refused,
         /// TX: times the port's TX queues were held back by a rate (its max_tx_rate, or the
         /// wire's line rate beyond its min_tx_rate share). A rate never drops a frame: the
         /// frames wait in the guest's ring, as on a NIC's TX scheduler.

@@ -53,6 +53,9 @@ pub enum Learned {
     Moved { from: PortId },
     /// A static entry owns this MAC on another port; nothing was learned.
     Static,
+    /// The FDB holds `MAX_LEARNED` learned entries: a new MAC is not learned (frames to it
+    /// flood as unknown unicast, as before it was learned).
+    Full,
 }
 
 /// The forwarding database.
@@ -63,18 +66,38 @@ pub struct Fdb {
     /// Where MACs were before their port went down or their static entry was withdrawn, so
     /// that learning them elsewhere next is reported as a move.
     departed: HashMap<FdbKey, PortId>,
+    /// Static entries among `entries` (the rest are learned).
+    statics: usize,
+    max_learned: usize,
 }
 
 /// Most remembered departures.
 const MAX_DEPARTED: usize = 4096;
 
+/// Most learned entries (static ones, at most one per VF, come on top). Like a NIC's or a
+/// bridge's (`fdb_max_learned`) limit: a sender of endless source MACs cannot grow the table;
+/// what is not learned is counted (`fdb_learn_refused`) and floods as unknown unicast.
+pub const MAX_LEARNED: usize = 32 * 1024;
+
 impl Fdb {
     pub fn new(aging_secs: u64) -> Self {
+        Self::with_limit(aging_secs, MAX_LEARNED)
+    }
+
+    /// An FDB that learns at most `max_learned` entries.
+    pub fn with_limit(aging_secs: u64, max_learned: usize) -> Self {
         Fdb {
             entries: HashMap::with_capacity(1024),
             aging_secs,
             departed: HashMap::new(),
+            statics: 0,
+            max_learned,
         }
+    }
+
+    /// Learned (not static) entries.
+    pub fn learned_len(&self) -> usize {
+        self.entries.len() - self.statics
     }
 
     pub fn aging_secs(&self) -> u64 {
@@ -91,6 +114,7 @@ impl Fdb {
 
     /// Learns `key` on `port` (behind it at `remote`) at time `now`.
     pub fn learn(&mut self, key: FdbKey, port: PortId, remote: Remote, now: u64) -> Learned {
+        let full = self.learned_len() >= self.max_learned;
         match self.entries.get_mut(&key) {
             Some(e) if e.port == port => {
                 e.last_seen = now;
@@ -103,6 +127,7 @@ impl Fdb {
                 *e = FdbEntry::learned(port, remote, now);
                 Learned::Moved { from }
             }
+            None if full => Learned::Full,
             None => {
                 let from = self.departed.remove(&key).filter(|p| *p != port);
                 self.entries
@@ -125,7 +150,7 @@ impl Fdb {
     /// Adds (or replaces) the static entry of a VF's MAC in its port VLAN (`key.vlan` 0: no
     /// port VLAN, the entry matches in every VLAN without an entry of its own).
     pub fn add_static(&mut self, key: FdbKey, port: PortId) {
-        self.entries.insert(
+        let old = self.entries.insert(
             key,
             FdbEntry {
                 port,
@@ -135,6 +160,9 @@ impl Fdb {
                 any_vlan: key.vlan == 0,
             },
         );
+        if !old.is_some_and(|e| e.is_static) {
+            self.statics += 1;
+        }
     }
 
     /// Removes every static entry of `port` (remembered as departures); returns how many.
@@ -149,6 +177,7 @@ impl Fdb {
             self.entries.remove(k);
             self.remember_departure(*k, port);
         }
+        self.statics -= gone.len();
         gone.len()
     }
 
@@ -318,5 +347,31 @@ mod tests {
         assert_eq!(f.lookup(k(1), 1), Some((PortId(0), 0)));
         assert_eq!(f.remove_statics_of(PortId(0)), 1);
         assert_eq!(f.lookup(k(1), 1), None);
+    }
+
+    #[test]
+    fn learning_stops_at_the_limit_and_static_entries_do_not_count() {
+        let mut f = Fdb::with_limit(300, 3);
+        f.add_static(k(100), PortId(0));
+        f.add_static(k(100), PortId(0));
+        for i in 1..=3 {
+            assert_eq!(f.learn(k(i), PortId(7), 0, 0), Learned::New);
+        }
+        assert_eq!(f.learn(k(4), PortId(7), 0, 0), Learned::Full);
+        assert_eq!(f.lookup(k(4), 0), None);
+        // Known MACs still refresh and move when full.
+        assert_eq!(f.learn(k(1), PortId(7), 0, 1), Learned::Refreshed);
+        assert_eq!(
+            f.learn(k(2), PortId(8), 0, 1),
+            Learned::Moved { from: PortId(7) }
+        );
+        assert_eq!((f.len(), f.learned_len()), (4, 3));
+        // Room again once entries go, however they go.
+        f.flush_port(PortId(8));
+        assert_eq!(f.learn(k(4), PortId(7), 0, 2), Learned::New);
+        f.remove_statics_of(PortId(0));
+        assert_eq!((f.len(), f.learned_len()), (3, 3));
+        assert_eq!(f.age(400), 3);
+        assert_eq!(f.learned_len(), 0);
     }
 }

@@ -18,7 +18,7 @@ pub mod policy;
 mod rate;
 pub mod vlan;
 
-pub use fdb::{Fdb, FdbEntry, FdbKey, Learned, Remote};
+pub use fdb::{Fdb, FdbEntry, FdbKey, Learned, Remote, MAX_LEARNED};
 pub use forward::{fan_out, FdbMove, ALL_REMOTES};
 pub use policy::{EdgePolicy, Egress, Ingress, PolicyDrop};
 pub use rate::TokenBucket;
