@@ -239,6 +239,13 @@ fn a_vf_serves_the_next_qemu_after_the_previous_one_exits() {
         "vf0 served {connects} frontends:\n{}",
         emu.log()
     );
+    // QEMU's own sequence (negotiation, guest runs, poweroff, hang-up) breaks no rule.
+    assert_eq!(
+        emu.stats("vf0")["counters"]["protocol_errors"],
+        0,
+        "{}",
+        emu.log()
+    );
 }
 
 #[test]

@@ -187,6 +187,18 @@ fn a_guest_on_a_vf_migrates_to_another_host_while_frames_arrive_and_keeps_networ
         "frames with bad checksums in the migrated guest: RX buffers written during the \
          migration were not in the dirty log"
     );
+    // QEMU's migration sequence (SET_LOG_BASE, LOG_ALL, GET_VRING_BASE, the source's hang-up)
+    // breaks no rule of the protocol on either side.
+    for (host, emu) in [("A", &a), ("B", &b)] {
+        for port in ["vf0", "vf1"] {
+            assert_eq!(
+                emu.stats(port)["counters"]["protocol_errors"],
+                0,
+                "{host} {port}:\n{}",
+                emu.log()
+            );
+        }
+    }
     drop((src, dst, peer));
 }
 

@@ -412,8 +412,9 @@ fn query_stats(d: &Daemon, a: &mut Args) -> CmdResult {
 }
 
 /// Whether a port counter means something for the uplink: RX steering, flow learning,
-/// per-queue counts (its "queues" are the remotes, counted per remote instead) and rate holds
-/// (no rate holds frames from the wire) do not.
+/// per-queue counts (its "queues" are the remotes, counted per remote instead), rate holds
+/// (no rate holds frames from the wire) and vhost-user protocol errors (it has no vhost-user
+/// connection) do not.
 fn applies_to_wire(n: &str) -> bool {
     ![
         "rx_steer_",
@@ -422,6 +423,7 @@ fn applies_to_wire(n: &str) -> bool {
         "tx_queue_",
         "tx_throttled",
         "rx_malformed_buffers",
+        "protocol_errors",
     ]
     .iter()
     .any(|p| n.starts_with(p))

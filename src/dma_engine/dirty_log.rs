@@ -35,6 +35,14 @@ pub enum LogError {
     Size { size: u64 },
     #[error("dirty log offset {offset} is not page-aligned")]
     Offset { offset: u64 },
+    #[error("dirty log of {size} bytes at offset {offset} runs past the end of its file ({file_len} bytes)")]
+    PastEnd {
+        size: u64,
+        offset: u64,
+        file_len: u64,
+    },
+    #[error("cannot read the dirty log file's size")]
+    Stat(#[source] io::Error),
     #[error("cannot map the dirty log ({size} bytes at offset {offset})")]
     Map {
         size: u64,
@@ -64,6 +72,17 @@ impl LogArea {
         }
         if !offset.is_multiple_of(LOG_PAGE) {
             return Err(LogError::Offset { offset });
+        }
+        // A shared mapping past the end of a file maps without complaint, and the first
+        // mark there would be SIGBUS, killing the process: refuse a log its file cannot hold.
+        // (Pipes and sockets are left to mmap, which refuses them.)
+        let meta = file.metadata().map_err(LogError::Stat)?;
+        if meta.file_type().is_file() && offset.saturating_add(size) > meta.len() {
+            return Err(LogError::PastEnd {
+                size,
+                offset,
+                file_len: meta.len(),
+            });
         }
         let len = usize::try_from(size).map_err(|_| LogError::Size { size })?;
         let off = libc::off_t::try_from(offset).map_err(|_| LogError::Offset { offset })?;
@@ -310,6 +329,15 @@ mod tests {
         ));
         let log = LogArea::map(&f, 4096, 4096).unwrap();
         assert_eq!(log.len(), 4096);
+        // Past the end of the file: the first mark there would be SIGBUS.
+        assert!(matches!(
+            LogArea::map(&f, 4096, 8192),
+            Err(LogError::PastEnd { file_len: 8192, .. })
+        ));
+        assert!(matches!(
+            LogArea::map(&memfd(0), 0, 8),
+            Err(LogError::PastEnd { .. })
+        ));
     }
 
     #[test]

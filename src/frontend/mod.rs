@@ -7,10 +7,14 @@
 //! - `hostile.rs`: what a well-behaved driver never does, for tests of the device against a
 //!   buggy or hostile guest: hand-made and indirect chains, a forged avail index,
 //!   GET_VRING_BASE, raw addresses into the frontend's memory.
+//! - `raw.rs`: `RawFrontend`, a frontend that writes vhost-user messages by hand (any header,
+//!   body and file descriptors), for tests of the back-end against malformed messages.
 
 mod hostile;
+pub mod raw;
 mod ring;
 
+pub use raw::{Answer, RawError, RawFrontend};
 pub use ring::{Desc, DriverRing, RawDesc, RingLayout, Used};
 
 use std::fs::File;
@@ -160,7 +164,8 @@ fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
     move |source| FrontendError::Protocol { op, source }
 }
 
-fn memfd(size: u64) -> Result<File> {
+/// A memfd of `size` bytes (guest memory, a dirty log).
+pub fn memfd(size: u64) -> Result<File> {
     let name = c"sriov-emu-frontend";
     // SAFETY: `name` is a valid NUL-terminated string; the returned fd is checked.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };

@@ -116,6 +116,10 @@ counters! {
         /// ring outside its memory), found while sending or delivering; the queue is skipped
         /// while it lasts and the frames for it count as `drop_no_rx_buffer`.
         queue_faults,
+        /// vhost-user connections ended by a message the back-end refused (malformed,
+        /// truncated, unknown, out of range or out of order); the port closes the connection
+        /// and accepts the next frontend. Not a frame count.
+        protocol_errors,
     }
 }
 

@@ -12,9 +12,51 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use std::time::{Duration, Instant};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
+
+/// At most one log line per port this often about frontends that broke the protocol (a
+/// hostile frontend can reconnect and fail in a loop); the rest are counted in
+/// `protocol_errors` and summed up in the next line.
+const PROTOCOL_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A warning logged at most once per interval, with how many were left out since.
+struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl RateLimitedLog {
+    fn new(every: Duration) -> Self {
+        RateLimitedLog {
+            every,
+            last: None,
+            left_out: 0,
+        }
+    }
+
+    /// Logs that the frontend of `port` was disconnected for `error`, unless a line was
+    /// logged less than an interval ago.
+    fn report(&mut self, port: &str, error: &DaemonError) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.left_out += 1;
+            return;
+        }
+        self.last = Some(now);
+        let left_out = std::mem::take(&mut self.left_out);
+        tracing::warn!(
+            port = %port,
+            "vhost-user protocol error, frontend disconnected: {error} ({left_out} more since the last such line; at most one per {:?})",
+            self.every
+        );
+    }
+}
 
 /// Why a port cannot serve its socket.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +248,7 @@ impl PortServer {
         let name = self.port.spec.name.clone();
         let _span = tracing::info_span!("port", port = %name).entered();
         let num_queues = 2 * usize::from(self.port.spec.queue_pairs);
+        let mut protocol_log = RateLimitedLog::new(PROTOCOL_ERROR_LOG_INTERVAL);
         while !self.stopping() {
             let mem = GuestMemAtomic::new(GuestMem::default());
             let conn = Arc::new(Connection::new(mem.clone(), num_queues));
@@ -257,8 +300,13 @@ impl PortServer {
             self.waker.wake();
             self.emit("VF_ATTACHED", "connected");
             match daemon.wait() {
-                Ok(()) => tracing::info!(port = %name, "frontend disconnected"),
-                Err(e) => tracing::info!(port = %name, "frontend session ended: {e}"),
+                Ok(()) | Err(DaemonError::HandleRequest(VhostUserError::Disconnected)) => {
+                    tracing::info!(port = %name, "frontend disconnected")
+                }
+                Err(e) => {
+                    self.port.counters.totals.protocol_errors.inc();
+                    protocol_log.report(&name, &e);
+                }
             }
             self.session
                 .lock()

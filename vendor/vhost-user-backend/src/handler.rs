@@ -440,9 +440,13 @@ where
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
 
-        if num == 0 || num as usize > self.max_queue_size {
+        // sriov-emu patch: a split ring's size is a power of two (virtio 1.x 2.7). Upstream
+        // passed any other size on to virtio-queue, which logs and ignores it: the frontend
+        // got an ack and the ring kept its previous size, so device and driver disagreed on
+        // where the rings end.
+        if num == 0 || num as usize > self.max_queue_size || !num.is_power_of_two() {
             log::error!(
-                "vring {index} requested queue size {num} out of range (1-{})",
+                "vring {index} requested queue size {num} out of range (a power of two in 1-{})",
                 self.max_queue_size
             );
             return Err(VhostUserError::InvalidParam);

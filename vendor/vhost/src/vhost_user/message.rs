@@ -537,6 +537,27 @@ pub struct VhostUserMemoryRegion {
     pub xen_mmap_data: u32,
 }
 
+/// sriov-emu patch: a region of a regular file must lie inside the file. mmap(2) maps a
+/// shared file past its end without complaint, and the first access to a page there raises
+/// SIGBUS, which kills the whole back-end process: a frontend could crash it with a region
+/// larger than its memfd. Other descriptors are left to mmap(2) (it refuses pipes and
+/// sockets).
+#[cfg(not(feature = "xen"))]
+fn check_region_in_file(file: &File, offset: u64, size: u64) -> Result<()> {
+    let meta = file.metadata().map_err(Error::ReqHandlerError)?;
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    let end = offset.checked_add(size).ok_or(Error::InvalidParam)?;
+    if end > meta.len() {
+        return Err(Error::ReqHandlerError(io::Error::other(format!(
+            "memory region [{offset:#x}, {end:#x}) of its file runs past the file's end ({:#x})",
+            meta.len()
+        ))));
+    }
+    Ok(())
+}
+
 impl VhostUserMemoryRegion {
     fn is_valid_common(&self) -> bool {
         self.memory_size != 0
@@ -560,6 +581,7 @@ impl VhostUserMemoryRegion {
 
     /// Creates mmap region from Self.
     pub fn mmap_region<B: NewBitmap>(&self, file: File) -> Result<MmapRegion<B>> {
+        check_region_in_file(&file, self.mmap_offset, self.memory_size)?;
         MmapRegion::<B>::from_file(
             FileOffset::new(file, self.mmap_offset),
             self.memory_size as usize,
@@ -693,7 +715,13 @@ impl VhostUserSingleMemoryRegion {
 
 // SAFETY: Safe because all fields of VhostUserSingleMemoryRegion are POD.
 unsafe impl ByteValued for VhostUserSingleMemoryRegion {}
-impl VhostUserMsgValidator for VhostUserSingleMemoryRegion {}
+// sriov-emu patch: ADD_MEM_REG's region is checked as SET_MEM_TABLE's are (a size of 0, or an
+// address + size that overflows, is refused); upstream accepted any.
+impl VhostUserMsgValidator for VhostUserSingleMemoryRegion {
+    fn is_valid(&self) -> bool {
+        self.region.is_valid()
+    }
+}
 
 /// Get shared memory regions configuration.
 #[repr(C)]
