@@ -3,6 +3,7 @@
 //! file. Example: fixtures/config.toml.
 
 use crate::daemon::{Daemon, DaemonError};
+use crate::faults::FaultSpec;
 use crate::pf::{default_vf_mac, PfError};
 use crate::vf::knobs::{self, Knob, KnobError, KnobValues, KNOBS};
 use crate::vf::{SettingsError, SettingsUpdate, VfSettings};
@@ -38,6 +39,14 @@ pub enum ConfigError {
         #[source]
         source: VfKnobError,
     },
+    /// A `[[fault]]` table refused (checked before anything starts, or by the emulator).
+    #[error("config file: fault {index} (port {port})")]
+    Fault {
+        index: usize,
+        port: String,
+        #[source]
+        source: DaemonError,
+    },
     /// A `[[vf]]` table refused by the running emulator.
     #[error("config file: vf {index}")]
     VfApply {
@@ -65,7 +74,7 @@ fn at(path: Option<&Path>) -> String {
 }
 
 /// The file's contents. Unknown keys are errors (a typo must not be silently ignored).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub socket_dir: Option<PathBuf>,
@@ -86,6 +95,9 @@ pub struct ConfigFile {
     pub uplink_rate: Option<u32>,
     #[serde(default)]
     pub vf: Vec<VfConfig>,
+    /// Faults injected from the start (`fault-set`'s arguments, keys in either case).
+    #[serde(default)]
+    pub fault: Vec<FaultSpec>,
 }
 
 /// One `[[vf]]` table: `index` and the knobs of `ip link set ... vf N`, by their config file
@@ -224,6 +236,30 @@ impl ConfigFile {
             if *update != SettingsUpdate::default() {
                 d.vf_set(index, update).map_err(apply)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the `[[fault]]` tables' arguments (before anything starts).
+    pub fn check_faults(&self) -> Result<(), ConfigError> {
+        for (index, f) in self.fault.iter().enumerate() {
+            f.check().map_err(|e| ConfigError::Fault {
+                index,
+                port: f.port.clone(),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the `[[fault]]` tables' faults on a running daemon (`fault-set`'s code path).
+    pub fn apply_faults(&self, d: &Daemon) -> Result<(), ConfigError> {
+        for (index, f) in self.fault.iter().enumerate() {
+            d.fault_set(f).map_err(|source| ConfigError::Fault {
+                index,
+                port: f.port.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

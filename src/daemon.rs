@@ -1,6 +1,8 @@
 //! `sriov-emu run`: the PF's ports, their sockets, the data plane; numvfs and channel changes
 //! at run time.
 
+mod faults;
+
 use crate::capture::{CaptureHub, CaptureSession, PcapngOut, PortSet};
 use crate::datapath::DataPlane;
 use crate::events::EventBus;
@@ -62,6 +64,12 @@ pub enum DaemonError {
     },
     #[error("cannot start the capture's writer thread")]
     CaptureThread(#[source] std::io::Error),
+    #[error(transparent)]
+    Fault(#[from] crate::faults::FaultError),
+    #[error("port {0:?} does not exist")]
+    NoPort(String),
+    #[error("VF {vf} is busy (a reset is in progress: an injected fault), try again in {ms} ms")]
+    Busy { vf: u32, ms: u64 },
     #[error("no port {0:?} to capture (ports: vfN, pvN, uplink, drops)")]
     CapturePort(String),
     #[error("no capture {0}")]

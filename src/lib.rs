@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dma_engine;
 pub mod events;
+pub mod faults;
 pub mod frontend;
 pub mod pf;
 pub mod port;

@@ -173,6 +173,18 @@ enum CtlCmd {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
+    /// Inject a fault into a port for your own tests, or clear it: `fault vf0 drop share 10%
+    /// seed 7`, `fault vf0 delay share 0.5 delay-ms 20`, `fault vf0 duplicate share 5%`,
+    /// `fault vf0 corrupt share 1%`, `fault vf0 stall queue tx0 duration-ms 2000`,
+    /// `fault vf0 link-flap down-ms 500 up-ms 1000 count 3`, `fault vf0 busy duration-ms 3000`,
+    /// `fault vf0 clear [KIND]`. Each fault is counted on the port (`fault_*` in stats).
+    Fault {
+        port: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        words: Vec<String>,
+    },
+    /// The faults set on every port.
+    Faults,
     /// Run any control command: `ctl qmp query-vfs '{"...": ...}'`.
     Qmp {
         command: String,
@@ -357,6 +369,7 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), MainError> {
     )?
     .with_pv_ports(a.pv_channels.or(file.pv_channels), a.pv_mtu.or(file.pv_mtu))?;
     file.check_vfs(pf.numvfs)?;
+    file.check_faults()?;
     Ok((pf, file))
 }
 
@@ -475,7 +488,10 @@ fn run(args: RunArgs) -> Result<(), MainError> {
         }),
     })?;
     let daemon = Arc::new(daemon);
-    if let Err(e) = file.apply_vfs(&daemon) {
+    if let Err(e) = file
+        .apply_vfs(&daemon)
+        .and_then(|()| file.apply_faults(&daemon))
+    {
         daemon.shutdown();
         return Err(e.into());
     }
@@ -565,6 +581,11 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             snaplen,
             duration,
         } => ctl_capture(&mut c, ports, &write, snaplen, duration)?,
+        CtlCmd::Fault { port, words } => {
+            let (cmd, args) = client::fault_command(&port, &words)?;
+            c.execute(cmd, args)?;
+        }
+        CtlCmd::Faults => print_json(&c.execute("query-faults", none)?),
         CtlCmd::Qmp { command, arguments } => {
             let args = match arguments {
                 Some(s) => serde_json::from_str(&s)

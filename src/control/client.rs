@@ -229,6 +229,43 @@ fn flow_args(words: &[String], args: &mut Map<String, Value>) -> Result<usize> {
     Ok(3)
 }
 
+/// Translates `fault PORT <words...>` into a QMP command: `clear [KIND]` (fault-clear), or
+/// `KIND [KEY VALUE]...` (fault-set; keys as fault-set's arguments: share 10% | 0.1, seed N,
+/// delay-ms N, queue rxN|txN, duration-ms N, down-ms N, up-ms N, count N).
+pub fn fault_command(port: &str, words: &[String]) -> Result<(&'static str, Value)> {
+    let usage = |why: String| ClientError::Usage(format!("fault {port}: {why}"));
+    let Some((kind, rest)) = words.split_first() else {
+        return Err(usage("a fault kind or `clear` is needed".into()));
+    };
+    if kind == "clear" {
+        return match rest {
+            [] => Ok(("fault-clear", json!({"port": port}))),
+            [k] => Ok(("fault-clear", json!({"port": port, "fault": k}))),
+            _ => Err(usage("`clear` takes at most one fault kind".into())),
+        };
+    }
+    let mut args = json!({"port": port, "fault": kind});
+    if rest.len() % 2 != 0 {
+        return Err(usage("arguments come in KEY VALUE pairs".into()));
+    }
+    for kv in rest.chunks(2) {
+        let key = kv[0].replace('_', "-");
+        let v = &kv[1];
+        let value = match key.as_str() {
+            "queue" => json!(v),
+            "share" if v.ends_with('%') => json!(v),
+            "share" => json!(v
+                .parse::<f64>()
+                .map_err(|_| usage(format!("share {v:?} is not a number or N%")))?),
+            _ => json!(v
+                .parse::<u64>()
+                .map_err(|_| usage(format!("{key} {v:?} is not a whole number")))?),
+        };
+        args[key] = value;
+    }
+    Ok(("fault-set", args))
+}
+
 /// Translates `vf N <words...>` (the `ip link` vocabulary) into a QMP command.
 pub fn vf_command(vf: u32, words: &[String]) -> Result<(&'static str, Value)> {
     let mut args = Map::new();

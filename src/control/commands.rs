@@ -2,6 +2,7 @@
 
 use super::qmp::{Args, QmpError};
 use crate::daemon::Daemon;
+use crate::faults::{FaultKind, FaultSpec};
 use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, RssKey, IPPROTO_TCP, IPPROTO_UDP};
 use crate::uplink::Uplink;
@@ -43,8 +44,28 @@ const COMMAND_ARGS: &[(&str, &[&str])] = &[
     ("capture-start", &["file", "ports", "snaplen", "max-mb"]),
     ("capture-stop", &["id"]),
     ("query-captures", &[]),
+    (
+        "fault-set",
+        &[
+            "port",
+            "fault",
+            "share",
+            "seed",
+            "delay-ms",
+            "queue",
+            "duration-ms",
+            "down-ms",
+            "up-ms",
+            "count",
+        ],
+    ),
+    ("fault-clear", &["port", "fault"]),
+    ("query-faults", &[]),
     ("quit", &[]),
 ];
+
+/// Commands that change a VF: refused while an injected `busy` fault lasts on it.
+const VF_MANAGEMENT: &[&str] = &["vf-set", "vf-rss-set", "vf-flow-add", "vf-flow-del"];
 
 /// Commands that take every VF knob (`vf::KNOBS`, by QMP name) besides their arguments.
 const KNOB_COMMANDS: &[&str] = &["vf-set"];
@@ -68,6 +89,14 @@ pub fn execute(
         .ok_or_else(|| QmpError::not_found(name))?;
     if let Some(k) = arguments.keys().find(|k| !takes(name, allowed, k)) {
         return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+    }
+    if VF_MANAGEMENT.contains(&name) {
+        if let Some(vf) = arguments.get("vf").and_then(Value::as_u64) {
+            d.check_vf_busy(u32::try_from(vf).unwrap_or(u32::MAX))?;
+        }
+    }
+    if name == "fault-set" {
+        return fault_set(d, arguments);
     }
     let mut a = Args::new(arguments);
     let r = match name {
@@ -97,6 +126,13 @@ pub fn execute(
         "query-captures" => Ok(Value::Array(
             d.captures().iter().map(capture_info).collect(),
         )),
+        "fault-clear" => fault_clear(d, &mut a),
+        "query-faults" => Ok(Value::Array(
+            d.faults()
+                .into_iter()
+                .map(|(port, faults)| json!({"port": port, "faults": faults}))
+                .collect(),
+        )),
         "quit" => {
             quit();
             Ok(json!({}))
@@ -105,6 +141,25 @@ pub fn execute(
     }?;
     a.finish()?;
     Ok(r)
+}
+
+/// `fault-set`: its arguments are a `FaultSpec` (the same as a `[[fault]]` table).
+fn fault_set(d: &Daemon, arguments: Map<String, Value>) -> CmdResult {
+    let spec: FaultSpec = serde_json::from_value(Value::Object(arguments))
+        .map_err(|e| QmpError::generic(format!("fault-set: {e}")))?;
+    d.fault_set(&spec)?;
+    Ok(json!({}))
+}
+
+fn fault_clear(d: &Daemon, a: &mut Args) -> CmdResult {
+    let port = a.str("port")?;
+    let kind = a
+        .opt_str("fault")?
+        .map(|k| FaultKind::parse(&k))
+        .transpose()
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    d.fault_clear(&port, kind)?;
+    Ok(json!({}))
 }
 
 fn query_version() -> CmdResult {

@@ -40,6 +40,7 @@ struct RxTally {
     fallback: u64,
     faults: u64,
     bad_buffers: u64,
+    stalled: u64,
 }
 
 impl RxTally {
@@ -66,6 +67,7 @@ impl RxTally {
         add(&t.rx_steer_fallback, self.fallback);
         add(&t.queue_faults, self.faults);
         add(&t.rx_malformed_buffers, self.bad_buffers);
+        add(&t.fault_stall_rx, self.stalled);
     }
 
     fn steered(&mut self, by: Steering, fell_back: bool) {
@@ -108,8 +110,15 @@ impl Deliveries {
                 continue;
             };
             let mut tally = RxTally::default();
+            // An injected stall of this RX queue (`fault-set`): its frames are not written.
+            let stalled = view.port.faults.any()
+                && view
+                    .port
+                    .faults
+                    .rx_stalled(usize::from(g.queue), super::now_ns())
+                    .is_some();
             let fault = match view.io.as_mut() {
-                Some(io) => write_group(io, &g, self, frames, &mut tally, tap),
+                Some(io) => write_group(io, &g, self, frames, &mut tally, tap, stalled),
                 None => {
                     tally.no_buffer += u64::from(g.len);
                     None
@@ -134,10 +143,14 @@ fn write_group(
     frames: &[TxFrame],
     tally: &mut RxTally,
     tap: &Tap,
+    stalled: bool,
 ) -> Option<QueueFault> {
-    let (mut rx, fault) = match io.open(usize::from(g.queue), g.len as usize) {
-        Ok(rx) => (rx, None),
-        Err(f) => (None, Some(f)),
+    let (mut rx, fault) = match stalled {
+        true => (None, None),
+        false => match io.open(usize::from(g.queue), g.len as usize) {
+            Ok(rx) => (rx, None),
+            Err(f) => (None, Some(f)),
+        },
     };
     for i in p.groups.members(g) {
         let d = &p.list[i];
@@ -153,6 +166,14 @@ fn write_group(
             // Egress accepted the tag, so the head holds one: stripping cannot fail.
             let n = vlan::strip_outer_tag(f.head(), &mut stripped).unwrap_or(0);
             fv = fv.with_head(&stripped[..n], f.len - vlan::TAG_LEN);
+        }
+        if stalled {
+            tally.stalled += 1;
+            if tap.on {
+                let k = usize::from(d.frame);
+                tap.record(k, None, Direction::Outbound, &fv, Some("fault_stall_rx"));
+            }
+            continue;
         }
         let result = match rx.as_mut() {
             Some(rx) => rx.push(&fv, &mut p.scratch),

@@ -11,6 +11,7 @@ use super::views::Views;
 use super::TX_BATCH;
 use crate::capture::{CaptureHub, Decision, Direction, VlanAction};
 use crate::events::EventBus;
+use crate::faults::{corrupt_offset, FrameFaults, Held};
 use crate::pf::UPLINK_PORT_ID;
 use crate::port::{FrameView, TxFrame, TxPending, TxPop, TxQueues};
 use crate::rss::{FlowTuple, Learn, Steering};
@@ -50,6 +51,8 @@ struct Decided {
     learn: bool,
     /// The RSS / flow steering view of the frame, parsed from its head when first needed.
     tuple: Option<FlowTuple>,
+    /// An injected fault sends a copy of it later: after this long (0: a duplicate, at once).
+    hold_ns: Option<u64>,
 }
 
 impl Decided {
@@ -70,6 +73,10 @@ impl Decided {
 enum Dropped {
     Malformed,
     Policy(PolicyDrop),
+    /// An injected `drop` fault.
+    Fault,
+    /// An injected `delay` fault took it into the delay line (it is sent later).
+    Delayed,
 }
 
 /// The bits a frame costs a rate bucket.
@@ -138,6 +145,13 @@ pub struct Pipeline {
     next_retry: Option<u64>,
     /// The capture hook (one relaxed load per batch while no capture runs).
     tap: Tap,
+    /// Frames of a port's delay line being sent (injected faults): their buffers back the
+    /// batch's host segments until it is delivered.
+    held: Vec<Held>,
+    /// The batch being switched comes from a delay line, not from the port's queue.
+    injecting: bool,
+    /// A frame was put in a delay line: its queue is to be looked at again when due.
+    fault_held: bool,
 }
 
 impl Pipeline {
@@ -159,6 +173,9 @@ impl Pipeline {
             throttle: 0,
             next_retry: None,
             tap: Tap::new(captures, TX_BATCH),
+            held: Vec::new(),
+            injecting: false,
+            fault_held: false,
         }
     }
 
@@ -196,6 +213,23 @@ impl Pipeline {
                 }
                 view.throttled_until = 0;
             }
+            if view.port.faults.any() {
+                let port = view.port.clone();
+                match self.fault_gate(views, src, &port, pending, qp) {
+                    FaultGate::Stalled => return done > 0,
+                    FaultGate::Sent(n) => {
+                        done += n;
+                        if done >= TX_BUDGET {
+                            pending.mark(qp);
+                            break;
+                        }
+                    }
+                    FaultGate::Open => {}
+                }
+            }
+            let Some(view) = views.get_mut(src) else {
+                return done > 0;
+            };
             let Some(io) = view.io.as_mut() else {
                 return done > 0;
             };
@@ -224,6 +258,10 @@ impl Pipeline {
                 io.complete(qp, &self.frames[..n], batch, sent);
             }
             done += sent;
+            if std::mem::take(&mut self.fault_held) {
+                // Sent from the delay line by this queue's next look (`fault_gate`).
+                pending.mark(qp);
+            }
             if sent < n {
                 // The rest waits in the queue until the rate allows it.
                 view.throttled_until = self.throttle.max(1);
@@ -269,6 +307,12 @@ impl Pipeline {
         if let Some(b) = bucket.as_deref_mut() {
             b.refill(now_ns);
         }
+        // Injected faults (`fault-set`), numbered per frame; not on frames they injected.
+        let faults = (!self.injecting && port.faults.any())
+            .then(|| port.faults.frames())
+            .flatten()
+            .filter(|f| f.is_active());
+        let first = faults.as_ref().map_or(0, |f| f.number(n));
         for k in 0..n {
             let (f, d) = (&mut self.frames[k], &mut self.decided[k]);
             if let Some(b) = bucket.as_deref_mut() {
@@ -284,7 +328,29 @@ impl Pipeline {
             d.learn = false;
             d.tuple = None;
             d.drop = None;
+            d.hold_ns = None;
             d.len = f.len;
+            if let Some(ff) = faults.as_ref().filter(|_| f.ok) {
+                let v = ff.decide(first + k as u64);
+                if v.drop {
+                    d.drop = Some(Dropped::Fault);
+                    continue;
+                }
+                if let Some(ns) = v.delay_ns {
+                    d.drop = Some(Dropped::Delayed);
+                    d.hold_ns = Some(ns);
+                    continue;
+                }
+                if v.duplicate {
+                    d.hold_ns = Some(0);
+                }
+                if let Some((r, mask)) = v.corrupt {
+                    if let Some(at) = corrupt_offset(r, f.head_len) {
+                        f.head[at] ^= mask;
+                        c.fault_corrupt.inc();
+                    }
+                }
+            }
             let hdr = match (f.ok, FrameHeader::parse(f.head(), f.len)) {
                 (true, Ok(h)) => h,
                 _ => {
@@ -439,16 +505,24 @@ impl Pipeline {
             match d.drop {
                 Some(Dropped::Malformed) => c.drop_malformed.inc(),
                 Some(Dropped::Policy(p)) => policy_drop_counter(c, p).0.inc(),
-                None => {}
+                Some(Dropped::Fault) => c.fault_drop.inc(),
+                Some(Dropped::Delayed) | None => {}
             }
+        }
+        if let Some(ff) = &faults {
+            self.hold_copies(ff, port, cut, now_ns);
         }
         self.learn_flows(port, qp, cut);
         self.steer_pending(views);
-        c.tx_packets.add(cut as u64);
-        c.tx_bytes.add(bytes);
-        if let Some(qc) = port.counters.queue(qp) {
-            qc.tx_packets.add(cut as u64);
-            qc.tx_bytes.add(bytes);
+        if self.injecting {
+            c.fault_injected.add(cut as u64);
+        } else {
+            c.tx_packets.add(cut as u64);
+            c.tx_bytes.add(bytes);
+            if let Some(qc) = port.counters.queue(qp) {
+                qc.tx_packets.add(cut as u64);
+                qc.tx_bytes.add(bytes);
+            }
         }
         if forwarded > 0 {
             c.tx_forwarded.add(forwarded);
@@ -639,6 +713,8 @@ impl Pipeline {
             d.drop = match dec.drop {
                 Some(Dropped::Malformed) => Some("drop_malformed"),
                 Some(Dropped::Policy(p)) => Some(policy_drop_counter(totals, p).1),
+                Some(Dropped::Fault) => Some("fault_drop"),
+                Some(Dropped::Delayed) => Some("fault_delay"),
                 None => None,
             };
             if !has_hdr {
@@ -713,6 +789,118 @@ fn frame_view(f: &TxFrame) -> FrameView<'_> {
 }
 
 /// The drop counter a policy drop is counted in, and its name (as captures give the reason).
+/// What a port's injected faults let `process_tx` do with one of its TX queues.
+enum FaultGate {
+    /// Nothing in the way: pop the queue.
+    Open,
+    /// The queue is stalled: leave it (its frames wait in the guest's ring).
+    Stalled,
+    /// This many frames of the port's delay line were sent; go on.
+    Sent(usize),
+}
+
+impl Pipeline {
+    /// Injected faults before TX queue pair `qp` of the port in slot `src` is popped: a stall
+    /// holds the queue back; delayed frames and duplicates now due are sent from the port.
+    fn fault_gate(
+        &mut self,
+        views: &mut Views,
+        src: usize,
+        port: &Arc<Port>,
+        pending: &TxPending,
+        qp: usize,
+    ) -> FaultGate {
+        let now = super::now_ns();
+        if let Some(until) = port.faults.tx_stalled(qp, now) {
+            if port.faults.first_tx_hold(qp) {
+                port.counters.totals.fault_stall_tx.inc();
+            }
+            pending.mark(qp);
+            self.retry_at(until);
+            return FaultGate::Stalled;
+        }
+        let Some(ff) = port.faults.frames() else {
+            return FaultGate::Open;
+        };
+        let mut held = std::mem::take(&mut self.held);
+        held.clear();
+        ff.take_due(now, self.frames.len(), &mut held);
+        if held.is_empty() {
+            if let Some(due) = ff.next_due() {
+                pending.mark(qp);
+                self.retry_at(due);
+            }
+            self.held = held;
+            return FaultGate::Open;
+        }
+        let n = held.len();
+        for (f, h) in self.frames.iter_mut().zip(&held) {
+            f.segs.reset(0);
+            f.returnable = false;
+            f.from = 0;
+            // SAFETY: `h.frame` is a heap buffer in `self.held` (moved there below, not
+            // touched again) until the batch is delivered and the buffers are recycled.
+            f.ok = unsafe { f.segs.push_host(h.frame.as_ptr() as usize, h.frame.len()) }
+                .is_ok()
+                // SAFETY: the segment just pushed is readable (above).
+                && unsafe { f.take_head(0, h.frame.len()) };
+        }
+        self.held = held;
+        self.injecting = true;
+        self.tap.begin();
+        let sent = self.switch_batch(views, src, port, qp, n);
+        if self.tap.on {
+            self.capture_batch(views, port, qp, sent);
+        }
+        self.deliveries
+            .write(&self.frames[..sent], views, &self.tap);
+        self.tap.end();
+        self.injecting = false;
+        let mut held = std::mem::take(&mut self.held);
+        ff.put_back(held.drain(sent.min(n)..));
+        for h in held.drain(..) {
+            ff.recycle(h.frame);
+        }
+        self.held = held;
+        // More may be due (the line, or a rate's hold): look again soon.
+        pending.mark(qp);
+        if sent < n {
+            self.retry_at(self.throttle.max(now));
+        } else if let Some(due) = ff.next_due() {
+            self.retry_at(due);
+        }
+        FaultGate::Sent(sent)
+    }
+
+    /// Puts copies of the sent frames an injected delay or duplicate picked into the port's
+    /// delay line, and asks to be back when the first is due.
+    fn hold_copies(&mut self, ff: &FrameFaults, port: &Port, cut: usize, now_ns: u64) {
+        let c = &port.counters.totals;
+        for k in 0..cut {
+            let Some(ns) = self.decided[k].hold_ns else {
+                continue;
+            };
+            let f = &self.frames[k];
+            // SAFETY: `f` was popped in the batch being switched, not completed yet (its
+            // port keeps its memory until then).
+            let view = unsafe { f.view() };
+            let held = ff.hold(now_ns + ns, f.len, |buf| view.copy_to(buf).is_some());
+            match (held, ns) {
+                (true, 0) => c.fault_duplicate.inc(),
+                (true, _) => c.fault_delay.inc(),
+                // The line is full: a delayed frame is lost (counted so), a duplicate not
+                // made.
+                (false, 0) => {}
+                (false, _) => c.fault_drop.inc(),
+            }
+            if held {
+                self.retry_at(now_ns + ns);
+                self.fault_held = true;
+            }
+        }
+    }
+}
+
 fn policy_drop_counter(c: &PortTotals, d: PolicyDrop) -> (&Counter, &'static str) {
     match d {
         PolicyDrop::LinkDown => (&c.drop_link_down, "drop_link_down"),

@@ -112,6 +112,29 @@ counters! {
         /// wire's line rate beyond its min_tx_rate share). A rate never drops a frame: the
         /// frames wait in the guest's ring, as on a NIC's TX scheduler.
         tx_throttled,
+        /// TX: frames dropped by an injected `drop` fault (`fault-set`).
+        fault_drop,
+        /// TX: frames taken into the delay line by an injected `delay` fault; each is sent
+        /// later and counted in `fault_injected` then.
+        fault_delay,
+        /// TX: frames copied by an injected `duplicate` fault; each copy is sent later and
+        /// counted in `fault_injected`.
+        fault_duplicate,
+        /// TX: frames with a bit flipped by an injected `corrupt` fault (after the Ethernet
+        /// header and one tag: they still go where they were going).
+        fault_corrupt,
+        /// TX: delayed frames and duplicates sent from the delay line. A port's accounting
+        /// with faults: tx_packets + fault_injected = tx_forwarded + its drops.
+        fault_injected,
+        /// RX: frames not written because the RX queue was stalled by an injected `stall`.
+        fault_stall_rx,
+        /// TX: times a TX queue with frames waiting was held back by an injected `stall` (not
+        /// a frame count: the frames wait in the guest's ring).
+        fault_stall_tx,
+        /// Times an injected `link-flap` took the link down.
+        fault_link_flap,
+        /// Management commands on the VF refused "busy, try again" by an injected `busy`.
+        fault_busy,
         /// A queue the guest left unusable (an avail index more than the ring size ahead, a
         /// ring outside its memory), found while sending or delivering; the queue is skipped
         /// while it lasts and the frames for it count as `drop_no_rx_buffer`.

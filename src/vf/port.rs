@@ -3,6 +3,7 @@
 use super::settings::{SettingsError, SettingsUpdate, VfSettings};
 use super::{GuestMemAtomic, Vring};
 use crate::dma_engine::LogSwitch;
+use crate::faults::PortFaults;
 use crate::pf::{PortKind, PortSpec};
 use crate::port::TxPending;
 use crate::rss::{EnabledQueues, VfRss};
@@ -235,11 +236,14 @@ pub struct Port {
     /// its PV NIC): the pin waits for the VF's first frame (`Switch::take_mac`). Looked at by
     /// the data plane once per TX batch.
     pin_on_tx: AtomicBool,
+    /// Faults injected for the user's tests (`fault-set`).
+    pub faults: PortFaults,
 }
 
 impl Port {
     pub fn new(spec: PortSpec) -> Self {
         let counters = PortCounters::new(usize::from(spec.queue_pairs));
+        let faults = PortFaults::new(usize::from(spec.queue_pairs));
         let rss = Mutex::new(VfRss::new(spec.queue_pairs));
         let settings = match spec.kind {
             PortKind::Vf(_) => VfSettings::new(spec.mac.unwrap_or(MacAddr::ZERO)),
@@ -263,6 +267,7 @@ impl Port {
             generation: AtomicU64::new(0),
             carrier: Arc::new(AtomicBool::new(true)),
             pin_on_tx: AtomicBool::new(false),
+            faults,
         }
     }
 
@@ -281,15 +286,19 @@ impl Port {
         }
     }
 
-    /// Whether the port's link is up now (its link state, and the carrier for `auto`).
+    /// Whether the port's link is up now (its link state, the carrier for `auto`, and no
+    /// link flap injected holding it down).
     pub fn link_up(&self) -> bool {
-        self.settings().link_up(self.carrier())
+        self.settings().link_up(self.carrier()) && !self.faults.link_held_down()
     }
 
     /// What the switch enforces at this port's edge now.
     pub fn edge_policy(&self) -> EdgePolicy {
-        self.settings()
-            .edge_policy(self.spec.kind.is_vf(), self.carrier())
+        let mut p = self
+            .settings()
+            .edge_policy(self.spec.kind.is_vf(), self.carrier());
+        p.link_up &= !self.faults.link_held_down();
+        p
     }
 
     /// Something the edge policy depends on changed (the carrier): the data plane re-reads it.
