@@ -11,17 +11,6 @@ use sriov_emu::switch::MAX_LEARNED;
 use sriov_emu::wire::MacAddr;
 use std::time::{Duration, Instant};
 
-/// The emulator's resident memory, KiB.
-fn rss_kib(emu: &Emu) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", emu.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
 /// Sends `n` frames made by `frame(i)` on `fe`'s queue pair 0, as fast as its ring takes them.
 fn send_all(
     fe: &mut VirtioNetFrontend,
@@ -97,20 +86,20 @@ fn a_million_flows_and_100k_source_macs_stay_within_the_tables_limits() {
     let from_mac = |i: u32| udp_frame(vf_mac(1), mac(i), 1, 2, i, 60);
 
     // Warm-up: both tables full.
-    let rss0 = rss_kib(&emu);
+    let rss0 = emu.rss_kib();
     let warm_flows = 2 * DEFAULT_LEARNED_CAPACITY as u32;
     let warm_macs = MAX_LEARNED as u32 + 1000;
     send_all(&mut vf0, 0..warm_flows, flow);
     send_all(&mut pv0, 0..warm_macs, from_mac);
     wait_counter(&emu, "vf0", "tx_packets", u64::from(warm_flows));
     wait_counter(&emu, "pv0", "tx_packets", u64::from(warm_macs));
-    let rss_warm = rss_kib(&emu);
+    let rss_warm = emu.rss_kib();
 
     send_all(&mut vf0, warm_flows..FLOWS, flow);
     send_all(&mut pv0, warm_macs..MACS, from_mac);
     wait_counter(&emu, "vf0", "tx_packets", u64::from(FLOWS));
     wait_counter(&emu, "pv0", "tx_packets", u64::from(MACS));
-    let rss_end = rss_kib(&emu);
+    let rss_end = emu.rss_kib();
 
     // Every flow learned once, and all but the table's capacity evicted again.
     assert_eq!(emu.counter("vf0", "flow_learned"), u64::from(FLOWS));

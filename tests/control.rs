@@ -674,17 +674,6 @@ fn another_uid_is_refused_clients_are_capped_and_leave_nothing_behind() {
     assert!(v["package"].is_string() || v.is_object());
 }
 
-/// The emulator's resident memory, kB.
-fn rss_kb(emu: &Emu) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", emu.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
 /// A 100 MiB message is refused with a clear error, without the emulator's memory growing,
 /// and the connection stays usable.
 #[test]
@@ -692,7 +681,7 @@ fn a_100_mib_message_is_refused_without_memory_growth() {
     let emu = Emu::start(&["--vfs", "1", "--pv-ports", "0"]);
     let mut raw = Raw::connect(&emu);
     raw.exec("qmp_capabilities", json!({}));
-    let rss0 = rss_kb(&emu);
+    let rss0 = emu.rss_kib();
     let mut w = raw.w.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         w.write_all(br#"{"execute": "query-version", "arguments": {"pad": ""#)
@@ -710,7 +699,7 @@ fn a_100_mib_message_is_refused_without_memory_growth() {
         desc.contains("exceeds the limit of 65536"),
         "100 MiB message answered {reply}"
     );
-    let rss1 = rss_kb(&emu);
+    let rss1 = emu.rss_kib();
     eprintln!("emulator VmRSS {rss0} kB before, {rss1} kB after a 100 MiB message");
     assert!(
         rss1 < rss0 + 4096,

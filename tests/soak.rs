@@ -21,16 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rss_kib(emu: &Emu) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", emu.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
 fn exec(emu: &Emu, cmd: &str, args: Value) -> Value {
     emu.control()
         .execute(cmd, args)
@@ -286,13 +276,13 @@ fn soak_every_frame_accounted_for_and_memory_flat() {
         frames += round(&emu, rounds);
         rounds += 1;
         if rounds == 1 {
-            rss_warm = rss_kib(&emu);
+            rss_warm = emu.rss_kib();
         }
         if rounds % 10 == 0 {
             eprintln!(
                 "soak: {rounds} rounds, {frames} VF frames, {:?}, VmRSS {} KiB",
                 t.elapsed(),
-                rss_kib(&emu)
+                emu.rss_kib()
             );
         }
     }
@@ -300,7 +290,7 @@ fn soak_every_frame_accounted_for_and_memory_flat() {
     let c0 = check_sender(&emu, "pv0", sent);
     check_receiver(&emu, "pv1", get(&c0, "tx_forwarded"), got);
     check_sender(&emu, "pv1", hellos);
-    let rss_end = rss_kib(&emu);
+    let rss_end = emu.rss_kib();
     eprintln!(
         "soak: {secs} s, {rounds} rounds of numvfs 0 -> 4 -> 0, {frames} VF frames and {got} PV \
          frames delivered, {hellos} PV reconnects; VmRSS {rss_warm} KiB after the first round, \

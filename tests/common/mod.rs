@@ -283,6 +283,17 @@ impl Emu {
         std::fs::read_to_string(self.path().join("emulator.log")).unwrap_or_default()
     }
 
+    /// The emulator's resident memory, KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    }
+
     /// One counter of one port, through `query-stats`.
     pub fn counter(&self, port: &str, name: &str) -> u64 {
         let s = self
