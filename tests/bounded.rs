@@ -13,13 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The emulator's resident memory, KiB.
 fn rss_kib(emu: &Emu) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", emu.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    vm_rss_kib(emu.child.id())
 }
 
 /// Sends `n` frames made by `frame(i)` on `fe`'s queue pair 0, as fast as its ring takes them.

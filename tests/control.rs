@@ -674,15 +674,9 @@ fn another_uid_is_refused_clients_are_capped_and_leave_nothing_behind() {
     assert!(v["package"].is_string() || v.is_object());
 }
 
-/// The emulator's resident memory, kB.
+/// The emulator's resident memory, KiB.
 fn rss_kb(emu: &Emu) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", emu.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    vm_rss_kib(emu.child.id())
 }
 
 /// A 100 MiB message is refused with a clear error, without the emulator's memory growing,
