@@ -245,7 +245,6 @@ impl VirtioNetFrontend {
         let file = memfd(total)?;
         let (mem, infos) = map_regions(file, total, ring_bytes * nq as u64, cfg.memory_regions)?;
         let host_base = infos[0].userspace_addr;
-        fe.set_mem_table(&infos).map_err(proto("SET_MEM_TABLE"))?;
 
         let rings: Vec<DriverRing> = (0..nq)
             .map(|q| DriverRing::new(&mem, RingLayout::at(ring_bytes * q as u64, qs), event_idx))
@@ -271,6 +270,7 @@ impl VirtioNetFrontend {
             hdr_len,
             cfg,
         };
+        me.set_mem_table()?;
         me.set_up_rings()?;
         if me.cfg.fill_rx {
             for qp in 0..me.cfg.queue_pairs {
@@ -286,45 +286,16 @@ impl VirtioNetFrontend {
     /// rings and buffers, as QEMU reattaches a back-end that came back: every ring resumes at
     /// the used index the device left in guest memory (QEMU restores its `last_avail_idx` from
     /// it), so a chain the device took and never returned is taken again, and none is lost.
-    pub fn reconnect(self) -> Result<Self> {
-        let VirtioNetFrontend {
-            fe,
-            path,
-            mem,
-            host_base,
-            rings,
-            bufs,
-            kicks,
-            calls,
-            hdr_len,
-            cfg,
-            ..
-        } = self;
-        drop(fe);
-        let (fe, features, acked) = Self::negotiate(&path, &cfg)?;
-        let infos = mem
-            .iter()
-            .map(VhostUserMemoryRegionInfo::from_guest_region)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(FrontendError::MemoryRegion)?;
-        fe.set_mem_table(&infos).map_err(proto("SET_MEM_TABLE"))?;
-        let mut me = VirtioNetFrontend {
-            fe,
-            path,
-            mem,
-            host_base,
-            rings,
-            bufs,
-            kicks,
-            calls,
-            features,
-            acked,
-            hdr_len,
-            cfg,
-        };
-        me.set_up_rings()?;
-        me.enable_pairs()?;
-        Ok(me)
+    pub fn reconnect(mut self) -> Result<Self> {
+        // The back-end serves one frontend at a time: it must see this one go first.
+        // SAFETY: shutdown(2) on the socket `self.fe` owns and keeps open until it is replaced
+        // below; it only ends the connection.
+        unsafe { libc::shutdown(self.fe.as_raw_fd(), libc::SHUT_RDWR) };
+        (self.fe, self.features, self.acked) = Self::negotiate(&self.path, &self.cfg)?;
+        self.set_mem_table()?;
+        self.set_up_rings()?;
+        self.enable_pairs()?;
+        Ok(self)
     }
 
     /// Connects and negotiates the features and protocol features (with REPLY_ACK) as QEMU
@@ -370,6 +341,20 @@ impl VirtioNetFrontend {
         let acked = features | (dev_features & proto_bit);
         fe.set_features(acked).map_err(proto("SET_FEATURES"))?;
         Ok((fe, features, acked))
+    }
+
+    /// SET_MEM_TABLE: the guest memory, one entry per mapped region.
+    fn set_mem_table(&mut self) -> Result<()> {
+        let infos = self
+            .mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(FrontendError::MemoryRegion)?;
+        self.fe
+            .set_mem_table(&infos)
+            .map_err(proto("SET_MEM_TABLE"))?;
+        Ok(())
     }
 
     /// Describes every ring to the back-end: size, base (the used index in guest memory: 0
