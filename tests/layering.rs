@@ -1,6 +1,8 @@
 //! The module layering the design asks for, checked on the source: the switch and RSS know no
 //! transport, and no two modules import each other (at the top level, and between the files of
-//! one module). Reads every `crate::` and `super::` path in src/.
+//! one module). Reads every `crate::` and `super::` path in src/. And no code outside the tests
+//! panics by itself: no `unwrap()`, `expect()`, `panic!` and the like in src/ but in
+//! `#[cfg(test)]` items (docs/architecture.md, "Panics").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,9 +31,19 @@ fn code(text: &str) -> String {
             None => line,
         };
         let mut in_str = false;
-        for c in line.chars() {
-            if c == '"' {
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if in_str && c == '\\' {
+                chars.next(); // an escaped character, `\"` included
+            } else if c == '"' {
                 in_str = !in_str;
+            } else if !in_str && c == 'r' && chars.as_str().starts_with("#\"") {
+                // A raw string r#"..."# (on one line): no escapes, quotes inside.
+                let rest = chars.as_str();
+                let end = rest[2..].find("\"#").map_or(rest.len(), |i| i + 4);
+                chars = rest[end..].chars();
+            } else if !in_str && c == '\'' && chars.as_str().starts_with("\"'") {
+                chars.nth(1); // the character '"'
             } else if !in_str {
                 out.push(c);
             }
@@ -206,6 +218,105 @@ fn no_two_files_of_a_module_import_each_other() {
             );
         }
     }
+}
+
+/// `code` without the items under `#[cfg(test)]` (a test module, a test-only function): from
+/// the attribute to the end of the item's braces, or its `;`; their lines are left empty, so
+/// the others keep their numbers.
+fn without_test_items(code: &str) -> String {
+    let mut out = String::new();
+    let mut lines = code.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        out.push('\n');
+        let mut depth = 0i32;
+        let mut opened = false;
+        for item in lines.by_ref() {
+            out.push('\n');
+            depth += item.matches('{').count() as i32 - item.matches('}').count() as i32;
+            opened |= item.contains('{');
+            if (opened && depth <= 0) || (!opened && item.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// What panics by itself, and where (file:line: the call), in `code`: `.unwrap()`,
+/// `.expect(`, `panic!`, `unreachable!`, `todo!`, `unimplemented!`, `assert!`/`assert_eq!`/
+/// `assert_ne!` (not the `debug_` ones, not a `const` assertion checked at compile time).
+fn panicking_calls(file: &str, code: &str) -> Vec<String> {
+    const CALLS: &[&str] = &[
+        ".unwrap()",
+        ".expect(",
+        "panic!(",
+        "unreachable!(",
+        "todo!(",
+        "unimplemented!(",
+        "assert!(",
+        "assert_eq!(",
+        "assert_ne!(",
+    ];
+    let mut found = Vec::new();
+    for (i, line) in code.lines().enumerate() {
+        if line.trim_start().starts_with("const _") {
+            continue;
+        }
+        for call in CALLS {
+            let mut rest = line;
+            while let Some(at) = rest.find(call) {
+                let before = rest[..at].chars().next_back();
+                let macro_call = !call.starts_with('.');
+                if !macro_call || !before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    found.push(format!("{file}:{}: {}", i + 1, line.trim()));
+                }
+                rest = &rest[at + call.len()..];
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_code_outside_the_tests_panics_by_itself() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 50, "the source was not read");
+    let mut found = Vec::new();
+    for f in files {
+        let name = f.strip_prefix(&src).unwrap().display().to_string();
+        if name.ends_with("_tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        found.extend(panicking_calls(&name, &without_test_items(&code(&text))));
+    }
+    assert!(
+        found.is_empty(),
+        "code that panics outside the tests (return an error, count and skip, or use a \
+         non-panicking form; docs/architecture.md, \"Panics\"):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_panic_check_sees_a_call_and_skips_the_tests() {
+    let text = "fn f(x: Option<u8>) -> u8 {\n    debug_assert!(true);\n    x.unwrap()\n}\n\
+                #[cfg(test)]\nfn helper() { Some(1).unwrap(); }\n\
+                const _: () = assert!(1 > 0);\nfn g() { let s = \"x.unwrap()\"; }\n\
+                #[cfg(test)]\nmod tests {\n    fn t() {\n        assert_eq!(1, 1);\n    }\n}\n\
+                fn h() { unreachable!() }\n";
+    let found = panicking_calls("x.rs", &without_test_items(&code(text)));
+    assert_eq!(
+        found,
+        ["x.rs:3: x.unwrap()", "x.rs:15: fn h() { unreachable!() }"]
+    );
 }
 
 #[test]

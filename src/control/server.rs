@@ -160,16 +160,24 @@ fn refuse(c: UnixStream, why: &str) {
 pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Writes one line to the client. A client that does not read within `CLIENT_WRITE_TIMEOUT`
-/// is shut down, which also ends its reading thread.
+/// is shut down (with a warning), which also ends its reading thread; one that has gone (an
+/// event for a client that just closed its socket: a broken pipe) is only shut down.
 fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).unwrap_or_default();
     line.push(b'\n');
     let s = w.lock().unwrap_or_else(|e| e.into_inner());
     let r = (&*s).write_all(&line);
     if let Err(e) = &r {
-        tracing::warn!(
-            "control client dropped: {e} (it did not read for {CLIENT_WRITE_TIMEOUT:?})"
-        );
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            tracing::warn!(
+                "control client dropped: {e} (it did not read for {CLIENT_WRITE_TIMEOUT:?})"
+            );
+        } else {
+            tracing::debug!("control client gone: {e}");
+        }
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
     r

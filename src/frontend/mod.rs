@@ -19,7 +19,7 @@ pub use ring::{Desc, DriverRing, RawDesc, RingLayout, Used};
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{
     VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -121,6 +121,8 @@ impl Default for FrontendConfig {
 /// One connected virtio-net frontend.
 pub struct VirtioNetFrontend {
     fe: Frontend,
+    /// The back-end's socket (`reconnect`).
+    path: PathBuf,
     mem: GuestMemoryMmap,
     host_base: u64,
     rings: Vec<DriverRing>,
@@ -227,6 +229,85 @@ impl VirtioNetFrontend {
     pub fn connect(path: impl AsRef<Path>, cfg: FrontendConfig) -> Result<Self> {
         let path = path.as_ref();
         let nq = 2 * cfg.queue_pairs;
+        let (fe, features, acked) = Self::negotiate(path, &cfg)?;
+        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+
+        // Memory: rings first, then one buffer per descriptor of every queue.
+        let qs = cfg.queue_size;
+        let ring_bytes = RingLayout::bytes(qs).next_multiple_of(4096);
+        let mut total = ring_bytes * nq as u64;
+        let mut bufs = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let size = if q % 2 == 0 {
+                cfg.rx_buf_size
+            } else {
+                cfg.tx_buf_size
+            };
+            bufs.push((total, size));
+            total += u64::from(size) * u64::from(qs);
+        }
+        let total = total.next_multiple_of(2 << 20);
+        let file = memfd(total)?;
+        let (mem, infos) = map_regions(file, total, ring_bytes * nq as u64, cfg.memory_regions)?;
+        let host_base = infos[0].userspace_addr;
+
+        let rings: Vec<DriverRing> = (0..nq)
+            .map(|q| DriverRing::new(&mem, RingLayout::at(ring_bytes * q as u64, qs), event_idx))
+            .collect();
+        let mut kicks = Vec::with_capacity(nq);
+        let mut calls = Vec::with_capacity(nq);
+        for _ in 0..nq {
+            kicks.push(EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?);
+            calls.push(EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?);
+        }
+        let hdr_len = vnet_hdr_len(features);
+        let mut me = VirtioNetFrontend {
+            fe,
+            path: path.to_path_buf(),
+            mem,
+            host_base,
+            rings,
+            bufs,
+            kicks,
+            calls,
+            features,
+            acked,
+            hdr_len,
+            cfg,
+        };
+        me.set_mem_table()?;
+        me.set_up_rings()?;
+        if me.cfg.fill_rx {
+            for qp in 0..me.cfg.queue_pairs {
+                me.fill_rx(qp);
+            }
+        }
+        me.enable_pairs()?;
+        Ok(me)
+    }
+
+    /// Hangs up without stopping the device (no GET_VRING_BASE: the socket just closes, as when
+    /// the back-end process dies under QEMU) and connects again with the same guest memory,
+    /// rings and buffers, as QEMU reattaches a back-end that came back: every ring resumes at
+    /// the used index the device left in guest memory (QEMU restores its `last_avail_idx` from
+    /// it), so a chain the device took and never returned is taken again, and none is lost.
+    pub fn reconnect(mut self) -> Result<Self> {
+        // The back-end serves one frontend at a time: it must see this one go first.
+        // SAFETY: shutdown(2) on the socket `self.fe` owns and keeps open until it is replaced
+        // below; it only ends the connection.
+        unsafe { libc::shutdown(self.fe.as_raw_fd(), libc::SHUT_RDWR) };
+        (self.fe, self.features, self.acked) = Self::negotiate(&self.path, &self.cfg)?;
+        self.set_mem_table()?;
+        self.set_up_rings()?;
+        self.enable_pairs()?;
+        Ok(self)
+    }
+
+    /// Connects and negotiates the features and protocol features (with REPLY_ACK) as QEMU
+    /// does; returns the connection, the virtio features acked for the driver, and what
+    /// SET_FEATURES said (with PROTOCOL_FEATURES).
+    fn negotiate(path: &Path, cfg: &FrontendConfig) -> Result<(Frontend, u64, u64)> {
+        let nq = 2 * cfg.queue_pairs;
         let mut fe =
             Frontend::connect(path, nq as u64).map_err(|source| FrontendError::Connect {
                 path: path.display().to_string(),
@@ -264,80 +345,64 @@ impl VirtioNetFrontend {
         }
         let acked = features | (dev_features & proto_bit);
         fe.set_features(acked).map_err(proto("SET_FEATURES"))?;
-        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        Ok((fe, features, acked))
+    }
 
-        // Memory: rings first, then one buffer per descriptor of every queue.
-        let qs = cfg.queue_size;
-        let ring_bytes = RingLayout::bytes(qs).next_multiple_of(4096);
-        let mut total = ring_bytes * nq as u64;
-        let mut bufs = Vec::with_capacity(nq);
-        for q in 0..nq {
-            let size = if q % 2 == 0 {
-                cfg.rx_buf_size
-            } else {
-                cfg.tx_buf_size
-            };
-            bufs.push((total, size));
-            total += u64::from(size) * u64::from(qs);
-        }
-        let total = total.next_multiple_of(2 << 20);
-        let file = memfd(total)?;
-        let (mem, infos) = map_regions(file, total, ring_bytes * nq as u64, cfg.memory_regions)?;
-        let host_base = infos[0].userspace_addr;
-        fe.set_mem_table(&infos).map_err(proto("SET_MEM_TABLE"))?;
+    /// SET_MEM_TABLE: the guest memory, one entry per mapped region.
+    fn set_mem_table(&mut self) -> Result<()> {
+        let infos = self
+            .mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(FrontendError::MemoryRegion)?;
+        self.fe
+            .set_mem_table(&infos)
+            .map_err(proto("SET_MEM_TABLE"))?;
+        Ok(())
+    }
 
-        let mut rings = Vec::with_capacity(nq);
-        let mut kicks = Vec::with_capacity(nq);
-        let mut calls = Vec::with_capacity(nq);
-        for q in 0..nq {
-            let layout = RingLayout::at(ring_bytes * q as u64, qs);
-            rings.push(DriverRing::new(&mem, layout, event_idx));
-            let kick = EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?;
-            let call = EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?;
-            fe.set_vring_num(q, qs).map_err(proto("SET_VRING_NUM"))?;
-            fe.set_vring_base(q, 0).map_err(proto("SET_VRING_BASE"))?;
+    /// Describes every ring to the back-end: size, base (the used index in guest memory: 0
+    /// on a fresh ring), addresses, kick and call.
+    fn set_up_rings(&mut self) -> Result<()> {
+        let qs = self.cfg.queue_size;
+        for (q, ring) in self.rings.iter().enumerate() {
+            let layout = ring.layout;
+            self.fe
+                .set_vring_num(q, qs)
+                .map_err(proto("SET_VRING_NUM"))?;
+            self.fe
+                .set_vring_base(q, ring.used_idx(&self.mem))
+                .map_err(proto("SET_VRING_BASE"))?;
             let addr = VringConfigData {
                 queue_max_size: qs,
                 queue_size: qs,
                 flags: 0,
-                desc_table_addr: host_base + layout.desc,
-                used_ring_addr: host_base + layout.used,
-                avail_ring_addr: host_base + layout.avail,
+                desc_table_addr: self.host_base + layout.desc,
+                used_ring_addr: self.host_base + layout.used,
+                avail_ring_addr: self.host_base + layout.avail,
                 log_addr: None,
             };
-            fe.set_vring_addr(q, &addr)
+            self.fe
+                .set_vring_addr(q, &addr)
                 .map_err(proto("SET_VRING_ADDR"))?;
-            fe.set_vring_kick(q, &kick)
+            self.fe
+                .set_vring_kick(q, &self.kicks[q])
                 .map_err(proto("SET_VRING_KICK"))?;
-            fe.set_vring_call(q, &call)
+            self.fe
+                .set_vring_call(q, &self.calls[q])
                 .map_err(proto("SET_VRING_CALL"))?;
-            kicks.push(kick);
-            calls.push(call);
         }
-        let hdr_len = vnet_hdr_len(features);
-        let mut me = VirtioNetFrontend {
-            fe,
-            mem,
-            host_base,
-            rings,
-            bufs,
-            kicks,
-            calls,
-            features,
-            acked,
-            hdr_len,
-            cfg,
-        };
-        if me.cfg.fill_rx {
-            for qp in 0..me.cfg.queue_pairs {
-                me.fill_rx(qp);
-            }
+        Ok(())
+    }
+
+    /// Enables the first `enabled_pairs` queue pairs and disables the others.
+    fn enable_pairs(&mut self) -> Result<()> {
+        for qp in 0..self.cfg.queue_pairs {
+            let on = qp < self.cfg.enabled_pairs;
+            self.set_queue_pair_enabled(qp, on)?;
         }
-        for qp in 0..me.cfg.queue_pairs {
-            let on = qp < me.cfg.enabled_pairs;
-            me.set_queue_pair_enabled(qp, on)?;
-        }
-        Ok(me)
+        Ok(())
     }
 
     /// Negotiated virtio features.

@@ -4,7 +4,7 @@
 //! on a kick, tell the data plane which queue has work. All ring processing happens in the
 //! data plane (dma_engine), which owns the rings for the connection's lifetime.
 
-use super::port::{port_event_data, Connection, Port, VRINGS_PER_THREAD};
+use super::port::{port_event_data, Connection, Port, TX_STOP_WAIT, VRINGS_PER_THREAD};
 use super::{GuestBitmap, GuestMemAtomic, Vring};
 use crate::dma_engine::LogArea;
 use crate::events::EventBus;
@@ -17,7 +17,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
@@ -29,9 +29,6 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
-
-/// How long GET_VRING_BASE waits for an in-flight TX batch (microseconds in practice).
-const TX_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest ring the device accepts (QEMU's rx/tx_queue_size maximum).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -233,12 +230,7 @@ impl VhostUserBackend for NetBackend {
             self.set_mac_pinned(false);
             return Ok(());
         }
-        let qp = index / 2;
-        if !self.conn.wait_tx_idle(qp, TX_STOP_WAIT) {
-            if let Some(v) = self.conn.vring(index) {
-                let _guard = v.get_mut();
-                self.conn.abandon_tx(qp);
-            }
+        if !self.conn.stop_tx(index / 2) {
             tracing::warn!(
                 port = %self.port.spec.name,
                 queue = index,

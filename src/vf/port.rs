@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// Vrings per vhost-user worker thread (the handler's per-thread mask is a u64).
 pub const VRINGS_PER_THREAD: usize = 64;
 
+/// How long a stop (GET_VRING_BASE, the end of a session) waits for an in-flight TX batch
+/// (microseconds in practice).
+pub const TX_STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// One frontend's session on a port: from connect to hang-up.
 pub struct Connection {
     /// Guest memory; SET_MEM_TABLE replaces its contents.
@@ -195,6 +199,42 @@ impl Connection {
         if let Some(s) = self.tx_state.get(qp) {
             let _ = s.compare_exchange(TX_BUSY, TX_ABANDONED, Ordering::AcqRel, Ordering::Acquire);
         }
+    }
+
+    /// Stops TX queue pair `qp` for GET_VRING_BASE or the end of the session: waits until the
+    /// batch the data plane popped from it (if any) is completed into the guest's used ring,
+    /// or after `TX_STOP_WAIT` gives it up (its completion then writes nothing). False if it
+    /// was given up.
+    pub fn stop_tx(&self, qp: usize) -> bool {
+        if self.wait_tx_idle(qp, TX_STOP_WAIT) {
+            return true;
+        }
+        if let Some(v) = self.vring(2 * qp + 1) {
+            let _guard = vhost_user_backend::VringT::get_mut(v);
+            self.abandon_tx(qp);
+        }
+        false
+    }
+
+    /// Stops every ring at the end of the session (the frontend hung up, or is being sent
+    /// away), before the next frontend is accepted: from here on the data plane starts no TX
+    /// batch and no RX delivery on this connection (it looks at `ready` under each ring's
+    /// lock), and a TX batch in flight is completed first (`stop_tx`). So the guest's used
+    /// rings are final: a frontend that comes back with the same memory (QEMU after a
+    /// reconnect resumes every ring at its used index) takes up exactly where they end, with
+    /// no chain taken twice and none written by the old session into the new one's rings.
+    /// Returns the TX queue pairs whose batch had to be given up.
+    pub fn stop(&self) -> Vec<usize> {
+        use vhost_user_backend::VringT;
+        for i in 0..self.num_queues {
+            if let Some(v) = self.vring(i) {
+                // Takes the ring's lock: an RX delivery in progress ends first.
+                v.set_queue_ready(false);
+            }
+        }
+        (0..self.num_queues.div_ceil(2))
+            .filter(|&qp| !self.stop_tx(qp))
+            .collect()
     }
 
     /// Marks TX queue pair `qp` as kicked. Returns true if it was not pending before.

@@ -1,7 +1,7 @@
 //! The accept loop of one port: serve a frontend, wait for it to leave, serve the next.
 
 use super::backend::NetBackend;
-use super::port::{port_event_data, Connection, Port};
+use super::port::{port_event_data, Connection, Port, TX_STOP_WAIT};
 use super::{GuestMem, GuestMemAtomic};
 use crate::events::EventBus;
 use crate::pf::PortKind;
@@ -109,7 +109,10 @@ impl ServerHandle {
     }
 
     /// Ends the current frontend's session (link disabled); the loop accepts the next one.
+    /// The rings are stopped before the connection closes (`Connection::stop`), so what the
+    /// frontend reads of them when it sees the hang-up is final.
     pub fn disconnect_frontend(&self) {
+        stop_rings(&self.port);
         if let Some(s) = self
             .session
             .lock()
@@ -123,6 +126,7 @@ impl ServerHandle {
     /// Disconnects the frontend (if any), ends the accept loop, removes the socket.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
+        stop_rings(&self.port);
         if let Some(s) = self
             .session
             .lock()
@@ -141,6 +145,21 @@ impl ServerHandle {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.port.spec.socket);
+    }
+}
+
+/// Stops the rings of `port`'s current connection, if it has one (`Connection::stop`), and
+/// says so if a TX batch had to be given up.
+fn stop_rings(port: &Port) {
+    if let Some(conn) = port.connection() {
+        let abandoned = conn.stop();
+        if !abandoned.is_empty() {
+            tracing::warn!(
+                port = %port.spec.name,
+                "session ended: the data plane did not complete the batch of TX queue pairs \
+                 {abandoned:?} in {TX_STOP_WAIT:?}; its buffers are not returned"
+            );
+        }
     }
 }
 
@@ -308,6 +327,8 @@ impl PortServer {
                     protocol_log.report(&name, &e);
                 }
             }
+            // Before the next frontend can look at the rings (the same QEMU, reattaching).
+            stop_rings(&self.port);
             self.session
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -1,6 +1,8 @@
 //! The emulator binary for the QEMU guest tests: started with its sockets in a temporary
 //! directory, stopped by its PID on drop, its logs kept when a test fails; its control socket,
-//! counters and `qemu-args`. Included with `#[path]` beside `qemu.rs` (as `crate::qemu`).
+//! counters and `qemu-args`; killed with SIGKILL and started again in the same directory, as a
+//! crash and a supervisor's restart. Included with `#[path]` beside `qemu.rs` (as
+//! `crate::qemu`).
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 pub struct Emulator {
     child: Child,
     dir: PathBuf,
+    /// The `run` arguments after `--socket-dir DIR`, for `restart`.
+    args: Vec<String>,
     /// The PF options it was started with that `qemu-args` takes too (so the NIC options it
     /// prints match this emulator's ports: channels, MTU, uplink).
     pf_flags: Vec<String>,
@@ -21,7 +25,8 @@ pub struct Emulator {
 }
 
 /// The `run` options `qemu-args` also takes (each with a value).
-const PF_FLAGS: [&str; 8] = [
+const PF_FLAGS: [&str; 9] = [
+    "--config",
     "--vfs",
     "--pv-ports",
     "--channels-per-vf",
@@ -36,40 +41,58 @@ impl Emulator {
     pub fn start(args: &[&str]) -> Emulator {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let log = std::fs::File::create(dir.join("emulator.log")).unwrap();
-        let child = Command::new(crate::qemu::sriov_emu_bin())
-            .arg("run")
-            .arg("--socket-dir")
-            .arg(&dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let pf_flags = args
             .windows(2)
-            .filter(|w| PF_FLAGS.contains(&w[0]))
-            .flat_map(|w| [w[0].to_string(), w[1].to_string()])
+            .filter(|w| PF_FLAGS.contains(&w[0].as_str()))
+            .flat_map(|w| [w[0].clone(), w[1].clone()])
             .collect();
+        let child = spawn(&dir, &args);
         let mut emu = Emulator {
             child,
             dir,
+            args,
             pf_flags,
             _tmp: tmp,
         };
+        emu.wait_serving();
+        emu
+    }
+
+    /// Waits until the emulator answers on its control socket (a stale socket file of a killed
+    /// one does not count); panics with its log if it exits or takes more than 10 s.
+    fn wait_serving(&mut self) {
         let t = Instant::now();
-        while !emu.dir.join("control.sock").exists() {
-            if let Ok(Some(st)) = emu.child.try_wait() {
-                panic!("emulator {args:?} exited ({st}):\n{}", emu.log());
+        while Client::connect(&self.dir.join("control.sock")).is_err() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("emulator {:?} exited ({st}):\n{}", self.args, self.log());
             }
             assert!(
                 t.elapsed() < Duration::from_secs(10),
-                "emulator {args:?} did not start:\n{}",
-                emu.log()
+                "emulator {:?} did not start:\n{}",
+                self.args,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        emu
+    }
+
+    /// Kills the emulator with SIGKILL (by its PID), as a crash: no cleanup, its sockets
+    /// stay behind. Returns when it is reaped.
+    pub fn kill_hard(&mut self) {
+        // SAFETY: kill(2) on our own child's PID, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// Starts the emulator again with the same arguments and socket directory (its log goes on
+    /// in the same file), and returns when it answers on its control socket.
+    pub fn restart(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_hard();
+        }
+        self.child = spawn(&self.dir, &self.args);
+        self.wait_serving();
     }
 
     pub fn path(&self) -> &Path {
@@ -239,6 +262,24 @@ impl Emulator {
         }
         eprintln!("logs kept in {}", keep.display());
     }
+}
+
+/// `sriov-emu run --socket-dir DIR ARGS...`, its output appended to `DIR/emulator.log`.
+fn spawn(dir: &Path, args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("emulator.log"))
+        .unwrap();
+    Command::new(crate::qemu::sriov_emu_bin())
+        .arg("run")
+        .arg("--socket-dir")
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Emulator {

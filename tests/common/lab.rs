@@ -6,7 +6,7 @@
 //! whole is printed as a timeline and written to `target/tmp/lab/SCENARIO.txt` (scripts/lab
 //! collects them).
 //!
-//! Lost pings are placed in time from the replies: a reply line is stamped when it appears in
+//! Lost pings are placed in time from the replies (`qemu::PingWatch`): a reply line is stamped when it appears in
 //! the console log (polled every 10 ms), and a missing sequence number gets the time between
 //! the replies around it. Pings are not sent while QEMU has the guest stopped (its clock stops),
 //! so a migration's downtime costs pings only through the traffic that moves.
@@ -16,13 +16,11 @@
 #![allow(dead_code)]
 
 use crate::emulator::Emulator;
-use crate::qemu::{self, Guest, GuestConfig};
+use crate::qemu::{self, Guest, GuestConfig, PingWatch, Replies};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -90,120 +88,6 @@ pub struct Phase {
     pub lost_out: u32,
     pub lost_in: u32,
     pub note: String,
-}
-
-/// Reply lines of a ping, stamped when seen.
-#[derive(Default)]
-struct Replies {
-    /// (sequence number, when its reply line appeared), in order seen.
-    seen: Vec<(u32, Instant)>,
-}
-
-impl Replies {
-    /// The sequence numbers missing between the first and the last reply, each with the time
-    /// between the replies around it.
-    fn lost(&self) -> Vec<(u32, Instant)> {
-        let mut r = self.seen.clone();
-        r.sort_by_key(|&(s, _)| s);
-        r.dedup_by_key(|&mut (s, _)| s);
-        let mut out = Vec::new();
-        for w in r.windows(2) {
-            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
-            for s in s0 + 1..s1 {
-                let f = f64::from(s - s0) / f64::from(s1 - s0);
-                let at = if t1 > t0 {
-                    t0 + (t1 - t0).mul_f64(f)
-                } else {
-                    t0
-                };
-                out.push((s, at));
-            }
-        }
-        out
-    }
-}
-
-/// Follows console logs and stamps the ping replies in them: `out` (the guest's pings, in the
-/// logs of each QEMU the guest ran in) and `in` (the peer's).
-struct PingWatch {
-    files: Arc<Mutex<Vec<(PathBuf, bool)>>>,
-    replies: Arc<Mutex<[Replies; 2]>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// The sequence number of a ping reply line (`64 bytes from 198.18.80.2: seq=12 ttl=64 ...`).
-fn reply_seq(line: &str) -> Option<u32> {
-    if !line.contains(" bytes from ") {
-        return None;
-    }
-    let rest = line.split("seq=").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-impl PingWatch {
-    fn start() -> PingWatch {
-        let files: Arc<Mutex<Vec<(PathBuf, bool)>>> = Arc::default();
-        let replies: Arc<Mutex<[Replies; 2]>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (f, r, s) = (files.clone(), replies.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // Per file: the offset read up to, and a partial line.
-            let mut at: Vec<(u64, String)> = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                let list = f.lock().unwrap().clone();
-                at.resize(list.len(), (0, String::new()));
-                for ((path, inbound), (off, partial)) in list.iter().zip(at.iter_mut()) {
-                    let Ok(mut file) = std::fs::File::open(path) else {
-                        continue;
-                    };
-                    let mut buf = Vec::new();
-                    if file.seek(SeekFrom::Start(*off)).is_err()
-                        || file.read_to_end(&mut buf).is_err()
-                    {
-                        continue;
-                    }
-                    *off += buf.len() as u64;
-                    partial.push_str(&String::from_utf8_lossy(&buf));
-                    let now = Instant::now();
-                    while let Some(nl) = partial.find('\n') {
-                        let line: String = partial.drain(..=nl).collect();
-                        if let Some(seq) = reply_seq(&line) {
-                            r.lock().unwrap()[usize::from(*inbound)]
-                                .seen
-                                .push((seq, now));
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        PingWatch {
-            files,
-            replies,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn watch(&self, path: &Path, inbound: bool) {
-        self.files
-            .lock()
-            .unwrap()
-            .push((path.to_path_buf(), inbound));
-    }
-}
-
-impl Drop for PingWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A counter of `port`'s `query-stats`, 0 if the port does not exist (a host without VFs).
@@ -584,7 +468,7 @@ impl Lab {
 
     /// Places the lost pings in the phases (call once the last phase is done).
     fn place_losses(&mut self) {
-        let replies = self.pings.replies.lock().unwrap();
+        let replies = self.pings.replies();
         for p in &mut self.phases {
             p.lost_out = 0;
             p.lost_in = 0;
@@ -607,7 +491,7 @@ impl Lab {
     /// (sent, answered) of the guest's pings and of the peer's within the phases (from the
     /// first phase's start to the last one's end).
     pub fn ping_totals(&self) -> ((u32, u32), (u32, u32)) {
-        let r = self.pings.replies.lock().unwrap();
+        let r = self.pings.replies();
         let (Some(first), Some(last)) = (self.phases.first(), self.phases.last()) else {
             return ((0, 0), (0, 0));
         };

@@ -217,6 +217,17 @@ pub fn recv_n(fe: &mut VirtioNetFrontend, n: usize, timeout: Duration) -> Vec<(u
     out
 }
 
+/// The resident memory (VmRSS) of process `pid`, KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
 /// A small deterministic PRNG (xorshift64*), so tests are repeatable without a crate.
 pub struct Rng(pub u64);
 
@@ -285,13 +296,7 @@ impl Emu {
 
     /// The emulator's resident memory, KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+        vm_rss_kib(self.child.id())
     }
 
     /// One counter of one port, through `query-stats`.

@@ -13,17 +13,18 @@
 //! (`-accel tcg -cpu max`), with guest RAM in a shared memfd so vhost-user backends can map it.
 //! The guest's `/init` understands `sriov.*` kernel arguments (see `scripts/guest-image`) and
 //! prints `SRIOV-GUEST-READY` once its network is configured and `SRIOV-GUEST-DONE rc=N` when
-//! its script ends (then it powers off). All guest output goes to the serial log file.
+//! its script ends (then it powers off). All guest output goes to the serial log file;
+//! `PingWatch` follows serial logs and stamps the ping replies in them as they appear.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -696,6 +697,127 @@ impl Drop for Guest {
         self.kill();
         if let Some(qmp) = &self.qmp_socket {
             let _ = fs::remove_file(qmp);
+        }
+    }
+}
+
+/// Reply lines of a ping, stamped when seen.
+#[derive(Default, Clone)]
+pub struct Replies {
+    /// (sequence number, when its reply line appeared), in order seen.
+    pub seen: Vec<(u32, Instant)>,
+}
+
+impl Replies {
+    /// The sequence numbers missing between the first and the last reply, each with the time
+    /// between the replies around it.
+    pub fn lost(&self) -> Vec<(u32, Instant)> {
+        let mut r = self.seen.clone();
+        r.sort_by_key(|&(s, _)| s);
+        r.dedup_by_key(|&mut (s, _)| s);
+        let mut out = Vec::new();
+        for w in r.windows(2) {
+            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
+            for s in s0 + 1..s1 {
+                let f = f64::from(s - s0) / f64::from(s1 - s0);
+                let at = if t1 > t0 {
+                    t0 + (t1 - t0).mul_f64(f)
+                } else {
+                    t0
+                };
+                out.push((s, at));
+            }
+        }
+        out
+    }
+}
+
+/// Follows console logs and stamps the ping replies in them: `out` (the guest's pings, in the
+/// logs of each QEMU the guest ran in) and `in` (the peer's).
+pub struct PingWatch {
+    files: Arc<Mutex<Vec<(PathBuf, bool)>>>,
+    replies: Arc<Mutex<[Replies; 2]>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The sequence number of a ping reply line (`64 bytes from 198.18.80.2: seq=12 ttl=64 ...`).
+pub fn reply_seq(line: &str) -> Option<u32> {
+    if !line.contains(" bytes from ") {
+        return None;
+    }
+    let rest = line.split("seq=").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl PingWatch {
+    pub fn start() -> PingWatch {
+        let files: Arc<Mutex<Vec<(PathBuf, bool)>>> = Arc::default();
+        let replies: Arc<Mutex<[Replies; 2]>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, r, s) = (files.clone(), replies.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Per file: the offset read up to, and a partial line.
+            let mut at: Vec<(u64, String)> = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let list = f.lock().unwrap().clone();
+                at.resize(list.len(), (0, String::new()));
+                for ((path, inbound), (off, partial)) in list.iter().zip(at.iter_mut()) {
+                    let Ok(mut file) = std::fs::File::open(path) else {
+                        continue;
+                    };
+                    let mut buf = Vec::new();
+                    if file.seek(SeekFrom::Start(*off)).is_err()
+                        || file.read_to_end(&mut buf).is_err()
+                    {
+                        continue;
+                    }
+                    *off += buf.len() as u64;
+                    partial.push_str(&String::from_utf8_lossy(&buf));
+                    let now = Instant::now();
+                    while let Some(nl) = partial.find('\n') {
+                        let line: String = partial.drain(..=nl).collect();
+                        if let Some(seq) = reply_seq(&line) {
+                            r.lock().unwrap()[usize::from(*inbound)]
+                                .seen
+                                .push((seq, now));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        PingWatch {
+            files,
+            replies,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Follows the console log `path`: its replies are the `inbound` ones (the second of
+    /// `replies`) or the outbound ones (the first).
+    pub fn watch(&self, path: &Path, inbound: bool) {
+        self.files
+            .lock()
+            .unwrap()
+            .push((path.to_path_buf(), inbound));
+    }
+
+    /// The replies stamped so far: outbound, inbound.
+    pub fn replies(&self) -> std::sync::MutexGuard<'_, [Replies; 2]> {
+        self.replies.lock().unwrap()
+    }
+}
+
+impl Drop for PingWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
