@@ -820,15 +820,21 @@ impl Pipeline {
             return FaultGate::Stalled;
         }
         let Some(ff) = port.faults.frames() else {
+            // Whatever was set has run out (a stall): back to one load per batch.
+            port.faults.refresh_on();
             return FaultGate::Open;
         };
         let mut held = std::mem::take(&mut self.held);
         held.clear();
         ff.take_due(now, self.frames.len(), &mut held);
         if held.is_empty() {
-            if let Some(due) = ff.next_due() {
-                pending.mark(qp);
-                self.retry_at(due);
+            match ff.next_due() {
+                Some(due) => {
+                    pending.mark(qp);
+                    self.retry_at(due);
+                }
+                None if !ff.is_active() => port.faults.refresh_on(),
+                None => {}
             }
             self.held = held;
             return FaultGate::Open;

@@ -64,13 +64,17 @@ impl PortFaults {
         self.on.load(Ordering::Relaxed)
     }
 
-    fn refresh_on(&self) {
+    /// Recomputes whether any fault is set: the data path calls it when it finds none left
+    /// (a stall run out, a delay line emptied after its fault was cleared), so the port is
+    /// back to one relaxed load per batch.
+    pub fn refresh_on(&self) {
         let now = now_ns();
         let on = self
             .frames
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .as_ref()
+            .is_some_and(|f| f.is_active() || f.held() > 0)
             || self
                 .stall_rx
                 .iter()
@@ -242,12 +246,8 @@ impl PortFaults {
                 stop.store(true, Ordering::Release);
             }
         }
+        // Frames a delay holds keep the port's faults on until they are sent.
         self.refresh_on();
-        // The frame faults stay "on" while frames are held, so they are sent.
-        let held = self.frames().is_some_and(|f| f.held() > 0 || f.is_active());
-        if held {
-            self.on.store(true, Ordering::Release);
-        }
     }
 
     /// What is set now, for `query-faults`.
