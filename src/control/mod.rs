@@ -16,6 +16,7 @@ pub mod render;
 mod server;
 mod stream;
 
-pub use commands::execute;
-pub use qmp::{QmpError, MAX_LINE};
+pub use commands::{execute, parse_command, Command, COMMAND_ARGS};
+pub use qmp::{parse_request, QmpError, Request, MAX_LINE};
 pub use server::{ControlError, ControlServer, MAX_CLIENTS};
+pub use stream::{Piece, Splitter};
