@@ -154,7 +154,10 @@ const DESC_STAGES: &[&str] = &[
     "tx segment list split at a region end",
 ];
 
-/// The `desc_chain` input header, decoded.
+/// The `desc_chain` input header, decoded. Bytes (little endian): 0 flags (`DESC_F_*`), 1 and 2
+/// log2 of the TX and RX ring sizes (low 4 bits), 3 chains to pop (mod 17), 4..12 the device's
+/// TX next_avail, TX next_used, RX next_avail, RX next_used, 12..14 the largest frame, 14..16
+/// unused, 16..40 the guest addresses of the TX desc, avail and used rings, then the RX ones.
 struct DescHeader {
     flags: u8,
     tx_size: u16,
@@ -471,7 +474,10 @@ const FRAME_STAGES: &[&str] = &[
     "user indirection table",
 ];
 
-/// What `frame_parse`'s header says about the sender's port and the receiver's queues.
+/// What `frame_parse`'s header says about the sender's port and the receiver's queues. Bytes
+/// (little endian): 0 flags (`FRAME_F_*`), 1..3 the port VLAN's TCI (VLAN id, qos in the top 3
+/// bits), 3..5 the frame's length beyond the bytes given, 5..7 the enabled RX queues (a mask),
+/// 7 the user indirection table's length (0: the default spread).
 struct FrameKnobs {
     policy: EdgePolicy,
     /// The receiving VF's enabled RX queues.
