@@ -12,6 +12,7 @@
 //! - `config`: the `--config` TOML file.
 //! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
+//! - `fuzzing`: the fuzz targets' entry functions (fuzz/, tests/fuzz_smoke.rs, docs/fuzzing.md).
 //!
 //! Errors: one `thiserror` enum per module. An error's message says what failed; its cause is
 //! its `source()`, never repeated in the message, so `ErrorChain` prints each cause once.
@@ -25,6 +26,7 @@ pub mod dma_engine;
 pub mod events;
 pub mod faults;
 pub mod frontend;
+pub mod fuzzing;
 pub mod pf;
 pub mod port;
 pub mod rss;

@@ -291,7 +291,8 @@ fn no_code_outside_the_tests_panics_by_itself() {
     let mut found = Vec::new();
     for f in files {
         let name = f.strip_prefix(&src).unwrap().display().to_string();
-        if name.ends_with("_tests.rs") {
+        // The fuzz targets' oracles are assertions: a panic is how a fuzzer reports a finding.
+        if name.ends_with("_tests.rs") || name == "fuzzing.rs" {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();

@@ -1,7 +1,9 @@
-//! The control commands. Every one validates all of its input before changing anything.
+//! The control commands. Every one validates all of its input before changing anything:
+//! `parse_command` reads and type-checks a command's arguments without the daemon (and is
+//! fuzzed on its own, `fuzzing::control_request`), then `execute` runs the parsed `Command`.
 
 use super::qmp::{Args, QmpError};
-use crate::daemon::Daemon;
+use crate::daemon::{CaptureRequest, Daemon};
 use crate::faults::{FaultKind, FaultSpec};
 use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, RssKey, IPPROTO_TCP, IPPROTO_UDP};
@@ -14,7 +16,7 @@ type CmdResult = Result<Value, QmpError>;
 
 /// Every command with the arguments it takes; names are checked before a command runs, so a
 /// misspelt argument changes nothing.
-const COMMAND_ARGS: &[(&str, &[&str])] = &[
+pub const COMMAND_ARGS: &[(&str, &[&str])] = &[
     ("qmp_capabilities", &["enable"]),
     ("query-version", &[]),
     ("query-commands", &[]),
@@ -64,15 +66,146 @@ const COMMAND_ARGS: &[(&str, &[&str])] = &[
     ("quit", &[]),
 ];
 
-/// Commands that change a VF: refused while an injected `busy` fault lasts on it.
-const VF_MANAGEMENT: &[&str] = &["vf-set", "vf-rss-set", "vf-flow-add", "vf-flow-del"];
-
 /// Commands that take every VF knob (`vf::KNOBS`, by QMP name) besides their arguments.
 const KNOB_COMMANDS: &[&str] = &["vf-set"];
 
 /// Whether command `name`, whose own arguments are `args`, takes argument `arg`.
 fn takes(name: &str, args: &[&str], arg: &str) -> bool {
     args.contains(&arg) || (KNOB_COMMANDS.contains(&name) && knobs::by_qmp(arg).is_some())
+}
+
+/// A command with its arguments read and type-checked: all that `execute` takes from the
+/// client before it touches the daemon. (`qmp_capabilities` is the server's own.)
+#[derive(Debug)]
+pub enum Command {
+    QueryVersion,
+    QueryCommands,
+    QueryPf,
+    QueryVfs,
+    SetNumvfs(u32),
+    VfSet {
+        vf: u32,
+        knobs: KnobValues,
+    },
+    VfRssSet {
+        vf: u32,
+        key: Option<RssKey>,
+        /// `Some(None)`: back to the default spread.
+        table: Option<Option<Vec<u16>>>,
+        learning: Option<bool>,
+    },
+    VfRssQuery(u32),
+    VfRssTest {
+        vf: u32,
+        flow: FlowTuple,
+    },
+    VfFlowAdd {
+        vf: u32,
+        flow: FlowTuple,
+        queue: u16,
+    },
+    VfFlowDel {
+        vf: u32,
+        flow: FlowTuple,
+    },
+    VfFlowList(u32),
+    /// The port named, or all.
+    QueryStats(Option<String>),
+    QueryFdb,
+    FdbFlush,
+    CaptureStart(CaptureRequest),
+    CaptureStop(u32),
+    QueryCaptures,
+    /// A fault, checked (`FaultSpec::check`) but not yet against the port.
+    FaultSet(FaultSpec),
+    FaultClear {
+        port: String,
+        kind: Option<FaultKind>,
+    },
+    QueryFaults,
+    Quit,
+}
+
+impl Command {
+    /// The VF a management command changes (refused while an injected `busy` lasts on it).
+    fn managed_vf(&self) -> Option<u32> {
+        match self {
+            Command::VfSet { vf, .. }
+            | Command::VfRssSet { vf, .. }
+            | Command::VfFlowAdd { vf, .. }
+            | Command::VfFlowDel { vf, .. } => Some(*vf),
+            _ => None,
+        }
+    }
+}
+
+/// Reads command `name`'s `arguments`: unknown commands and arguments, missing ones and values
+/// of the wrong type or range are refused here, before anything runs.
+pub fn parse_command(name: &str, arguments: Map<String, Value>) -> Result<Command, QmpError> {
+    let allowed = COMMAND_ARGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| QmpError::not_found(name))?;
+    if let Some(k) = arguments.keys().find(|k| !takes(name, allowed, k)) {
+        return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+    }
+    if name == "fault-set" {
+        // Its arguments are a `FaultSpec`, as a `[[fault]]` table's are.
+        let spec: FaultSpec = serde_json::from_value(Value::Object(arguments))
+            .map_err(|e| QmpError::generic(format!("fault-set: {e}")))?;
+        spec.check().map_err(|e| QmpError::generic(e.to_string()))?;
+        return Ok(Command::FaultSet(spec));
+    }
+    let mut a = Args::new(arguments);
+    let cmd = match name {
+        "query-version" => Command::QueryVersion,
+        "query-commands" => Command::QueryCommands,
+        "query-pf" => Command::QueryPf,
+        "query-vfs" => Command::QueryVfs,
+        "set-numvfs" => Command::SetNumvfs(a.u32("numvfs")?),
+        "vf-set" => Command::VfSet {
+            vf: a.u32("vf")?,
+            knobs: knob_args(&mut a)?,
+        },
+        "vf-rss-set" => rss_set_args(&mut a)?,
+        "vf-rss-query" => Command::VfRssQuery(a.u32("vf")?),
+        "vf-rss-test" => Command::VfRssTest {
+            vf: a.u32("vf")?,
+            flow: flow_arg(&mut a)?,
+        },
+        "vf-flow-add" => {
+            let (vf, flow) = (a.u32("vf")?, flow_arg(&mut a)?);
+            let queue = a.u32("queue")?;
+            let queue = u16::try_from(queue)
+                .map_err(|_| QmpError::generic(format!("queue {queue} is out of range")))?;
+            Command::VfFlowAdd { vf, flow, queue }
+        }
+        "vf-flow-del" => Command::VfFlowDel {
+            vf: a.u32("vf")?,
+            flow: flow_arg(&mut a)?,
+        },
+        "vf-flow-list" => Command::VfFlowList(a.u32("vf")?),
+        "query-stats" => Command::QueryStats(a.opt_str("port")?),
+        "query-fdb" => Command::QueryFdb,
+        "fdb-flush" => Command::FdbFlush,
+        "capture-start" => Command::CaptureStart(capture_args(&mut a)?),
+        "capture-stop" => Command::CaptureStop(a.u32("id")?),
+        "query-captures" => Command::QueryCaptures,
+        "fault-clear" => Command::FaultClear {
+            port: a.str("port")?,
+            kind: a
+                .opt_str("fault")?
+                .map(|k| FaultKind::parse(&k))
+                .transpose()
+                .map_err(|e| QmpError::generic(e.to_string()))?,
+        },
+        "query-faults" => Command::QueryFaults,
+        "quit" => Command::Quit,
+        _ => return Err(QmpError::not_found(name)),
+    };
+    a.finish()?;
+    Ok(cmd)
 }
 
 /// Runs command `name` with `arguments`; `quit` is what the `quit` command does.
@@ -82,84 +215,70 @@ pub fn execute(
     arguments: Map<String, Value>,
     quit: &(dyn Fn() + Sync),
 ) -> CmdResult {
-    let allowed = COMMAND_ARGS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, a)| *a)
-        .ok_or_else(|| QmpError::not_found(name))?;
-    if let Some(k) = arguments.keys().find(|k| !takes(name, allowed, k)) {
-        return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+    let cmd = parse_command(name, arguments)?;
+    if let Some(vf) = cmd.managed_vf() {
+        d.check_vf_busy(vf)?;
     }
-    if VF_MANAGEMENT.contains(&name) {
-        if let Some(vf) = arguments.get("vf").and_then(Value::as_u64) {
-            d.check_vf_busy(u32::try_from(vf).unwrap_or(u32::MAX))?;
-        }
-    }
-    if name == "fault-set" {
-        return fault_set(d, arguments);
-    }
-    let mut a = Args::new(arguments);
-    let r = match name {
-        "query-version" => query_version(),
-        "query-commands" => Ok(json!(COMMAND_ARGS
+    match cmd {
+        Command::QueryVersion => query_version(),
+        Command::QueryCommands => Ok(json!(COMMAND_ARGS
             .iter()
             .map(|(c, _)| json!({"name": c}))
             .collect::<Vec<_>>())),
-        "query-pf" => query_pf(d),
-        "query-vfs" => query_vfs(d),
-        "set-numvfs" => set_numvfs(d, &mut a),
-        "vf-set" => vf_set(d, &mut a),
-        "vf-rss-set" => vf_rss_set(d, &mut a),
-        "vf-rss-query" => vf_rss_query(d, &mut a),
-        "vf-rss-test" => vf_rss_test(d, &mut a),
-        "vf-flow-add" => vf_flow_add(d, &mut a),
-        "vf-flow-del" => vf_flow_del(d, &mut a),
-        "vf-flow-list" => vf_flow_list(d, &mut a),
-        "query-stats" => query_stats(d, &mut a),
-        "query-fdb" => query_fdb(d),
-        "fdb-flush" => {
+        Command::QueryPf => query_pf(d),
+        Command::QueryVfs => query_vfs(d),
+        Command::SetNumvfs(n) => {
+            d.set_numvfs(n)?;
+            Ok(json!({}))
+        }
+        Command::VfSet { vf, knobs } => vf_set(d, vf, &knobs),
+        Command::VfRssSet {
+            vf,
+            key,
+            table,
+            learning,
+        } => vf_rss_set(d, vf, key, table, learning),
+        Command::VfRssQuery(vf) => rss_json(&*d.vf_port(vf)?),
+        Command::VfRssTest { vf, flow } => vf_rss_test(d, vf, &flow),
+        Command::VfFlowAdd { vf, flow, queue } => {
+            d.vf_port(vf)?.rss().add_flow_rule(flow, queue)?;
+            Ok(json!({}))
+        }
+        Command::VfFlowDel { vf, flow } => {
+            d.vf_port(vf)?.rss().del_flow_rule(&flow)?;
+            Ok(json!({}))
+        }
+        Command::VfFlowList(vf) => vf_flow_list(d, vf),
+        Command::QueryStats(port) => query_stats(d, port.as_deref()),
+        Command::QueryFdb => query_fdb(d),
+        Command::FdbFlush => {
             d.fdb_flush();
             Ok(json!({}))
         }
-        "capture-start" => capture_start(d, &mut a),
-        "capture-stop" => capture_stop(d, &mut a),
-        "query-captures" => Ok(Value::Array(
+        Command::CaptureStart(req) => Ok(json!({ "id": d.capture_start(&req)? })),
+        Command::CaptureStop(id) => capture_stop(d, id),
+        Command::QueryCaptures => Ok(Value::Array(
             d.captures().iter().map(capture_info).collect(),
         )),
-        "fault-clear" => fault_clear(d, &mut a),
-        "query-faults" => Ok(Value::Array(
+        Command::FaultSet(spec) => {
+            d.fault_set(&spec)?;
+            Ok(json!({}))
+        }
+        Command::FaultClear { port, kind } => {
+            d.fault_clear(&port, kind)?;
+            Ok(json!({}))
+        }
+        Command::QueryFaults => Ok(Value::Array(
             d.faults()
                 .into_iter()
                 .map(|(port, faults)| json!({"port": port, "faults": faults}))
                 .collect(),
         )),
-        "quit" => {
+        Command::Quit => {
             quit();
             Ok(json!({}))
         }
-        _ => return Err(QmpError::not_found(name)),
-    }?;
-    a.finish()?;
-    Ok(r)
-}
-
-/// `fault-set`: its arguments are a `FaultSpec` (the same as a `[[fault]]` table).
-fn fault_set(d: &Daemon, arguments: Map<String, Value>) -> CmdResult {
-    let spec: FaultSpec = serde_json::from_value(Value::Object(arguments))
-        .map_err(|e| QmpError::generic(format!("fault-set: {e}")))?;
-    d.fault_set(&spec)?;
-    Ok(json!({}))
-}
-
-fn fault_clear(d: &Daemon, a: &mut Args) -> CmdResult {
-    let port = a.str("port")?;
-    let kind = a
-        .opt_str("fault")?
-        .map(|k| FaultKind::parse(&k))
-        .transpose()
-        .map_err(|e| QmpError::generic(e.to_string()))?;
-    d.fault_clear(&port, kind)?;
-    Ok(json!({}))
+    }
 }
 
 fn query_version() -> CmdResult {
@@ -248,12 +367,6 @@ fn query_vfs(d: &Daemon) -> CmdResult {
     Ok(Value::Array(vfs))
 }
 
-fn set_numvfs(d: &Daemon, a: &mut Args) -> CmdResult {
-    let n = a.u32("numvfs")?;
-    d.set_numvfs(n)?;
-    Ok(json!({}))
-}
-
 /// The VF knobs among the arguments (type-checked only).
 fn knob_args(a: &mut Args) -> Result<KnobValues, QmpError> {
     let mut vals = KnobValues::default();
@@ -266,9 +379,7 @@ fn knob_args(a: &mut Args) -> Result<KnobValues, QmpError> {
     Ok(vals)
 }
 
-fn vf_set(d: &Daemon, a: &mut Args) -> CmdResult {
-    let vf = a.u32("vf")?;
-    let vals = knob_args(a)?;
+fn vf_set(d: &Daemon, vf: u32, vals: &KnobValues) -> CmdResult {
     let port = d.vf_port(vf)?;
     // Check everything before changing anything (the channels go first, then the settings).
     vals.settings.apply(&port.settings())?;
@@ -286,8 +397,9 @@ fn vf_set(d: &Daemon, a: &mut Args) -> CmdResult {
     Ok(vf_json(&*d.vf_port(vf)?))
 }
 
-fn vf_rss_set(d: &Daemon, a: &mut Args) -> CmdResult {
-    let port = d.vf_port(a.u32("vf")?)?;
+/// `vf-rss-set`'s arguments.
+fn rss_set_args(a: &mut Args) -> Result<Command, QmpError> {
+    let vf = a.u32("vf")?;
     let key: Option<RssKey> = a.opt_str("key")?.map(|k| k.parse()).transpose()?;
     let table: Option<Option<Vec<u16>>> = match a.opt_value("table") {
         None => None,
@@ -305,6 +417,22 @@ fn vf_rss_set(d: &Daemon, a: &mut Args) -> CmdResult {
         }
     };
     let learning = a.opt_bool("flow-learning")?;
+    Ok(Command::VfRssSet {
+        vf,
+        key,
+        table,
+        learning,
+    })
+}
+
+fn vf_rss_set(
+    d: &Daemon,
+    vf: u32,
+    key: Option<RssKey>,
+    table: Option<Option<Vec<u16>>>,
+    learning: Option<bool>,
+) -> CmdResult {
+    let port = d.vf_port(vf)?;
     let mut rss = port.rss();
     // The table is the only part that can fail: set it first.
     if let Some(t) = &table {
@@ -330,10 +458,6 @@ fn rss_json(port: &Port) -> CmdResult {
         "flow-learning": rss.learning(),
         "enabled-queues": enabled.as_slice(),
     }))
-}
-
-fn vf_rss_query(d: &Daemon, a: &mut Args) -> CmdResult {
-    rss_json(&*d.vf_port(a.u32("vf")?)?)
 }
 
 /// A flow from arguments: proto ("tcp" | "udp" | "ip"), src, dst, src-port, dst-port.
@@ -370,25 +494,8 @@ fn flow_arg(a: &mut Args) -> Result<FlowTuple, QmpError> {
     }
 }
 
-fn vf_flow_add(d: &Daemon, a: &mut Args) -> CmdResult {
-    let port = d.vf_port(a.u32("vf")?)?;
-    let flow = flow_arg(a)?;
-    let queue = a.u32("queue")?;
-    let queue = u16::try_from(queue)
-        .map_err(|_| QmpError::generic(format!("queue {queue} is out of range")))?;
-    port.rss().add_flow_rule(flow, queue)?;
-    Ok(json!({}))
-}
-
-fn vf_flow_del(d: &Daemon, a: &mut Args) -> CmdResult {
-    let port = d.vf_port(a.u32("vf")?)?;
-    let flow = flow_arg(a)?;
-    port.rss().del_flow_rule(&flow)?;
-    Ok(json!({}))
-}
-
-fn vf_flow_list(d: &Daemon, a: &mut Args) -> CmdResult {
-    let port = d.vf_port(a.u32("vf")?)?;
+fn vf_flow_list(d: &Daemon, vf: u32) -> CmdResult {
+    let port = d.vf_port(vf)?;
     let rss = port.rss();
     let rules: Vec<Value> = rss
         .flows()
@@ -405,9 +512,8 @@ fn vf_flow_list(d: &Daemon, a: &mut Args) -> CmdResult {
     }))
 }
 
-fn vf_rss_test(d: &Daemon, a: &mut Args) -> CmdResult {
-    let port = d.vf_port(a.u32("vf")?)?;
-    let flow = flow_arg(a)?;
+fn vf_rss_test(d: &Daemon, vf: u32, flow: &FlowTuple) -> CmdResult {
+    let port = d.vf_port(vf)?;
     let enabled = port.enabled_rx_queues();
     // A detached VF: answer for the queues it would enable (all of them).
     let enabled = if enabled.is_empty() {
@@ -415,7 +521,7 @@ fn vf_rss_test(d: &Daemon, a: &mut Args) -> CmdResult {
     } else {
         enabled
     };
-    let dec = port.rss().explain(&flow, &enabled);
+    let dec = port.rss().explain(flow, &enabled);
     Ok(json!({
         "flow": flow.to_string(),
         "hash": dec.hash.map(|h| format!("{h:#010x}")),
@@ -429,17 +535,16 @@ fn vf_rss_test(d: &Daemon, a: &mut Args) -> CmdResult {
     }))
 }
 
-fn query_stats(d: &Daemon, a: &mut Args) -> CmdResult {
-    let want = a.opt_str("port")?;
+fn query_stats(d: &Daemon, want: Option<&str>) -> CmdResult {
     let ports = d.ports();
-    if let Some(w) = &want {
-        if !ports.iter().any(|p| &p.spec.name == w) {
+    if let Some(w) = want {
+        if !ports.iter().any(|p| p.spec.name == w) {
             return Err(QmpError::generic(format!("port {w:?} does not exist")));
         }
     }
     let out: Vec<Value> = ports
         .iter()
-        .filter(|p| want.as_ref().is_none_or(|w| &p.spec.name == w))
+        .filter(|p| want.is_none_or(|w| p.spec.name == w))
         .map(|p| {
             let is_uplink = p.spec.kind == PortKind::Uplink;
             let mut counters: Map<String, Value> = p
@@ -517,7 +622,8 @@ fn query_fdb(d: &Daemon) -> CmdResult {
 /// The largest snap length a capture takes (a jumbo frame with two VLAN tags fits the default).
 const MAX_SNAPLEN: u32 = 65_535;
 
-fn capture_start(d: &Daemon, a: &mut Args) -> CmdResult {
+/// `capture-start`'s arguments.
+fn capture_args(a: &mut Args) -> Result<CaptureRequest, QmpError> {
     let file = std::path::PathBuf::from(a.str("file")?);
     if !file.is_absolute() {
         return Err(QmpError::generic(
@@ -560,17 +666,15 @@ fn capture_start(d: &Daemon, a: &mut Args) -> CmdResult {
             )))
         }
     };
-    let id = d.capture_start(&crate::daemon::CaptureRequest {
+    Ok(CaptureRequest {
         path: file,
         ports,
         snaplen,
         max_bytes,
-    })?;
-    Ok(json!({ "id": id }))
+    })
 }
 
-fn capture_stop(d: &Daemon, a: &mut Args) -> CmdResult {
-    let id = a.u32("id")?;
+fn capture_stop(d: &Daemon, id: u32) -> CmdResult {
     let (info, files) = d.capture_stop(id)?;
     let mut v = capture_info(&info);
     v["files"] = json!(files);
@@ -686,6 +790,55 @@ mod tests {
         }
         // Other commands do not take the knobs.
         assert!(!takes("vf-rss-set", &["vf"], "vlan"));
+    }
+
+    /// Every argument is read and checked without a daemon: what `execute` runs is typed.
+    #[test]
+    fn commands_parse_without_a_daemon() {
+        let args = |v: Value| v.as_object().unwrap().clone();
+        let c = parse_command(
+            "vf-flow-add",
+            args(
+                json!({"vf": 1, "proto": "udp", "src": "198.18.0.1", "dst": "198.18.0.2",
+                        "dst-port": 53, "queue": 2}),
+            ),
+        )
+        .unwrap();
+        let Command::VfFlowAdd { vf, flow, queue } = c else {
+            panic!("{c:?}");
+        };
+        assert_eq!(
+            (vf, queue, flow.to_string().as_str()),
+            (1, 2, "udp 198.18.0.1:0 > 198.18.0.2:53")
+        );
+        let err = |name: &str, v: Value| parse_command(name, args(v)).unwrap_err().desc;
+        assert_eq!(
+            err(
+                "vf-flow-add",
+                json!({"vf": 1, "proto": "tcp", "src": "198.18.0.1", "dst": "::1", "queue": 0})
+            ),
+            "src and dst must both be IPv4 or both IPv6"
+        );
+        assert_eq!(
+            err("vf-rss-set", json!({"vf": 1, "table": [1, 70000]})),
+            "Parameter 'table' expects queue numbers"
+        );
+        assert!(err("capture-start", json!({"file": "relative.pcapng"})).contains("absolute path"));
+        assert_eq!(
+            err("set-numvfs", json!({"numvfs": 2, "x": 1})),
+            "Parameter 'x' is unexpected"
+        );
+        assert_eq!(
+            parse_command("nope", Map::new()).unwrap_err().class,
+            "CommandNotFound"
+        );
+        // The server answers qmp_capabilities itself.
+        assert_eq!(
+            parse_command("qmp_capabilities", Map::new())
+                .unwrap_err()
+                .class,
+            "CommandNotFound"
+        );
     }
 
     #[test]

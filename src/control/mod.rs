@@ -20,6 +20,7 @@ mod server;
 mod stream;
 
 pub use access::{group_id, AccessError};
-pub use commands::execute;
-pub use qmp::{QmpError, MAX_LINE};
+pub use commands::{execute, parse_command, Command, COMMAND_ARGS};
+pub use qmp::{parse_request, QmpError, Request, MAX_LINE};
 pub use server::{ControlError, ControlServer, CLIENT_WRITE_TIMEOUT, MAX_CLIENTS};
+pub use stream::{Piece, Splitter};

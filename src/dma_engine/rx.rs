@@ -67,6 +67,10 @@ pub struct RxFill<'a> {
     map: &'a GuestMap,
     ring: &'a SplitRing,
     cur: RxCursor,
+    /// The device's avail position when the group opened: a group takes at most one ring's
+    /// worth of chains from there (more would wrap its own used entries before the guest saw
+    /// them).
+    old_avail: u16,
     old_used: u16,
     hdr_len: usize,
     mergeable: bool,
@@ -112,6 +116,7 @@ impl<'a> RxFill<'a> {
                 avail_idx,
                 next_used,
             },
+            old_avail: next_avail,
             old_used: next_used,
             hdr_len: vnet_hdr_len(features),
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
@@ -131,8 +136,13 @@ impl<'a> RxFill<'a> {
     fn pop(&mut self) -> Option<u16> {
         if self.cur.next_avail == self.cur.avail_idx {
             let idx = self.ring.avail_idx();
-            // An index further ahead than the ring is a broken driver: take nothing.
-            if idx.wrapping_sub(self.cur.next_avail) > self.ring.size() {
+            // An index further ahead than the ring is a broken driver: take nothing. Ahead of
+            // where the group opened too: the guest moved it while the group ran (or the
+            // group's own writes did, into a buffer over the avail ring).
+            let size = self.ring.size();
+            if idx.wrapping_sub(self.cur.next_avail) > size
+                || idx.wrapping_sub(self.old_avail) > size
+            {
                 return None;
             }
             self.cur.avail_idx = idx;
@@ -484,6 +494,31 @@ mod tests {
                 assert!(notify);
             }
         }
+    }
+
+    /// Found by fuzzing (fixtures/fuzz/desc_chain/rx_buffer_over_avail_ring): a buffer over
+    /// the avail ring, so that writing a frame into it moves the avail index 4 past the 16
+    /// chains already taken and rewrites the ring's first entries. The group must not take
+    /// those 4 again: its 20 used entries would wrap over 4 of its own.
+    #[test]
+    fn a_group_takes_at_most_a_ring_of_chains_even_if_the_avail_index_moves() {
+        let rx = rx_queue(16, false);
+        let over = AVAIL + 2 - HDR as u64 - 20;
+        let d = SplitDescriptor::new(over, BUF_LEN, WRITE, 0);
+        rx.mem
+            .write_obj(RawDescriptor::from(d), GuestAddress(DESC + 16 * 15))
+            .unwrap();
+        // Bytes 20..22 land on the avail index (20), then ring entries 0, 1, 2, ...
+        let mut f = frame(40, 1);
+        f[20..22].copy_from_slice(&20u16.to_le_bytes());
+        for k in 0..9u16 {
+            f[22 + 2 * usize::from(k)..24 + 2 * usize::from(k)].copy_from_slice(&k.to_le_bytes());
+        }
+        let frames = vec![f; 20];
+        let (r, (next_avail, next_used, _)) = deliver(&rx, false, &frames);
+        assert_eq!(r[..16], vec![Ok(()); 16]);
+        assert_eq!(r[16..], vec![Err(RxDrop::NoBuffer); 4]);
+        assert_eq!((next_avail, next_used), (16, 16));
     }
 
     #[test]
