@@ -38,18 +38,6 @@ fn get(c: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} in {c}"))
 }
 
-/// The drops a sender's frames can meet at its own edge or in the switch.
-const TX_DROPS: &[&str] = &[
-    "drop_malformed",
-    "drop_no_destination",
-    "drop_same_port",
-    "drop_spoofchk",
-    "drop_link_down",
-    "drop_vlan_filter",
-    "fault_drop",
-    "fault_delay",
-];
-
 /// A port as a sender: every frame it sent is forwarded or dropped by a named reason.
 fn check_sender(emu: &Emu, port: &str, sent: u64) -> Value {
     let c = counters(emu, port);

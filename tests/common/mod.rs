@@ -163,6 +163,19 @@ pub fn broadcast(src: MacAddr) -> Vec<u8> {
     f
 }
 
+/// The drops a sender's frames can meet at its own edge or in the switch: with
+/// `tx_forwarded`, they account for every frame in `tx_packets`.
+pub const TX_DROPS: &[&str] = &[
+    "drop_malformed",
+    "drop_no_destination",
+    "drop_same_port",
+    "drop_spoofchk",
+    "drop_link_down",
+    "drop_vlan_filter",
+    "fault_drop",
+    "fault_delay",
+];
+
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const QUIET: Duration = Duration::from_millis(300);
 
