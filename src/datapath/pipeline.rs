@@ -148,8 +148,6 @@ pub struct Pipeline {
     /// Frames of a port's delay line being sent (injected faults): their buffers back the
     /// batch's host segments until it is delivered.
     held: Vec<Held>,
-    /// The batch being switched comes from a delay line, not from the port's queue.
-    injecting: bool,
     /// A frame was put in a delay line: its queue is to be looked at again when due.
     fault_held: bool,
 }
@@ -174,7 +172,6 @@ impl Pipeline {
             next_retry: None,
             tap: Tap::new(captures, TX_BATCH),
             held: Vec::new(),
-            injecting: false,
             fault_held: false,
         }
     }
@@ -243,14 +240,7 @@ impl Pipeline {
                 }
             };
             let port = view.port.clone();
-            self.tap.begin();
-            let sent = self.switch_batch(views, src, &port, qp, n);
-            if self.tap.on {
-                self.capture_batch(views, &port, qp, sent);
-            }
-            self.deliveries
-                .write(&self.frames[..sent], views, &self.tap);
-            self.tap.end();
+            let sent = self.forward(views, src, &port, qp, n, Origin::Queue);
             let Some(view) = views.get_mut(src) else {
                 break;
             };
@@ -278,6 +268,29 @@ impl Pipeline {
         done > 0
     }
 
+    /// Switches, captures and delivers the first `n` frames of the batch, popped from
+    /// `port`'s TX queue pair `qp` or taken from its delay line; returns how many were sent
+    /// (`switch_batch`).
+    fn forward(
+        &mut self,
+        views: &mut Views,
+        src: usize,
+        port: &Arc<Port>,
+        qp: usize,
+        n: usize,
+        origin: Origin,
+    ) -> usize {
+        self.tap.begin();
+        let sent = self.switch_batch(views, src, port, qp, n, origin);
+        if self.tap.on {
+            self.capture_batch(views, port, qp, sent);
+        }
+        self.deliveries
+            .write(&self.frames[..sent], views, &self.tap);
+        self.tap.end();
+        sent
+    }
+
     /// Makes the switch decisions for `n` popped frames of `port`'s TX queue `qp`. Returns how
     /// many were sent (decided and counted); the rest are held back by a rate (the port's
     /// `max_tx_rate`, or the wire's line rate and the port's share of it), and `self.throttle`
@@ -289,6 +302,7 @@ impl Pipeline {
         port: &Port,
         qp: usize,
         n: usize,
+        origin: Origin,
     ) -> usize {
         let c = &port.counters.totals;
         let now_ns = super::now_ns();
@@ -308,7 +322,7 @@ impl Pipeline {
             b.refill(now_ns);
         }
         // Injected faults (`fault-set`), numbered per frame; not on frames they injected.
-        let faults = (!self.injecting && port.faults.any())
+        let faults = (origin == Origin::Queue && port.faults.any())
             .then(|| port.faults.frames())
             .flatten()
             .filter(|f| f.is_active());
@@ -514,7 +528,7 @@ impl Pipeline {
         }
         self.learn_flows(port, qp, cut);
         self.steer_pending(views);
-        if self.injecting {
+        if origin == Origin::DelayLine {
             c.fault_injected.add(cut as u64);
         } else {
             c.tx_packets.add(cut as u64);
@@ -788,7 +802,16 @@ fn frame_view(f: &TxFrame) -> FrameView<'_> {
     }
 }
 
-/// The drop counter a policy drop is counted in, and its name (as captures give the reason).
+/// Where the frames of a batch come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The port's TX queue: the guest sent them (counted in `tx_packets`, faults apply).
+    Queue,
+    /// The port's delay line: delayed frames and duplicates of injected faults (counted in
+    /// `fault_injected`, no fault applies again).
+    DelayLine,
+}
+
 /// What a port's injected faults let `process_tx` do with one of its TX queues.
 enum FaultGate {
     /// Nothing in the way: pop the queue.
@@ -852,16 +875,7 @@ impl Pipeline {
                 && unsafe { f.take_head(0, h.frame.len()) };
         }
         self.held = held;
-        self.injecting = true;
-        self.tap.begin();
-        let sent = self.switch_batch(views, src, port, qp, n);
-        if self.tap.on {
-            self.capture_batch(views, port, qp, sent);
-        }
-        self.deliveries
-            .write(&self.frames[..sent], views, &self.tap);
-        self.tap.end();
-        self.injecting = false;
+        let sent = self.forward(views, src, port, qp, n, Origin::DelayLine);
         let mut held = std::mem::take(&mut self.held);
         ff.put_back(held.drain(sent.min(n)..));
         for h in held.drain(..) {
@@ -907,6 +921,7 @@ impl Pipeline {
     }
 }
 
+/// The drop counter a policy drop is counted in, and its name (as captures give the reason).
 fn policy_drop_counter(c: &PortTotals, d: PolicyDrop) -> (&Counter, &'static str) {
     match d {
         PolicyDrop::LinkDown => (&c.drop_link_down, "drop_link_down"),
