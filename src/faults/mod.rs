@@ -26,9 +26,8 @@ use std::sync::{Arc, Mutex};
 pub struct PortFaults {
     /// Some fault is set: the data path looks at the rest.
     on: AtomicBool,
-    /// The frame faults, swapped whole; `generation` bumps with each change.
+    /// The frame faults, swapped whole.
     frames: Mutex<Option<Arc<FrameFaults>>>,
-    generation: AtomicU64,
     /// Per queue pair: until when (ns, `switch::now_ns`) its RX / TX queue is stalled; 0: not.
     stall_rx: Box<[AtomicU64]>,
     stall_tx: Box<[AtomicU64]>,
@@ -48,7 +47,6 @@ impl PortFaults {
         PortFaults {
             on: AtomicBool::new(false),
             frames: Mutex::new(None),
-            generation: AtomicU64::new(0),
             stall_rx: zeros(),
             stall_tx: zeros(),
             stall_tx_counted: (0..queue_pairs).map(|_| AtomicBool::new(false)).collect(),
@@ -92,12 +90,6 @@ impl PortFaults {
         self.on.store(on, Ordering::Release);
     }
 
-    /// Bumped whenever the frame faults change.
-    #[inline]
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     /// The frame faults now.
     pub fn frames(&self) -> Option<Arc<FrameFaults>> {
         self.frames
@@ -115,7 +107,6 @@ impl PortFaults {
         };
         *g = Some(Arc::new(next));
         drop(g);
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.on.store(true, Ordering::Release);
     }
 
@@ -227,7 +218,6 @@ impl PortFaults {
                 *g = Some(Arc::new(f.none()));
             }
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
         if is(K::Stall) {
             for s in self.stall_rx.iter().chain(self.stall_tx.iter()) {
                 s.store(0, Ordering::Release);
