@@ -454,15 +454,8 @@ impl Daemon {
         let carrier = self.carrier.load(Ordering::Acquire);
         let (was_up, is_up) = (old.link_up(carrier), new.link_up(carrier));
         if was_up != is_up {
-            let mut data = port_event_data(&port, if is_up { "up" } else { "down" });
-            data["link-state"] = serde_json::json!(new.link_state.to_string());
-            self.events.emit("VF_LINK_CHANGE", data);
-            if !is_up {
-                let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(h) = servers.get(&port.spec.id) {
-                    h.disconnect_frontend();
-                }
-            }
+            let why = ("link-state", serde_json::json!(new.link_state.to_string()));
+            link_changed(&self.events, &self.servers, &port, is_up, why);
         }
         tracing::info!(port = %port.spec.name, ?new, "VF settings changed");
         Ok(new)
@@ -742,15 +735,35 @@ fn watch_carrier(
             if !p.spec.kind.is_vf() || s.link_state != LinkState::Auto {
                 continue;
             }
-            let mut data = port_event_data(&p, state);
-            data["link-state"] = serde_json::json!("auto");
-            events.emit("VF_LINK_CHANGE", data);
-            if !now {
-                let servers = servers.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(h) = servers.get(&p.spec.id) {
-                    h.disconnect_frontend();
-                }
-            }
+            link_changed(
+                events,
+                servers,
+                &p,
+                now,
+                ("link-state", serde_json::json!("auto")),
+            );
+        }
+    }
+}
+
+/// Port `port`'s link went up or down: `VF_LINK_CHANGE` (its data with `why`, the field that
+/// says what changed it), and, when down, the frontend's connection closed: QEMU shows a guest
+/// NO-CARRIER while its vhost-user connection is closed, and the port refuses frontends until
+/// the link is back.
+fn link_changed(
+    events: &EventBus,
+    servers: &Mutex<HashMap<PortId, ServerHandle>>,
+    port: &Port,
+    up: bool,
+    why: (&str, serde_json::Value),
+) {
+    let mut data = port_event_data(port, if up { "up" } else { "down" });
+    data[why.0] = why.1;
+    events.emit("VF_LINK_CHANGE", data);
+    if !up {
+        let servers = servers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = servers.get(&port.spec.id) {
+            h.disconnect_frontend();
         }
     }
 }

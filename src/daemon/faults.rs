@@ -2,13 +2,13 @@
 //! config file's `[[fault]]`): a fault checked against its port and put in place, a link
 //! flap run on its own thread, the busy window checked before a VF's management commands.
 
-use super::{Daemon, DaemonError};
+use super::{link_changed, Daemon, DaemonError};
 use crate::events::EventBus;
 use crate::faults::{Fault, FaultError, FaultKind, FaultSpec};
 use crate::pf::PortKind;
 use crate::port::Waker;
 use crate::switch::PortId;
-use crate::vf::{port_event_data, Port, ServerHandle};
+use crate::vf::{Port, ServerHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,18 +134,12 @@ impl Flap {
         let p = &self.port;
         p.faults.hold_link_down(down);
         p.touch_settings();
-        let mut data = port_event_data(p, if down { "down" } else { "up" });
-        data["reason"] = serde_json::json!("fault");
-        self.events.emit("VF_LINK_CHANGE", data);
         if down {
             p.counters.totals.fault_link_flap.inc();
-            // As for a disabled link: QEMU shows the guest NO-CARRIER while its vhost-user
-            // connection is closed, and the port refuses frontends until the link is back.
-            let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(h) = servers.get(&p.spec.id) {
-                h.disconnect_frontend();
-            }
         }
+        // As for a disabled link (`link_changed`).
+        let why = ("reason", serde_json::json!("fault"));
+        link_changed(&self.events, &self.servers, p, !down, why);
         self.waker.wake();
     }
 
