@@ -148,11 +148,14 @@ fn admit(c: &UnixStream, group: Option<u32>, clients: &AtomicUsize) -> Result<()
 fn refuse(c: UnixStream, why: &str) {
     tracing::warn!("control client refused: {why}");
     let _ = c.set_nonblocking(true);
-    let mut line =
-        serde_json::to_vec(&serde_json::json!({"error": {"class": "GenericError", "desc": why}}))
-            .unwrap_or_default();
+    let _ = (&c).write_all(&line_of(&qmp::error(&QmpError::generic(why), None)));
+}
+
+/// `v` as one line of the wire protocol.
+fn line_of(v: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
     line.push(b'\n');
-    let _ = (&c).write_all(&line);
+    line
 }
 
 /// How long a client may leave a reply or an event unread (its socket buffer full) before it
@@ -163,8 +166,7 @@ pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// is shut down (with a warning), which also ends its reading thread; one that has gone (an
 /// event for a client that just closed its socket: a broken pipe) is only shut down.
 fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(v).unwrap_or_default();
-    line.push(b'\n');
+    let line = line_of(v);
     let s = w.lock().unwrap_or_else(|e| e.into_inner());
     let r = (&*s).write_all(&line);
     if let Err(e) = &r {
