@@ -242,26 +242,30 @@ impl ConfigFile {
 
     /// Checks the `[[fault]]` tables' arguments (before anything starts).
     pub fn check_faults(&self) -> Result<(), ConfigError> {
-        for (index, f) in self.fault.iter().enumerate() {
-            f.check().map_err(|e| ConfigError::Fault {
-                index,
-                port: f.port.clone(),
-                source: e.into(),
-            })?;
-        }
-        Ok(())
+        self.fault.iter().enumerate().try_for_each(|(index, f)| {
+            f.check()
+                .map(drop)
+                .map_err(|e| fault_error(index, f, e.into()))
+        })
     }
 
     /// Sets the `[[fault]]` tables' faults on a running daemon (`fault-set`'s code path).
     pub fn apply_faults(&self, d: &Daemon) -> Result<(), ConfigError> {
         for (index, f) in self.fault.iter().enumerate() {
-            d.fault_set(f).map_err(|source| ConfigError::Fault {
-                index,
-                port: f.port.clone(),
-                source,
-            })?;
+            let (kind, fault) = f.check().map_err(|e| fault_error(index, f, e.into()))?;
+            d.fault_set(&f.port, kind, fault)
+                .map_err(|e| fault_error(index, f, e))?;
         }
         Ok(())
+    }
+}
+
+/// `[[fault]]` table `index` (`f`) refused.
+fn fault_error(index: usize, f: &FaultSpec, source: DaemonError) -> ConfigError {
+    ConfigError::Fault {
+        index,
+        port: f.port.clone(),
+        source,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::qmp::{Args, QmpError};
 use crate::daemon::{CaptureRequest, Daemon};
-use crate::faults::{FaultKind, FaultSpec};
+use crate::faults::{Fault, FaultKind, FaultSpec};
 use crate::pf::PortKind;
 use crate::rss::{EnabledQueues, FlowTuple, RssKey, IPPROTO_TCP, IPPROTO_UDP};
 use crate::uplink::Uplink;
@@ -117,7 +117,11 @@ pub enum Command {
     CaptureStop(u32),
     QueryCaptures,
     /// A fault, checked (`FaultSpec::check`) but not yet against the port.
-    FaultSet(FaultSpec),
+    FaultSet {
+        port: String,
+        kind: FaultKind,
+        fault: Fault,
+    },
     FaultClear {
         port: String,
         kind: Option<FaultKind>,
@@ -154,8 +158,12 @@ pub fn parse_command(name: &str, arguments: Map<String, Value>) -> Result<Comman
         // Its arguments are a `FaultSpec`, as a `[[fault]]` table's are.
         let spec: FaultSpec = serde_json::from_value(Value::Object(arguments))
             .map_err(|e| QmpError::generic(format!("fault-set: {e}")))?;
-        spec.check().map_err(|e| QmpError::generic(e.to_string()))?;
-        return Ok(Command::FaultSet(spec));
+        let (kind, fault) = spec.check().map_err(|e| QmpError::generic(e.to_string()))?;
+        return Ok(Command::FaultSet {
+            port: spec.port,
+            kind,
+            fault,
+        });
     }
     let mut a = Args::new(arguments);
     let cmd = match name {
@@ -260,8 +268,8 @@ pub fn execute(
         Command::QueryCaptures => Ok(Value::Array(
             d.captures().iter().map(capture_info).collect(),
         )),
-        Command::FaultSet(spec) => {
-            d.fault_set(&spec)?;
+        Command::FaultSet { port, kind, fault } => {
+            d.fault_set(&port, kind, fault)?;
             Ok(json!({}))
         }
         Command::FaultClear { port, kind } => {

@@ -4,7 +4,7 @@
 
 use super::{link_changed, Daemon, DaemonError};
 use crate::events::EventBus;
-use crate::faults::{Fault, FaultError, FaultKind, FaultSpec};
+use crate::faults::{Fault, FaultError, FaultKind};
 use crate::pf::PortKind;
 use crate::port::Waker;
 use crate::switch::PortId;
@@ -15,19 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 impl Daemon {
-    /// Sets the fault `spec` describes on its port.
-    pub fn fault_set(&self, spec: &FaultSpec) -> Result<(), DaemonError> {
-        let (kind, fault) = spec.check()?;
+    /// Sets `fault` (of `kind`, checked: `FaultSpec::check`) on port `name`.
+    pub fn fault_set(&self, name: &str, kind: FaultKind, fault: Fault) -> Result<(), DaemonError> {
         let port = self
-            .port(&spec.port)
-            .ok_or_else(|| DaemonError::NoPort(spec.port.clone()))?;
+            .port(name)
+            .ok_or_else(|| DaemonError::NoPort(name.to_string()))?;
         let is_vhost = matches!(port.spec.kind, PortKind::Vf(_) | PortKind::Pv(_));
         match fault {
             Fault::Frame(f) => port.faults.set_frame_fault(f),
             Fault::Stall { queue, ns } => {
                 if !is_vhost || !port.faults.stall(queue, ns) {
                     return Err(FaultError::NoQueue {
-                        port: spec.port.clone(),
+                        port: name.to_string(),
                         queue: queue.index(),
                     }
                     .into());
@@ -65,7 +64,7 @@ impl Daemon {
                 port.faults.set_busy(ns);
             }
         }
-        tracing::info!(port = %spec.port, ?fault, "fault injected");
+        tracing::info!(port = %name, ?fault, "fault injected");
         Ok(())
     }
 
