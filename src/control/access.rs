@@ -5,7 +5,6 @@
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -15,10 +14,16 @@ use std::path::Path;
 pub enum AccessError {
     #[error("unknown group {0:?} (a group name from /etc/group, or a numeric gid)")]
     UnknownGroup(String),
-    #[error("cannot give {path} to group {gid} with mode {mode:o}")]
+    #[error("cannot give {path} to group {gid}")]
     Chown {
         path: String,
         gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set {path}'s mode to {mode:o}")]
+    Mode {
+        path: String,
         mode: u32,
         #[source]
         source: std::io::Error,
@@ -56,23 +61,22 @@ fn empty_group() -> libc::group {
 
 /// The socket's owner group and mode: 0600 for the owner alone, 0660 with a group.
 pub fn restrict(path: &Path, group: Option<u32>) -> Result<(), AccessError> {
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    let err = |gid, source| AccessError::Chown {
-        path: path.display().to_string(),
-        gid,
-        mode,
-        source,
-    };
+    let shown = || path.display().to_string();
     if let Some(gid) = group {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| err(gid, std::io::ErrorKind::InvalidInput.into()))?;
-        // SAFETY: chown(2) on a NUL-terminated path; uid -1 leaves the owner as it is.
-        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
-            return Err(err(gid, std::io::Error::last_os_error()));
-        }
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| AccessError::Chown {
+            path: shown(),
+            gid,
+            source,
+        })?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| err(group.unwrap_or(0), e))
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        AccessError::Mode {
+            path: shown(),
+            mode,
+            source,
+        }
+    })
 }
 
 /// A peer's credentials.
