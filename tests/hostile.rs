@@ -8,16 +8,6 @@ use common::*;
 use sriov_emu::daemon::{Daemon, DaemonConfig};
 use sriov_emu::frontend::{FrontendConfig, RawDesc};
 use sriov_emu::pf::PfConfig;
-use std::time::{Duration, Instant};
-
-/// Waits until `f` holds (or fails after `WAIT` with `what`).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < WAIT, "{what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn an_rx_avail_index_past_the_ring_fails_that_queue_counted_then_recovers() {

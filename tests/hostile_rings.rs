@@ -14,7 +14,6 @@ use sriov_emu::frontend::{FrontendConfig, RawDesc, VirtioNetFrontend};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 const NEXT: u16 = RawDesc::NEXT;
@@ -25,15 +24,6 @@ const QS: u16 = 256;
 /// vring indices of queue pair 0.
 const RX: usize = 0;
 const TX: usize = 1;
-
-/// Waits until `f` holds (or fails after `WAIT` with `what`).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < WAIT, "{what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// vf0 and vf1 sending to each other, one frame at a time each way, every frame checked.
 struct Bystanders {

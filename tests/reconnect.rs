@@ -114,14 +114,6 @@ fn bystanders_exchange(c: &mut VirtioNetFrontend, e: &mut VirtioNetFrontend, rou
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < WAIT, "{what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// What the process's fds are, counted by kind (`anon_inode:[eventfd]`, `socket`, ...).
 fn fd_kinds() -> std::collections::BTreeMap<String, usize> {
     let mut kinds = std::collections::BTreeMap::new();

@@ -177,6 +177,15 @@ pub const TX_DROPS: &[&str] = &[
 ];
 
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until `f` holds (or fails after `WAIT` with `what`).
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < WAIT, "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
 pub const QUIET: Duration = Duration::from_millis(300);
 
 pub fn counter(d: &Daemon, port: &str, name: &str) -> u64 {
