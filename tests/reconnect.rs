@@ -351,3 +351,62 @@ fn a_tx_ring_left_with_kicks_off_resumes_without_a_kick_when_the_frontend_reatta
     wait_for("every TX buffer back", || a.tx_in_flight(0) == 0);
     assert_eq!(counter(&d, "vf0", "tx_packets"), 15);
 }
+
+/// QEMU (re)starts a vhost-user device in this order: SET_VRING_ENABLE, then per ring
+/// SET_VRING_NUM, _BASE, _ADDR, _KICK, and SET_VRING_CALL last. The ring is in use from the
+/// kick, so a frame arriving in between (the other guest's pings, while the emulator comes
+/// back after a crash) is written into it with no call fd to signal. The interrupt that frame
+/// wanted must come when the call fd does: with EVENT_IDX the device interrupts only when the
+/// used index crosses the driver's `used_event`, once, so a driver that missed it is never
+/// interrupted for that ring again (a guest's RX stopped for good after a restart in
+/// `qemu_restart`, on a busy CI machine). At first attach and at a reattach, in both modes.
+#[test]
+fn frames_written_before_the_call_fd_arrives_interrupt_the_driver_when_it_does() {
+    let _serial = one_at_a_time();
+    for poll in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = start_daemon_cfg(dir.path(), 2, 0, |c| c.poll = poll);
+        let mut a = connect(&d, "vf0", pairs(1, 1));
+        let late = FrontendConfig {
+            late_call: true,
+            ..pairs(1, 1)
+        };
+        let mut b = connect(&d, "vf1", late);
+        for (seq, what) in [(0u32, "first attach"), (1, "reattach")] {
+            // The port may still be changing hands after a reattach: send until one arrives.
+            let before = counter(&d, "vf1", "rx_packets");
+            let t = Instant::now();
+            let mut sent = Vec::new();
+            while counter(&d, "vf1", "rx_packets") == before {
+                assert!(
+                    t.elapsed() < WAIT,
+                    "poll {poll}, {what}: no frame reached vf1"
+                );
+                let f = udp_frame(
+                    vf_mac(1),
+                    vf_mac(0),
+                    1,
+                    2,
+                    seq * 1000 + sent.len() as u32,
+                    100,
+                );
+                a.send_wait(0, &f, WAIT).unwrap();
+                sent.push(f);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            b.send_calls().unwrap();
+            assert!(
+                b.interrupted(0, WAIT),
+                "poll {poll}, {what}: frames were written into vf1's RX ring before its \
+                 SET_VRING_CALL, and no interrupt came when the call fd did"
+            );
+            let got = b.recv(0).expect("the frame the interrupt was for");
+            assert!(sent.contains(&got), "poll {poll}, {what}: a frame not sent");
+            while b.recv_timeout(0, QUIET).is_some() {}
+            if seq == 0 {
+                b = b.reconnect().unwrap();
+            }
+        }
+        d.shutdown();
+    }
+}

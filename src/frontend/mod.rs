@@ -100,6 +100,10 @@ pub struct FrontendConfig {
     pub memory_regions: usize,
     /// Post every RX buffer at setup, as a driver does (a hostile test posts its own).
     pub fill_rx: bool,
+    /// Leave the rings without a call fd at setup (they are kicked and enabled, so the device
+    /// uses them) until `send_calls`: QEMU's order for vhost-user, which sends SET_VRING_CALL
+    /// after SET_VRING_KICK and SET_VRING_ENABLE when it (re)starts a device.
+    pub late_call: bool,
 }
 
 impl Default for FrontendConfig {
@@ -114,6 +118,7 @@ impl Default for FrontendConfig {
             split_tx_header: false,
             memory_regions: 1,
             fill_rx: true,
+            late_call: false,
         }
     }
 }
@@ -389,11 +394,37 @@ impl VirtioNetFrontend {
             self.fe
                 .set_vring_kick(q, &self.kicks[q])
                 .map_err(proto("SET_VRING_KICK"))?;
+        }
+        if !self.cfg.late_call {
+            self.send_calls()?;
+        }
+        Ok(())
+    }
+
+    /// SET_VRING_CALL for every ring (at setup unless `late_call`).
+    pub fn send_calls(&mut self) -> Result<()> {
+        for q in 0..self.calls.len() {
             self.fe
                 .set_vring_call(q, &self.calls[q])
                 .map_err(proto("SET_VRING_CALL"))?;
         }
         Ok(())
+    }
+
+    /// Whether ring `q`'s call fd is signalled within `timeout` (an interrupt); consumes it.
+    pub fn interrupted(&self, q: usize, timeout: Duration) -> bool {
+        let Some(call) = self.calls.get(q) else {
+            return false;
+        };
+        let mut pfd = libc::pollfd {
+            fd: call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is valid for the call and nfds is 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n == 1 && call.read().is_ok()
     }
 
     /// Enables the first `enabled_pairs` queue pairs and disables the others.

@@ -10,7 +10,7 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::result::Result;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use virtio_queue::{Error as VirtQueError, Queue, QueueT};
@@ -111,6 +111,11 @@ pub struct VringState<M: GuestAddressSpace = GuestMemoryAtomic<GuestMemoryMmap>>
     queue: Queue,
     kick: Option<EventConsumer>,
     call: Option<EventNotifier>,
+    /// sriov-emu patch 9: an interrupt was wanted while no call fd was set; `set_call` sends
+    /// it. QEMU sends SET_VRING_CALL after SET_VRING_KICK for vhost-user (and after
+    /// SET_VRING_ENABLE), so a started ring can take frames before it has a call fd; with
+    /// EVENT_IDX the driver is never interrupted again for that ring if that one is lost.
+    missed_call: AtomicBool,
     err: Option<EventConsumer>,
     enabled: bool,
     mem: M,
@@ -123,6 +128,7 @@ impl<M: GuestAddressSpace> VringState<M> {
             queue: Queue::new(max_queue_size)?,
             kick: None,
             call: None,
+            missed_call: AtomicBool::new(false),
             err: None,
             enabled: false,
             mem,
@@ -155,6 +161,7 @@ impl<M: GuestAddressSpace> VringState<M> {
         if let Some(call) = self.call.as_ref() {
             call.notify()
         } else {
+            self.missed_call.store(true, Ordering::Relaxed);
             Ok(())
         }
     }
@@ -258,6 +265,11 @@ impl<M: GuestAddressSpace> VringState<M> {
     fn set_call(&mut self, file: Option<File>) {
         // SAFETY: see comment in set_kick()
         self.call = file.map(|f| unsafe { EventNotifier::from_raw_fd(f.into_raw_fd()) });
+        if let Some(call) = self.call.as_ref() {
+            if self.missed_call.swap(false, Ordering::Relaxed) {
+                let _ = call.notify();
+            }
+        }
     }
 
     /// Get the `EventFd` for call.
