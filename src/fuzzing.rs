@@ -21,7 +21,7 @@
 use crate::config::ConfigFile;
 use crate::control::client::vf_command;
 use crate::control::{parse_command, parse_request, Piece, Splitter, COMMAND_ARGS};
-use crate::dma_engine::rx::{RxFill, RxScratch};
+use crate::dma_engine::rx::{RxFill, RxScratch, UsedShadow};
 use crate::dma_engine::tx::walk_tx;
 use crate::dma_engine::{
     vnet_hdr_len, Direction, FrameView, GuestMap, GuestMem, Segments, SplitRing, MAX_SEGMENTS,
@@ -340,6 +340,7 @@ pub fn desc_chain(data: &[u8]) -> Reached {
             check_segments(&map, &segs);
         }
         let expected = popped + usize::from(h.flags & DESC_F_HOST_FRAME != 0);
+        let mut shadow = UsedShadow::default();
         if let Ok(fill) = RxFill::open(
             &map,
             ring,
@@ -347,6 +348,7 @@ pub fn desc_chain(data: &[u8]) -> Reached {
             h.rx_next_used,
             features,
             expected,
+            &mut shadow,
         ) {
             r |= fill_rx(fill, ring.size(), &h, &frames[..popped]);
         }

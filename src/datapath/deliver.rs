@@ -152,10 +152,11 @@ fn write_group(
             Err(f) => (None, Some(f)),
         },
     };
+    // Zeroed once per group, not per frame: most frames never use it.
+    let mut stripped = [0u8; MAX_HEAD];
     for i in p.groups.members(g) {
         let d = &p.list[i];
         let f = &frames[usize::from(d.frame)];
-        let mut stripped = [0u8; MAX_HEAD];
         // SAFETY: `f` was popped by the sender's `TxQueues::pop` in the batch being delivered
         // (`Pipeline::process_tx`), whose `complete` comes after this delivery; until then the
         // sender's port keeps the guest memory the frame is in. Nothing here can make it let

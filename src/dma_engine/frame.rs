@@ -79,7 +79,8 @@ impl<'a> FrameView<'a> {
 }
 
 /// Writes the virtio-net header (for one buffer) and frame bytes `[0, to)` into the first RX
-/// chain `dst`: header and head in one write, the rest from the sender's buffer.
+/// chain `dst`: header and head straight into the first buffer when they fit it (else staged
+/// and written across the segments), the rest from the sender's buffer.
 ///
 /// # Safety
 /// As for `copy_frame_range`: `dst`'s segments valid for writes, not overlapping `f.head`.
@@ -90,17 +91,33 @@ pub unsafe fn copy_first_chain(
     dst: &Segments,
     hdr_len: usize,
 ) -> Result<(), CopyError> {
-    let mut buf = [0u8; VNET_HDR_MAX + MAX_HEAD];
-    // Fixed-size header copy, then the head over whatever of it is not part of this layout:
-    // no memcpy calls for these few bytes.
-    buf[..VNET_HDR_MAX].copy_from_slice(&rx_header(1));
+    let hdr_len = hdr_len.min(VNET_HDR_MAX);
     let split = f.head.len().min(to).min(MAX_HEAD);
-    let room = &mut buf[hdr_len..hdr_len + split];
-    // SAFETY: `room` and `f.head[..split]` are both `split` bytes of distinct Rust buffers.
-    unsafe { copy_short(f.head.as_ptr(), room.as_mut_ptr(), split) };
-    // SAFETY: `dst`'s segments are writable (the caller's contract) and cannot overlap `buf`,
-    // a local array.
-    unsafe { write_segments(dst.as_slice(), 0, &buf[..hdr_len + split])? };
+    let hdr = rx_header(1);
+    match dst.as_slice().first() {
+        // The usual case: header and head fit the first buffer. Written in place, with no
+        // staging copy (DPDK's `mbuf_to_desc` does the same).
+        Some(s) if s.len as usize >= hdr_len + split => {
+            let p = s.host as *mut u8;
+            // SAFETY: `p..p + hdr_len + split` is inside `dst`'s first segment, writable and
+            // not overlapping `hdr` (a local) or `f.head` (the caller's contract).
+            unsafe {
+                copy_short(hdr.as_ptr(), p, hdr_len);
+                copy_short(f.head.as_ptr(), p.add(hdr_len), split);
+            }
+        }
+        _ => {
+            let mut buf = [0u8; VNET_HDR_MAX + MAX_HEAD];
+            buf[..VNET_HDR_MAX].copy_from_slice(&hdr);
+            let room = &mut buf[hdr_len..hdr_len + split];
+            // SAFETY: `room` and `f.head[..split]` are both `split` bytes of distinct Rust
+            // buffers.
+            unsafe { copy_short(f.head.as_ptr(), room.as_mut_ptr(), split) };
+            // SAFETY: `dst`'s segments are writable (the caller's contract) and cannot
+            // overlap `buf`, a local array.
+            unsafe { write_segments(dst.as_slice(), 0, &buf[..hdr_len + split])? };
+        }
+    }
     if split < to {
         // SAFETY: the caller's contract, passed on.
         unsafe { copy_frame_range(f, split, to, dst, hdr_len + split) }
@@ -168,31 +185,36 @@ mod tests {
         head[0] = 0xee;
         // SAFETY: `segs` points into `src`, as above.
         let f = unsafe { FrameView::new(&head, 12 + 40, frame.len(), &segs) };
-        // Two destination buffers: 100 and 400 bytes.
-        let mut d1 = vec![0u8; 100];
-        let mut d2 = vec![0u8; 400];
-        let mut dst = Segments::default();
-        dst.reset(0);
-        // SAFETY: `d1` and `d2` outlive `dst`'s use below and are not touched but through
-        // the segments until then.
-        unsafe {
-            dst.push_host(d1.as_mut_ptr() as usize, d1.len()).unwrap();
-            dst.push_host(d2.as_mut_ptr() as usize, d2.len()).unwrap();
+        // Two destination buffers: the first holding header and head (written in place), or
+        // too short for them (staged and written across both), then 400 bytes.
+        for first in [100, 52, 51, 20, 12] {
+            let mut d1 = vec![0u8; first];
+            let mut d2 = vec![0u8; 400];
+            let mut dst = Segments::default();
+            dst.reset(0);
+            // SAFETY: `d1` and `d2` outlive `dst`'s use below and are not touched but through
+            // the segments until then.
+            unsafe {
+                dst.push_host(d1.as_mut_ptr() as usize, d1.len()).unwrap();
+                dst.push_host(d2.as_mut_ptr() as usize, d2.len()).unwrap();
+            }
+            // SAFETY: `dst`'s segments are `d1` and `d2`, live and writable, apart from `head`.
+            unsafe { copy_first_chain(&f, frame.len(), &dst, 12) }.unwrap();
+            let mut out = vec![0u8; 12 + frame.len()];
+            // SAFETY: `dst`'s segments are still `d1` and `d2`, apart from `out`.
+            let read = unsafe { read_segments(dst.as_slice(), 0, &mut out) };
+            assert_eq!(read, out.len());
+            assert_eq!(out[..12], rx_header(1)[..12], "first buffer {first}");
+            let mut want = frame.clone();
+            want[0] = 0xee;
+            assert_eq!(
+                out[12..],
+                want[..],
+                "first buffer {first}: head from the copy, the rest from the buffer"
+            );
         }
-        // SAFETY: `dst`'s segments are `d1` and `d2`, live and writable, apart from `head`.
-        unsafe { copy_first_chain(&f, frame.len(), &dst, 12) }.unwrap();
-        let mut out = vec![0u8; 12 + frame.len()];
-        // SAFETY: `dst`'s segments are still `d1` and `d2`, apart from `out`.
-        let read = unsafe { read_segments(dst.as_slice(), 0, &mut out) };
-        assert_eq!(read, out.len());
-        assert_eq!(out[..12], rx_header(1)[..12]);
         let mut want = frame.clone();
         want[0] = 0xee;
-        assert_eq!(
-            out[12..],
-            want[..],
-            "head from the copy, the rest from the buffer"
-        );
         let mut linear = vec![0u8; frame.len() + 5];
         assert_eq!(f.copy_to(&mut linear), Some(frame.len()));
         assert_eq!(linear[..frame.len()], want[..]);

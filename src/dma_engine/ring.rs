@@ -249,7 +249,9 @@ impl SplitRing {
     }
 
     /// Starts loading the buffer of chain `head` (its first descriptor, if direct and in
-    /// guest memory): the copy into it follows shortly.
+    /// guest memory) for writing: the copy into it follows shortly. Write intent, because the
+    /// line is usually dirty in the guest's cache (its driver last read or rewrote the frame in
+    /// it): a read prefetch would fetch it shared and the store would still wait for ownership.
     #[inline]
     pub fn prefetch_buffer(&self, map: &GuestMap, head: u16) {
         if head >= self.addrs.size {
@@ -260,9 +262,9 @@ impl SplitRing {
         let d = unsafe { Self::read_desc(self.desc, head) };
         if d.flags & VRING_DESC_F_INDIRECT == 0 {
             if let Some((host, n)) = map.translate(d.addr, 128) {
-                prefetch(host);
+                prefetch_write(host);
                 if n > 64 {
-                    prefetch(host + 64);
+                    prefetch_write(host + 64);
                 }
             }
         }
@@ -375,6 +377,19 @@ pub fn prefetch(addr: usize) {
     // SAFETY: prefetch is a hint that never faults, whatever the address.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
+/// Starts loading the cache line at `addr` for writing (PREFETCHW: owned, not shared).
+#[inline]
+pub fn prefetch_write(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults, whatever the address (a CPU without
+    // PREFETCHW runs it as a NOP).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;

@@ -15,6 +15,10 @@ use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 
 /// RX descriptors prefetched when a group opens.
 const RX_PREFETCH: usize = 32;
+/// How many chains ahead of the one being written the buffers are prefetched: the first
+/// store into a buffer waits for a line that is dirty in the guest's cache on another core
+/// (about as long as writing a few small frames), so one ahead is too late.
+const RX_BUFFER_AHEAD: u16 = 6;
 /// Most RX chains one (mergeable) frame may span.
 const MAX_RX_CHAINS: usize = 64;
 
@@ -35,6 +39,25 @@ pub enum RxDrop {
 pub struct AvailOverrun {
     pub avail: u16,
     pub next: u16,
+}
+
+/// Used elements staged on the host while a group is written, and copied into the guest's
+/// used ring together just before the index is published (DPDK's shadow used ring). Written
+/// one by one between the frame copies, each element's store waited behind the copies' cache
+/// misses and pulled the used ring's lines, which the driver polls, back and forth.
+pub struct UsedShadow {
+    entries: Box<[(u16, u32)]>,
+}
+
+/// Used elements staged before a flush (more in a group are flushed as they fill it).
+const USED_SHADOW_LEN: usize = 256;
+
+impl Default for UsedShadow {
+    fn default() -> Self {
+        UsedShadow {
+            entries: vec![(0, 0); USED_SHADOW_LEN].into_boxed_slice(),
+        }
+    }
 }
 
 /// Scratch space for RX chains, reused for every frame.
@@ -72,6 +95,13 @@ pub struct RxFill<'a> {
     /// them).
     old_avail: u16,
     old_used: u16,
+    /// Used elements not yet in the guest's ring: `shadow[..staged]`, from used position
+    /// `staged_from`.
+    shadow: &'a mut [(u16, u32)],
+    staged: usize,
+    staged_from: u16,
+    /// Avail position of the next chain whose buffer is to be prefetched.
+    buffer_ahead: u16,
     hdr_len: usize,
     mergeable: bool,
     /// The dirty log while the frontend migrates the guest: every buffer and used-ring write
@@ -84,8 +114,9 @@ pub struct RxFill<'a> {
 
 impl<'a> RxFill<'a> {
     /// Starts a group at the device's indices `next_avail`/`next_used` (under the ring's lock),
-    /// for `expected` frames, with the negotiated `features`. Fails if the driver's avail index
-    /// is more than a ring ahead (the queue is broken until the driver fixes it).
+    /// for `expected` frames, with the negotiated `features`, staging used elements in
+    /// `shadow`. Fails if the driver's avail index is more than a ring ahead (the queue is
+    /// broken until the driver fixes it).
     pub fn open(
         map: &'a GuestMap,
         ring: &'a SplitRing,
@@ -93,6 +124,7 @@ impl<'a> RxFill<'a> {
         next_used: u16,
         features: u64,
         expected: usize,
+        shadow: &'a mut UsedShadow,
     ) -> Result<Self, AvailOverrun> {
         let avail_idx = ring.avail_idx();
         if avail_idx.wrapping_sub(next_avail) > ring.size() {
@@ -118,6 +150,10 @@ impl<'a> RxFill<'a> {
             },
             old_avail: next_avail,
             old_used: next_used,
+            shadow: &mut shadow.entries,
+            staged: 0,
+            staged_from: next_used,
+            buffer_ahead: next_avail,
             hdr_len: vnet_hdr_len(features),
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             log: None,
@@ -157,8 +193,32 @@ impl<'a> RxFill<'a> {
 
     #[inline]
     fn push_used(&mut self, head: u16, len: u32) {
-        self.ring.write_used(self.cur.next_used, head, len);
+        if self.staged == self.shadow.len() {
+            self.flush_used();
+        }
+        match self.shadow.get_mut(self.staged) {
+            Some(e) => {
+                *e = (head, len);
+                self.staged += 1;
+            }
+            None => {
+                // No room at all (an empty shadow): straight into the ring.
+                self.ring.write_used(self.cur.next_used, head, len);
+                self.staged_from = self.staged_from.wrapping_add(1);
+            }
+        }
         self.cur.next_used = self.cur.next_used.wrapping_add(1);
+    }
+
+    /// Writes the staged used elements into the guest's used ring (not published yet).
+    fn flush_used(&mut self) {
+        let mut pos = self.staged_from;
+        for &(head, len) in &self.shadow[..self.staged] {
+            self.ring.write_used(pos, head, len);
+            pos = pos.wrapping_add(1);
+        }
+        self.staged = 0;
+        self.staged_from = pos;
     }
 
     /// Writes one frame into the ring: its buffers (several with mergeable RX buffers) get
@@ -209,11 +269,8 @@ impl<'a> RxFill<'a> {
             let take = cap.min(need - written);
             let to = written + take - hdr_len;
             let copied = if nused == 0 {
-                // The next frame's buffer starts loading while this one is written.
-                if self.cur.next_avail != self.cur.avail_idx {
-                    let next = self.ring.avail_entry(self.cur.next_avail);
-                    self.ring.prefetch_buffer(self.map, next);
-                }
+                // The buffers of the next frames start loading while this one is written.
+                self.prefetch_buffers_ahead();
                 // SAFETY: `segs` were just walked as device-writable descriptors with
                 // `self.map`, which this fill borrows (so their memory stays mapped); they are
                 // guest memory, which no Rust reference points into, so not `f.head`.
@@ -268,6 +325,24 @@ impl<'a> RxFill<'a> {
         }
     }
 
+    /// Prefetches the buffers of the chains up to `RX_BUFFER_AHEAD` past the next one, among
+    /// those the driver has made available as last read.
+    #[inline]
+    fn prefetch_buffers_ahead(&mut self) {
+        let next = self.cur.next_avail;
+        if self.buffer_ahead.wrapping_sub(next) > RX_BUFFER_AHEAD {
+            // Behind (chains were put back, or the group started): restart at the next one.
+            self.buffer_ahead = next;
+        }
+        let end = next.wrapping_add(RX_BUFFER_AHEAD);
+        let avail = self.cur.avail_idx;
+        while self.buffer_ahead != end && self.buffer_ahead != avail {
+            let head = self.ring.avail_entry(self.buffer_ahead);
+            self.ring.prefetch_buffer(self.map, head);
+            self.buffer_ahead = self.buffer_ahead.wrapping_add(1);
+        }
+    }
+
     /// Broken chains the group handed back empty so far.
     pub fn bad_buffers(&self) -> u32 {
         self.bad_buffers
@@ -275,7 +350,8 @@ impl<'a> RxFill<'a> {
 
     /// Publishes the used buffers. Returns the device's new (next_avail, next_used) and whether
     /// the guest asked for an interrupt.
-    pub fn finish(self) -> (u16, u16, bool) {
+    pub fn finish(mut self) -> (u16, u16, bool) {
+        self.flush_used();
         let used = self.cur.next_used;
         if used != self.old_used {
             self.ring.publish_used(used);
@@ -361,9 +437,31 @@ mod tests {
         mergeable: bool,
         frames: &[Vec<u8>],
     ) -> (Vec<Result<(), RxDrop>>, (u16, u16, bool)) {
+        deliver_staging(rx, mergeable, frames, USED_SHADOW_LEN)
+    }
+
+    /// `deliver` with room for `staged` used elements before a flush.
+    fn deliver_staging(
+        rx: &Rx,
+        mergeable: bool,
+        frames: &[Vec<u8>],
+        staged: usize,
+    ) -> (Vec<Result<(), RxDrop>>, (u16, u16, bool)) {
         let map = GuestMap::new(rx.mem.clone());
         let ring = SplitRing::map(&rx.q, &map).unwrap();
-        let mut fill = RxFill::open(&map, &ring, 0, 0, features(mergeable), frames.len()).unwrap();
+        let mut shadow = UsedShadow {
+            entries: vec![(0, 0); staged].into_boxed_slice(),
+        };
+        let mut fill = RxFill::open(
+            &map,
+            &ring,
+            0,
+            0,
+            features(mergeable),
+            frames.len(),
+            &mut shadow,
+        )
+        .unwrap();
         let mut scratch = RxScratch::default();
         let mut results = Vec::new();
         for f in frames {
@@ -530,13 +628,59 @@ mod tests {
         let map = GuestMap::new(rx.mem.clone());
         let ring = SplitRing::map(&rx.q, &map).unwrap();
         assert_eq!(
-            RxFill::open(&map, &ring, 0, 0, features(true), 1).err(),
+            RxFill::open(
+                &map,
+                &ring,
+                0,
+                0,
+                features(true),
+                1,
+                &mut UsedShadow::default()
+            )
+            .err(),
             Some(AvailOverrun { avail: 21, next: 0 })
         );
         // A full ring is fine.
         rx.mem
             .write_obj(16u16, GuestAddress(rx.avail_addr + 2))
             .unwrap();
-        assert!(RxFill::open(&map, &ring, 0, 0, features(true), 1).is_ok());
+        assert!(RxFill::open(
+            &map,
+            &ring,
+            0,
+            0,
+            features(true),
+            1,
+            &mut UsedShadow::default()
+        )
+        .is_ok());
+    }
+
+    /// The used elements staged on the host reach the guest's ring exactly as if written one
+    /// by one, however often the staging area fills (or if it has no room at all).
+    #[test]
+    fn staged_used_elements_reach_the_ring_whatever_the_staging_room() {
+        let frames: Vec<Vec<u8>> = (0..12).map(|i| frame(40 + 30 * i, i as u8)).collect();
+        for mergeable in [false, true] {
+            let used_ring = |rx: &Rx| {
+                let mut out = vec![0u8; 4 + 8 * 16];
+                rx.mem
+                    .read_slice(&mut out, GuestAddress(rx.used_addr))
+                    .unwrap();
+                out
+            };
+            let reference = rx_queue(16, false);
+            let want = deliver_staging(&reference, mergeable, &frames, USED_SHADOW_LEN);
+            for staged in [0, 1, 3, 5] {
+                let rx = rx_queue(16, false);
+                let got = deliver_staging(&rx, mergeable, &frames, staged);
+                assert_eq!(got, want, "mergeable {mergeable}, staging room {staged}");
+                assert_eq!(
+                    used_ring(&rx),
+                    used_ring(&reference),
+                    "mergeable {mergeable}, staging room {staged}"
+                );
+            }
+        }
     }
 }

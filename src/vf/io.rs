@@ -7,7 +7,7 @@
 
 use super::port::Connection;
 use super::Vring;
-use crate::dma_engine::rx::{RxFill, RxScratch};
+use crate::dma_engine::rx::{RxFill, RxScratch, UsedShadow};
 use crate::dma_engine::tx::{walk_tx, TxChainError};
 use crate::dma_engine::{
     vnet_hdr_len, FrameView, GuestMap, GuestMemAtomic, LogView, RingAddrs, SplitRing,
@@ -86,6 +86,8 @@ pub struct VhostIo {
     announce: Box<[u8; RARP_FRAME_LEN]>,
     /// The port's name, for logs.
     port: Arc<str>,
+    /// Used elements of the RX group being written, before they go into the guest's ring.
+    rx_shadow: UsedShadow,
     /// A malformed TX chain was logged on this connection (each is counted; one is logged).
     warned: bool,
 }
@@ -114,6 +116,7 @@ impl VhostIo {
     ) -> Self {
         VhostIo {
             port,
+            rx_shadow: UsedShadow::default(),
             warned: false,
             rings: GuestRings::new(conn.num_queues()),
             conn,
@@ -370,7 +373,8 @@ impl RxQueues for VhostIo {
             ring.disable_notification();
             log.inspect(|l| ring.mark_used(l));
         }
-        let fill = RxFill::open(map, ring, next_avail, next_used, features, expected)
+        let shadow = &mut self.rx_shadow;
+        let fill = RxFill::open(map, ring, next_avail, next_used, features, expected, shadow)
             .map_err(|_| QueueFault::AvailOverrun)?
             .with_log(log);
         Ok(Some(VhostRx { state, fill }))
