@@ -373,23 +373,27 @@ fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
 /// Starts loading the cache line at host address `addr` (a hint: never faults).
 #[inline]
 pub fn prefetch(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
+    prefetch_line::<false>(addr);
 }
 
 /// Starts loading the cache line at `addr` for writing (PREFETCHW: owned, not shared).
 #[inline]
 pub fn prefetch_write(addr: usize) {
+    prefetch_line::<true>(addr);
+}
+
+#[inline]
+fn prefetch_line<const WRITE: bool>(addr: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch is a hint that never faults, whatever the address (a CPU without
     // PREFETCHW runs it as a NOP).
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        if WRITE {
+            _mm_prefetch::<_MM_HINT_ET0>(addr as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(addr as *const i8)
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
