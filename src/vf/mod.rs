@@ -6,22 +6,33 @@
 //!   kick handling (which only wakes the data plane), stopping a ring.
 //! - `io.rs`: `VhostIo`, the seam (`port::TxQueues`, `port::RxQueues`) for one connection: a
 //!   worker's mapped rings, TX batches popped and completed, RX groups filled.
-//! - `server.rs`: the accept loop of one port's socket: a new daemon per frontend, so a port
-//!   accepts the next frontend after the old one left; stoppable when the port goes away.
+//! - `server.rs`: one port's socket (`PortServer`, `ServerHandle`): attach and detach, a new
+//!   daemon per frontend, so a port accepts the next frontend after the old one left;
+//!   stoppable when the port goes away.
+//! - `control_loop.rs`: the one thread that serves every port's vhost-user control traffic
+//!   (listeners and connections in one epoll), whatever the number of ports.
+//! - `pending.rs`: whether a connection holds a whole request yet (the loop never waits on
+//!   a frontend that stalls mid-message).
+//! - `kicks.rs`: the one thread that turns every connection's ring kicks into data-plane
+//!   wakeups.
 //! - `table.rs`: the port table the data plane follows.
 //! - `settings.rs`: the host's knobs of a VF (MAC, VLAN, spoofchk, trust, link, rates).
 //! - `knobs.rs`: the one list of VF knobs with their names in QMP, the config file and the
 //!   `ip link` words, their types, and where each value goes and comes from.
 
 mod backend;
+mod control_loop;
 mod io;
+mod kicks;
 pub mod knobs;
+mod pending;
 mod port;
 mod server;
 mod settings;
 mod table;
 
 pub use backend::{NetBackend, DEVICE_FEATURES, MAX_QUEUE_SIZE};
+pub use control_loop::{ControlLoop, LoopError, STALL_LIMIT};
 pub use io::{VhostIo, VhostRx};
 pub use knobs::{Knob, KnobError, KnobValues, KNOBS};
 pub use port::{port_event_data, Connection, Port, RssGuard};
