@@ -20,7 +20,7 @@ use super::backend::NetBackend;
 use super::kicks::Kicks;
 use super::pending::{pending, Pending};
 use super::port::Connection;
-use super::server::{stop_rings, PortServer, RateLimitedLog, PROTOCOL_ERROR_LOG_INTERVAL};
+use super::port_socket::{stop_rings, PortServer, RateLimitedLog, PROTOCOL_ERROR_LOG_INTERVAL};
 use super::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;

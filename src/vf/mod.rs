@@ -9,6 +9,8 @@
 //! - `server.rs`: one port's socket (`PortServer`, `ServerHandle`): attach and detach, a new
 //!   daemon per frontend, so a port accepts the next frontend after the old one left;
 //!   stoppable when the port goes away.
+//! - `port_socket.rs`: a port's bound socket as the control loop holds it, and what a
+//!   frontend arriving or leaving does to the port (attach, detach, rings stopped).
 //! - `control_loop.rs`: the one thread that serves every port's vhost-user control traffic
 //!   (listeners and connections in one epoll), whatever the number of ports.
 //! - `pending.rs`: whether a connection holds a whole request yet (the loop never waits on
@@ -27,6 +29,7 @@ mod kicks;
 pub mod knobs;
 mod pending;
 mod port;
+mod port_socket;
 mod server;
 mod settings;
 mod table;
@@ -36,7 +39,8 @@ pub use control_loop::{ControlLoop, LoopError, STALL_LIMIT};
 pub use io::{VhostIo, VhostRx};
 pub use knobs::{Knob, KnobError, KnobValues, KNOBS};
 pub use port::{port_event_data, Connection, Port, RssGuard};
-pub use server::{PortServer, ServerError, ServerHandle};
+pub use port_socket::PortServer;
+pub use server::{ServerError, ServerHandle};
 pub use settings::{
     LinkState, SettingsError, SettingsUpdate, VfSettings, VlanProto, MAX_QOS, MAX_RATE_MBPS,
     MAX_VLAN,
