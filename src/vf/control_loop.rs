@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -261,8 +262,19 @@ impl Session {
                     return Burst::Done;
                 }
                 Pending::Ready => {
-                    if let Err(e) = self.daemon.handle_request() {
-                        return Burst::Ended(Ended::of(&e, self.daemon.shutdown_requested()));
+                    // A panic in the crate's handling of one frontend's request ends that
+                    // session only, as it ended that connection's own thread before.
+                    let daemon = &mut self.daemon;
+                    match catch_unwind(AssertUnwindSafe(|| daemon.handle_request())) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            return Burst::Ended(Ended::of(&e, self.daemon.shutdown_requested()))
+                        }
+                        Err(_) => {
+                            return Burst::Ended(Ended::ProtocolError(
+                                "handling its request panicked".into(),
+                            ))
+                        }
                     }
                     self.partial_since = None;
                 }

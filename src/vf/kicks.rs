@@ -11,6 +11,7 @@ use super::backend::NetBackend;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost_user_backend::VringEpollHandler;
@@ -145,11 +146,18 @@ impl Shared {
                 let Some((port, handler)) = found else {
                     continue;
                 };
-                if let Err(e) = handler.process_ready() {
-                    // As when upstream's vring thread ends on an error: the rings of this
-                    // handler are no longer kicked (the frontend gave a broken kick fd).
-                    tracing::warn!(port = %port, "vring kicks no longer handled: {e}");
-                    self.drop_handler(token, &handler);
+                // As when upstream's vring thread ends on an error (or a panic): the rings of
+                // this handler are no longer kicked (the frontend gave a broken kick fd).
+                match catch_unwind(AssertUnwindSafe(|| handler.process_ready())) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(port = %port, "vring kicks no longer handled: {e}");
+                        self.drop_handler(token, &handler);
+                    }
+                    Err(_) => {
+                        tracing::error!(port = %port, "vring kicks no longer handled: panicked");
+                        self.drop_handler(token, &handler);
+                    }
                 }
             }
         }
