@@ -16,32 +16,21 @@
 //! bounded by `TX_STOP_WAIT`): the other ports wait that long. Kicks do not go through this
 //! thread (`kicks.rs`).
 
-use super::backend::NetBackend;
 use super::kicks::Kicks;
-use super::pending::{pending, Pending};
-use super::port::Connection;
 use super::port_socket::{stop_rings, PortServer, RateLimitedLog, PROTOCOL_ERROR_LOG_INTERVAL};
-use super::{GuestMem, GuestMemAtomic};
+use super::session::{Burst, Ended, Session, SessionError};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vhost::vhost_user::Error as VhostUserError;
-use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// How long a frontend may leave a message half sent, or a read or write of its connection
-/// may wait, before the connection is closed as a protocol error.
-pub const STALL_LIMIT: Duration = Duration::from_secs(1);
-
-/// Requests served from one connection before the others get a turn.
-const BURST: usize = 64;
+pub use super::session::STALL_LIMIT;
 
 /// The pause after a failed accept.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -65,19 +54,6 @@ pub enum LoopError {
     #[error("the control loop has stopped")]
     Stopped,
     #[error("cannot watch the port's socket")]
-    Watch(#[source] io::Error),
-}
-
-/// Why a frontend could not be served.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("cannot set up its socket")]
-    Socket(#[source] io::Error),
-    #[error("cannot create its vhost-user daemon: {0}")]
-    Daemon(String),
-    #[error("cannot watch its kicks")]
-    Kicks(#[source] io::Error),
-    #[error("cannot watch its socket")]
     Watch(#[source] io::Error),
 }
 
@@ -197,91 +173,6 @@ struct Served {
     /// The listener waits until then (after a refusal or a failure).
     paused_until: Option<Instant>,
     session: Option<Session>,
-}
-
-/// The frontend being served.
-struct Session {
-    daemon: VhostUserDaemon<NetBackend>,
-    /// The connection (a clone of the daemon's): watched, and looked into (`pending`).
-    stream: UnixStream,
-    kick_tokens: Vec<u64>,
-    /// Since when part of a message has waited for the rest.
-    partial_since: Option<Instant>,
-    /// The frontend hung up (or we shut the connection): read until the crate says so.
-    closed: bool,
-}
-
-/// How a session ended.
-enum Ended {
-    Disconnected,
-    ProtocolError(String),
-}
-
-impl Ended {
-    fn of(e: &DaemonError, shutdown_requested: bool) -> Ended {
-        match e {
-            DaemonError::HandleRequest(VhostUserError::Disconnected)
-            | DaemonError::HandleRequest(VhostUserError::SocketBroken(_)) => Ended::Disconnected,
-            _ if shutdown_requested => Ended::Disconnected,
-            DaemonError::HandleRequest(VhostUserError::SocketRetry(io))
-                if io.kind() == io::ErrorKind::WouldBlock =>
-            {
-                Ended::ProtocolError(format!(
-                    "no progress on the connection for {STALL_LIMIT:?} (a read or write timed out)"
-                ))
-            }
-            e => Ended::ProtocolError(e.to_string()),
-        }
-    }
-}
-
-/// What a burst of requests left.
-enum Burst {
-    /// Nothing whole to read.
-    Done,
-    /// More whole requests wait.
-    More,
-    Ended(Ended),
-}
-
-impl Session {
-    fn serve_burst(&mut self) -> Burst {
-        for _ in 0..BURST {
-            let next = if self.closed {
-                Pending::Ready
-            } else {
-                pending(&self.stream)
-            };
-            match next {
-                Pending::Empty => {
-                    self.partial_since = None;
-                    return Burst::Done;
-                }
-                Pending::Partial => {
-                    self.partial_since.get_or_insert_with(Instant::now);
-                    return Burst::Done;
-                }
-                Pending::Ready => {
-                    // A panic in the crate's handling of one frontend's request ends that
-                    // session only, as it ended that connection's own thread before.
-                    let daemon = &mut self.daemon;
-                    match catch_unwind(AssertUnwindSafe(|| daemon.handle_request())) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            return Burst::Ended(Ended::of(&e, self.daemon.shutdown_requested()))
-                        }
-                        Err(_) => {
-                            return Burst::Ended(Ended::ProtocolError(
-                                "handling its request panicked".into(),
-                            ))
-                        }
-                    }
-                    self.partial_since = None;
-                }
-            }
-        }
-        Burst::More
-    }
 }
 
 fn token(key: u64, kind: u64) -> u64 {
@@ -478,69 +369,30 @@ impl Runner {
         let Some(p) = self.ports.get(&key) else {
             return Ok(());
         };
-        let s = &p.server;
-        let name = s.port.spec.name.clone();
-        stream
-            .set_read_timeout(Some(STALL_LIMIT))
-            .and_then(|()| stream.set_write_timeout(Some(STALL_LIMIT)))
-            .map_err(SessionError::Socket)?;
-        let watched = stream.try_clone().map_err(SessionError::Socket)?;
-        let num_queues = 2 * usize::from(s.port.spec.queue_pairs);
-        let mem = GuestMemAtomic::new(GuestMem::default());
-        let conn = Arc::new(Connection::new(mem.clone(), num_queues));
-        let backend = NetBackend::new(
-            s.port.clone(),
-            conn.clone(),
-            s.waker.clone(),
-            s.events.clone(),
-            s.switch.clone(),
-        );
-        let mut daemon = VhostUserDaemon::new_external(name.clone(), backend, mem)
-            .map_err(|e| SessionError::Daemon(e.to_string()))?;
-        daemon
-            .serve_stream(stream)
-            .map_err(|e| SessionError::Daemon(e.to_string()))?;
-        let mut kick_tokens = Vec::new();
-        for h in daemon.get_epoll_handlers() {
-            match self.kicks.register(&name, h) {
-                Ok(t) => kick_tokens.push(t),
-                Err(e) => {
-                    kick_tokens
-                        .into_iter()
-                        .for_each(|t| self.kicks.unregister(t));
-                    return Err(SessionError::Kicks(e));
-                }
-            }
-        }
+        let (session, conn) = Session::open(&p.server, stream, &self.kicks)?;
         // Edge-triggered: `serve` reads all whole requests on each event, and a partial one
         // waits for the next bytes (or its deadline) without waking the loop again.
         let watch = self.epoll.ctl(
             ControlOperation::Add,
-            watched.as_raw_fd(),
+            session.stream.as_raw_fd(),
             EpollEvent::new(
                 EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
                 token(key, CONNECTION),
             ),
         );
         if let Err(e) = watch {
-            kick_tokens
-                .into_iter()
-                .for_each(|t| self.kicks.unregister(t));
+            session.close(&self.kicks);
             return Err(SessionError::Watch(e));
         }
         self.unlisten(key);
         let Some(p) = self.ports.get_mut(&key) else {
             return Ok(());
         };
-        p.server.shared.set_session(daemon.shutdown_handle());
-        p.session = Some(Session {
-            daemon,
-            stream: watched,
-            kick_tokens,
-            partial_since: None,
-            closed: false,
-        });
-        tracing::info!(port = %name, "frontend connected");
+        p.server
+            .shared
+            .set_session(session.daemon.shutdown_handle());
+        p.session = Some(session);
+        tracing::info!(port = %p.server.port.spec.name, "frontend connected");
         p.server.attach(conn);
         p.server.waker.wake();
         p.server.emit("VF_ATTACHED", "connected");
@@ -570,7 +422,7 @@ impl Runner {
         let Some(p) = self.ports.get_mut(&key) else {
             return;
         };
-        let Some(session) = p.session.take() else {
+        let Some(mut session) = p.session.take() else {
             return;
         };
         let span = p.span.clone();
@@ -581,9 +433,8 @@ impl Runner {
             session.stream.as_raw_fd(),
             EpollEvent::new(EventSet::IN, token(key, CONNECTION)),
         );
-        for t in &session.kick_tokens {
-            self.kicks.unregister(*t);
-        }
+        // No more kicks for the old connection once its rings are stopped below.
+        session.stop_kicks(&self.kicks);
         match ended {
             Ended::Disconnected => tracing::info!(port = %name, "frontend disconnected"),
             Ended::ProtocolError(e) => {
@@ -597,7 +448,7 @@ impl Runner {
         p.server.detach();
         p.server.waker.wake();
         p.server.emit("VF_DETACHED", "gone");
-        drop(session);
+        session.close(&self.kicks);
         if let Err(e) = self.listen(key) {
             tracing::error!(port = %name, "cannot watch the socket again, retrying: {e}");
             self.pause(key, SETUP_RETRY);

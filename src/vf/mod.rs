@@ -13,6 +13,8 @@
 //!   frontend arriving or leaving does to the port (attach, detach, rings stopped).
 //! - `control_loop.rs`: the one thread that serves every port's vhost-user control traffic
 //!   (listeners and connections in one epoll), whatever the number of ports.
+//! - `session.rs`: one frontend's session on the control loop: its daemon, its kicks, its
+//!   requests served (whole ones only, a burst at a time).
 //! - `pending.rs`: whether a connection holds a whole request yet (the loop never waits on
 //!   a frontend that stalls mid-message).
 //! - `kicks.rs`: the one thread that turns every connection's ring kicks into data-plane
@@ -31,6 +33,7 @@ mod pending;
 mod port;
 mod port_socket;
 mod server;
+mod session;
 mod settings;
 mod table;
 
