@@ -11,8 +11,8 @@ use crate::port::Waker;
 use crate::switch::{PortId, Switch};
 use crate::uplink::{Uplink, UplinkError, UplinkSpec};
 use crate::vf::{
-    port_event_data, LinkState, Port, PortServer, PortTable, ServerError, ServerHandle,
-    SettingsError, SettingsUpdate, VfSettings,
+    port_event_data, ControlLoop, LinkState, LoopError, Port, PortServer, PortTable, ServerError,
+    ServerHandle, SettingsError, SettingsUpdate, VfSettings,
 };
 use crate::wire::MacAddr;
 use std::collections::HashMap;
@@ -48,6 +48,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Port(#[from] ServerError),
+    #[error("cannot start serving the ports' sockets")]
+    ControlLoop(#[from] LoopError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error("cannot create the data-plane workers' eventfds")]
@@ -163,6 +165,8 @@ pub struct Daemon {
     pf: Mutex<Pf>,
     table: Arc<PortTable>,
     servers: Arc<Mutex<HashMap<PortId, ServerHandle>>>,
+    /// Serves every port's vhost-user socket (one thread, plus one for the kicks).
+    control: Arc<ControlLoop>,
     switch: Arc<Mutex<Switch>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
@@ -230,6 +234,7 @@ impl Daemon {
         let daemon = Daemon {
             table: table.clone(),
             servers: Arc::new(Mutex::new(HashMap::new())),
+            control: ControlLoop::start()?,
             switch: switch.clone(),
             waker: waker.clone(),
             stop: stop.clone(),
@@ -344,7 +349,7 @@ impl Daemon {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         for s in bound {
             let port = s.port().clone();
-            let handle = s.spawn()?;
+            let handle = s.spawn(&self.control)?;
             self.table.set(port.spec.id, Some(port.clone()));
             servers.insert(port.spec.id, handle);
         }
@@ -671,6 +676,7 @@ impl Daemon {
             .copied()
             .collect();
         self.remove_ports(ids);
+        self.control.stop();
         // Last, so the captures hold every frame switched until now; each file ends at a block
         // boundary (a SIGTERM leaves readable files).
         for (id, _) in self.captures.list() {

@@ -19,10 +19,77 @@ fn small(queue_pairs: usize) -> FrontendConfig {
     }
 }
 
+/// Data-plane workers of the emulator in `all_254_vfs_...`.
+const WORKERS: usize = 2;
+/// Threads besides the workers the emulator may have, whatever its number of ports: the
+/// vhost-user control traffic of every port is served by one thread and the kicks by another
+/// (issue 14, item 4; before, each attached VF had three threads of its own).
+const FIXED_THREADS: usize = 8;
+
+/// Each VF sends a frame to the next (`round` in the sequence number), and each must get
+/// exactly the one from the previous.
+fn exchange(fes: &mut [VirtioNetFrontend], round: u32) {
+    // Each VF first sends a frame to itself: the switch learns every MAC (and drops these as
+    // same-port), so the next round is unicast, not 254 floods of 253 copies.
+    for (i, fe) in fes.iter_mut().enumerate() {
+        let m = vf_mac(i as u16);
+        fe.send(0, &udp_frame(m, m, 1, 1, 0, 64)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let seq = |i: usize| round * 1000 + i as u32;
+    for (i, fe) in fes.iter_mut().enumerate() {
+        let next = ((i + 1) % 254) as u16;
+        fe.send(
+            0,
+            &udp_frame(vf_mac(next), vf_mac(i as u16), 7, 7, seq(i), 128),
+        )
+        .unwrap();
+    }
+    for (j, fe) in fes.iter_mut().enumerate() {
+        let prev = (j + 253) % 254;
+        let (_, f) = fe
+            .recv_any(WAIT)
+            .unwrap_or_else(|| panic!("round {round}: vf{j} got nothing from vf{prev}"));
+        assert_eq!(
+            seq_of(&f),
+            seq(prev),
+            "round {round}: vf{j} got a frame from the wrong VF"
+        );
+        assert!(
+            fe.recv_any(Duration::from_millis(5)).is_none(),
+            "round {round}: vf{j} got more than one frame"
+        );
+    }
+}
+
+/// The threads of process `pid`, with their names.
+fn threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn assert_few_threads(pid: u32, when: &str) {
+    let names = threads(pid);
+    assert!(
+        names.len() <= WORKERS + FIXED_THREADS,
+        "{when}: {} threads with 254 VFs attached (at most {WORKERS} workers + {FIXED_THREADS}): {names:?}",
+        names.len()
+    );
+    eprintln!("{when}: {} threads: {names:?}", names.len());
+}
+
 #[test]
 fn all_254_vfs_attached_with_2032_channels_each_reaches_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let emu = Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+    let mut emu = Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
         .args([
             "run",
             "--vfs",
@@ -31,6 +98,8 @@ fn all_254_vfs_attached_with_2032_channels_each_reaches_the_next() {
             "8",
             "--pv-ports",
             "0",
+            "--workers",
+            &WORKERS.to_string(),
             "--socket-dir",
         ])
         .arg(dir.path())
@@ -38,6 +107,13 @@ fn all_254_vfs_attached_with_2032_channels_each_reaches_the_next() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read the log as it comes: a full pipe would stop the emulator's logging threads.
+    let mut stderr = emu.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
     let t = Instant::now();
     while !dir.path().join("vf253.sock").exists() {
         assert!(t.elapsed() < WAIT, "emulator did not start");
@@ -46,38 +122,26 @@ fn all_254_vfs_attached_with_2032_channels_each_reaches_the_next() {
     let mut fes: Vec<VirtioNetFrontend> = (0..254)
         .map(|i| connect(dir.path(), &format!("vf{i}"), small(8)))
         .collect();
-    // Each VF first sends a frame to itself: the switch learns every MAC (and drops these as
-    // same-port), so the next round is unicast, not 254 floods of 253 copies.
-    for (i, fe) in fes.iter_mut().enumerate() {
-        let m = vf_mac(i as u16);
-        fe.send(0, &udp_frame(m, m, 1, 1, 0, 64)).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for (i, fe) in fes.iter_mut().enumerate() {
-        let next = ((i + 1) % 254) as u16;
-        fe.send(
-            0,
-            &udp_frame(vf_mac(next), vf_mac(i as u16), 7, 7, i as u32, 128),
-        )
-        .unwrap();
-    }
-    for (j, fe) in fes.iter_mut().enumerate() {
-        let prev = ((j + 253) % 254) as u32;
-        let (_, f) = fe
-            .recv_any(WAIT)
-            .unwrap_or_else(|| panic!("vf{j} got nothing from vf{prev}"));
-        assert_eq!(seq_of(&f), prev, "vf{j} got a frame from the wrong VF");
-        assert!(
-            fe.recv_any(Duration::from_millis(5)).is_none(),
-            "vf{j} got more than one frame"
-        );
-    }
+    exchange(&mut fes, 1);
+    assert_few_threads(emu.id(), "attached");
+    // Every frontend leaves and comes back (QEMU reconnecting): each port serves the next.
+    let t = Instant::now();
+    let mut fes: Vec<VirtioNetFrontend> = fes
+        .into_iter()
+        .enumerate()
+        .map(|(i, fe)| {
+            fe.reconnect()
+                .unwrap_or_else(|e| panic!("vf{i} cannot reconnect: {e}"))
+        })
+        .collect();
+    eprintln!("254 reconnects in {:?}", t.elapsed());
+    exchange(&mut fes, 2);
+    assert_few_threads(emu.id(), "reconnected");
     drop(fes);
     // SAFETY: kill(2) on our own child's PID.
     unsafe { libc::kill(emu.id() as i32, libc::SIGTERM) };
-    let out = emu.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(emu.wait().unwrap().success());
+    let log = log.join().unwrap();
     assert!(
         log.contains("channels_used=2032") && log.contains("channels_free=16"),
         "{log}"

@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use sriov_emu::frontend::raw::{header, RawFrontend, VERSION};
 use sriov_emu::frontend::{memfd, Answer, RawError, VirtioNetFrontend};
+use sriov_emu::vf::STALL_LIMIT;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
@@ -1043,5 +1044,91 @@ fn malformed_messages_fail_only_their_connection() {
     assert!(
         (1..=most).contains(&lines),
         "{lines} protocol error lines in {elapsed:?}"
+    );
+}
+
+/// Every port's control traffic is served from one thread (issue 14, item 4): a frontend that
+/// sends part of a message and stalls must not hold the other ports up. While vf2's frontend
+/// stalls, vf0 and vf1 attach and exchange a frame each way without waiting for it; vf2's
+/// connection is closed once the stall has lasted `STALL_LIMIT`, counted as a protocol error,
+/// and vf2 serves the next frontend.
+#[test]
+fn a_frontend_stalled_mid_message_holds_up_no_other_port() {
+    let emu = Emu::start(&["--vfs", "3", "--pv-ports", "0", "--channels-per-vf", "1"]);
+    let mut ctl = Ctl::new(&emu);
+    let stalls = [
+        (
+            "half a header",
+            header(req(R::GET_FEATURES), VERSION, 0)[..6].to_vec(),
+        ),
+        (
+            "a header and half its body",
+            message(req(R::SET_FEATURES), VERSION, 8, 4),
+        ),
+    ];
+    for (i, (what, bytes)) in stalls.iter().enumerate() {
+        let before = ctl.protocol_errors("vf2");
+        let mut raw = RawFrontend::connect(emu.path().join("vf2.sock")).expect("connect vf2");
+        raw.send_bytes(bytes, &[]).expect("send");
+        let stalled = Instant::now();
+        wait_until(&format!("{what}: vf2 attached"), || ctl.attached("vf2"));
+
+        let t = Instant::now();
+        let mut a = connect(emu.path(), "vf0", pairs(1, 1));
+        let mut b = connect(emu.path(), "vf1", pairs(1, 1));
+        let seq = i as u32;
+        let to_b = udp_frame(vf_mac(1), vf_mac(0), 1000, 2000, seq, 200);
+        let to_a = udp_frame(vf_mac(0), vf_mac(1), 2000, 1000, seq, 300);
+        a.send_wait(0, &to_b, WAIT).expect("vf0 sends");
+        assert_eq!(
+            b.recv_timeout(0, WAIT).as_deref(),
+            Some(&to_b[..]),
+            "{what}"
+        );
+        b.send_wait(0, &to_a, WAIT).expect("vf1 sends");
+        assert_eq!(
+            a.recv_timeout(0, WAIT).as_deref(),
+            Some(&to_a[..]),
+            "{what}"
+        );
+        let others = t.elapsed();
+        assert!(
+            others < STALL_LIMIT,
+            "{what}: vf0 and vf1 took {others:?} to attach and exchange frames"
+        );
+
+        let closed = raw
+            .closed_within(STALL_LIMIT + Duration::from_secs(3))
+            .expect("read vf2");
+        let after = stalled.elapsed();
+        assert!(
+            closed,
+            "{what}: vf2's stalled frontend still connected after {after:?}"
+        );
+        assert!(
+            after >= STALL_LIMIT - Duration::from_millis(100),
+            "{what}: closed after {after:?}, before the stall limit"
+        );
+        wait_until(&format!("{what}: one protocol error"), || {
+            ctl.protocol_errors("vf2") == before + 1
+        });
+        wait_until(&format!("{what}: vf2 detached"), || !ctl.attached("vf2"));
+        drop((a, b));
+        let c = connect(emu.path(), "vf2", pairs(1, 1));
+        wait_until(&format!("{what}: vf2 serves the next frontend"), || {
+            ctl.attached("vf2")
+        });
+        drop(c);
+        wait_until(&format!("{what}: vf2 detached again"), || {
+            !ctl.attached("vf2")
+        });
+    }
+    for p in ["vf0", "vf1"] {
+        assert_eq!(ctl.protocol_errors(p), 0, "{p}");
+    }
+    assert!(
+        emu.log().contains("left a message unfinished"),
+        "{}",
+        emu.log()
     );
 }

@@ -1,7 +1,8 @@
 //! `NetBackend`: the vhost-user virtio-net device of one port, for one connection.
 //!
-//! The vhost-user handler threads only do control work here: they negotiate features and,
-//! on a kick, tell the data plane which queue has work. All ring processing happens in the
+//! The vhost-user glue only does control work here (on the control loop's thread and the
+//! kick thread, `control_loop.rs`, `kicks.rs`): it negotiates features and, on a kick, tells
+//! the data plane which queue has work. All ring processing happens in the
 //! data plane (dma_engine), which owns the rings for the connection's lifetime.
 
 use super::port::{port_event_data, Connection, Port, TX_STOP_WAIT, VRINGS_PER_THREAD};
@@ -26,9 +27,6 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 /// Largest ring the device accepts (QEMU's rx/tx_queue_size maximum).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -46,7 +44,7 @@ pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MTU)
     | (1 << VIRTIO_NET_F_STATUS);
 
-/// The backend of one connection. Cloned into each handler thread.
+/// The backend of one connection. Cloned into each of its vring epoll handlers.
 #[derive(Clone)]
 pub struct NetBackend {
     port: Arc<Port>,
@@ -203,17 +201,6 @@ impl VhostUserBackend for NetBackend {
                 }
             })
             .collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        // A fresh pair per handler thread: dropping the daemon writes it and the thread ends.
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                tracing::error!(port = %self.port.spec.name, "cannot create exit event: {e}");
-                None
-            }
-        }
     }
 
     /// GET_VRING_BASE: the handler has marked the ring not ready, so no new batch is popped;

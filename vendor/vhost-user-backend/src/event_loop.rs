@@ -258,6 +258,31 @@ where
         Ok(())
     }
 
+    /// sriov-emu patch: handles the events ready now, without waiting, for a caller that
+    /// runs its own loop (a daemon made with `VhostUserDaemon::new_external`) and watches this
+    /// handler's fd (`as_raw_fd`, readable while an event is pending). Returns true if the
+    /// exit event fired (the caller should stop watching).
+    pub fn process_ready(&self) -> VringEpollResult<bool> {
+        const EPOLL_EVENTS_LEN: usize = 16;
+        let mut events = [EpollEvent::new(EventSet::empty(), 0); EPOLL_EVENTS_LEN];
+        let num_events = loop {
+            match self.epoll.wait(0, &mut events[..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(VringEpollError::EpollWait(e)),
+            }
+        };
+        for event in events.iter().take(num_events) {
+            let Some(evset) = EventSet::from_bits(event.events) else {
+                continue;
+            };
+            if self.handle_event(event.data() as u16, evset)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn handle_event(&self, device_event: u16, evset: EventSet) -> VringEpollResult<bool> {
         if device_event as usize == self.num_backend_queues {
             return self.handle_num_queues_event(evset);

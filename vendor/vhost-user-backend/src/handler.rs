@@ -119,7 +119,14 @@ where
     T::Vring: Clone + Send + Sync + 'static,
     T::Bitmap: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(backend: T, atomic_mem: GM<T::Bitmap>) -> VhostUserHandlerResult<Self> {
+    /// sriov-emu patch: with `spawn_workers` false no thread is started for the vring epoll
+    /// handlers; the caller drives each one (`VringEpollHandler::process_ready` when its fd is
+    /// readable).
+    pub(crate) fn new(
+        backend: T,
+        atomic_mem: GM<T::Bitmap>,
+        spawn_workers: bool,
+    ) -> VhostUserHandlerResult<Self> {
         let num_queues = backend.num_queues();
         let max_queue_size = backend.max_queue_size();
         let queues_per_thread = backend.queues_per_thread();
@@ -145,14 +152,16 @@ where
                 VringEpollHandler::new(backend.clone(), thread_vrings, thread_id)
                     .map_err(VhostUserHandlerError::CreateEpollHandler)?,
             );
-            let handler2 = handler.clone();
-            let worker_thread = thread::Builder::new()
-                .name("vring_worker".to_string())
-                .spawn(move || handler2.run())
-                .map_err(VhostUserHandlerError::SpawnVringWorker)?;
+            if spawn_workers {
+                let handler2 = handler.clone();
+                let worker_thread = thread::Builder::new()
+                    .name("vring_worker".to_string())
+                    .spawn(move || handler2.run())
+                    .map_err(VhostUserHandlerError::SpawnVringWorker)?;
+                worker_threads.push(worker_thread);
+            }
 
             handlers.push(handler);
-            worker_threads.push(worker_thread);
         }
 
         Ok(VhostUserHandler {
@@ -981,7 +990,7 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x100000), 0x10000)]).unwrap(),
         );
         let backend = Arc::new(Mutex::new(MockVhostBackend::new()));
-        let mut handler = VhostUserHandler::new(backend.clone(), mem).unwrap();
+        let mut handler = VhostUserHandler::new(backend.clone(), mem, true).unwrap();
         let vring = handler.vrings[0].clone();
         vring.set_queue_size(8);
         vring.set_queue_info(0x100000, 0x101000, 0x102000).unwrap();
@@ -1002,7 +1011,7 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x100000), 0x10000)]).unwrap(),
         );
         let backend = Arc::new(Mutex::new(MockVhostBackend::new()));
-        let mut handler = VhostUserHandler::new(backend.clone(), mem.clone()).unwrap();
+        let mut handler = VhostUserHandler::new(backend.clone(), mem.clone(), true).unwrap();
         handler
             .set_features(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
             .unwrap();
@@ -1062,7 +1071,7 @@ mod tests {
 
         fn new_handler() -> VhostUserHandler<Arc<Mutex<MockVhostBackend>>> {
             let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
-            VhostUserHandler::new(Arc::new(Mutex::new(MockVhostBackend::new())), mem).unwrap()
+            VhostUserHandler::new(Arc::new(Mutex::new(MockVhostBackend::new())), mem, true).unwrap()
         }
 
         // Returns the VmFlags of the mapping starting at `base`.

@@ -123,6 +123,22 @@ pub struct VhostUserDaemon<T: VhostUserBackend> {
     handler: Arc<Mutex<VhostUserHandler<T>>>,
     main_thread: Option<thread::JoinHandle<Result<()>>>,
     conn_state: Option<Arc<ConnectionState>>,
+    // sriov-emu patch: the connection of a daemon driven from outside (`serve_stream`).
+    external: Option<Box<dyn ExternalConnection>>,
+}
+
+/// sriov-emu patch: a connection served one request at a time by the caller (a trait object,
+/// as `BackendReqHandler` needs bounds the daemon struct does not have).
+trait ExternalConnection: Send {
+    fn handle_request(&mut self) -> std::result::Result<(), VhostUserError>;
+}
+
+impl<S: vhost::vhost_user::VhostUserBackendReqHandler + Send + Sync> ExternalConnection
+    for BackendReqHandler<S>
+{
+    fn handle_request(&mut self) -> std::result::Result<(), VhostUserError> {
+        BackendReqHandler::handle_request(self)
+    }
 }
 
 impl<T> VhostUserDaemon<T>
@@ -141,8 +157,31 @@ where
         backend: T,
         atomic_mem: GuestMemoryAtomic<GuestMemoryMmap<T::Bitmap>>,
     ) -> Result<Self> {
+        Self::with_threads(name, backend, atomic_mem, true)
+    }
+
+    /// sriov-emu patch: a daemon that starts no thread, for a caller that serves many
+    /// connections from its own event loop. The vring epoll handlers (`get_epoll_handlers`)
+    /// are not run: the caller watches their fds and calls `VringEpollHandler::process_ready`.
+    /// The connection is given with `serve_stream` and served one request at a time with
+    /// `handle_request`.
+    pub fn new_external(
+        name: String,
+        backend: T,
+        atomic_mem: GuestMemoryAtomic<GuestMemoryMmap<T::Bitmap>>,
+    ) -> Result<Self> {
+        Self::with_threads(name, backend, atomic_mem, false)
+    }
+
+    fn with_threads(
+        name: String,
+        backend: T,
+        atomic_mem: GuestMemoryAtomic<GuestMemoryMmap<T::Bitmap>>,
+        spawn_workers: bool,
+    ) -> Result<Self> {
         let handler = Arc::new(Mutex::new(
-            VhostUserHandler::new(backend, atomic_mem).map_err(Error::NewVhostUserHandler)?,
+            VhostUserHandler::new(backend, atomic_mem, spawn_workers)
+                .map_err(Error::NewVhostUserHandler)?,
         ));
 
         Ok(VhostUserDaemon {
@@ -150,7 +189,32 @@ where
             handler,
             main_thread: None,
             conn_state: None,
+            external: None,
         })
+    }
+
+    /// sriov-emu patch: serves `stream` (a connection the caller accepted) without a thread:
+    /// the caller calls `handle_request` whenever a request can be read. `shutdown_handle`
+    /// and `request_shutdown` work as after `start`.
+    pub fn serve_stream(&mut self, stream: UnixStream) -> Result<()> {
+        let handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        let state = Arc::new(ConnectionState {
+            conn: handler.try_clone_connection().map_err(Error::StartDaemon)?,
+            shutdown_requested: AtomicBool::new(false),
+        });
+        self.conn_state = Some(state);
+        self.external = Some(Box::new(handler));
+        Ok(())
+    }
+
+    /// sriov-emu patch: receives and handles one request of the connection given to
+    /// `serve_stream` (it blocks until one has been read: call it when the socket is
+    /// readable). An error ends the connection: `Disconnected` when the frontend closed it.
+    pub fn handle_request(&mut self) -> Result<()> {
+        match self.external.as_mut() {
+            Some(handler) => handler.handle_request().map_err(Error::HandleRequest),
+            None => Err(Error::HandleRequest(VhostUserError::Disconnected)),
+        }
     }
 
     fn reset_connection_state(&mut self) {
@@ -264,6 +328,14 @@ where
         self.conn_state
             .as_ref()
             .map(|s| ShutdownHandle { state: s.clone() })
+    }
+
+    /// sriov-emu patch: whether a shutdown was requested (`ShutdownHandle::shutdown`,
+    /// `request_shutdown`) for the current connection: an error after it is the shutdown's.
+    pub fn shutdown_requested(&self) -> bool {
+        self.conn_state
+            .as_ref()
+            .is_some_and(|s| s.shutdown_requested.load(Ordering::Acquire))
     }
 
     /// Shut down the connection to unblock the daemon thread.

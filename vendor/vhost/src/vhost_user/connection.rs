@@ -110,6 +110,14 @@ pub(super) struct Endpoint<H: MsgHeader> {
     _h: PhantomData<H>,
 }
 
+/// sriov-emu patch: EAGAIN (EWOULDBLOCK) from a blocking socket is its SO_RCVTIMEO or
+/// SO_SNDTIMEO running out (or a non-blocking socket with nothing to do): the `*_all` loops
+/// return it instead of retrying, so a frontend that stalls mid-message cannot hold the
+/// caller forever. EINTR, ENOBUFS and ENOMEM are still retried.
+fn is_timeout(e: &Error) -> bool {
+    matches!(e, Error::SocketRetry(io) if io.kind() == ErrorKind::WouldBlock)
+}
+
 impl<H: MsgHeader> Endpoint<H> {
     /// Create a new stream by connecting to server at `str`.
     ///
@@ -172,6 +180,8 @@ impl<H: MsgHeader> Endpoint<H> {
             match sent {
                 Ok(0) => return Ok(data_sent),
                 Ok(n) => data_sent += n,
+                // sriov-emu patch: a send timeout (SO_SNDTIMEO) ends the loop.
+                Err(e) if is_timeout(&e) => return Err(e),
                 Err(e) => match e {
                     Error::SocketRetry(_) => {}
                     _ => return Err(e),
@@ -403,6 +413,8 @@ impl<H: MsgHeader> Endpoint<H> {
                     }
                     data_read += n;
                 }
+                // sriov-emu patch: a receive timeout (SO_RCVTIMEO) ends the loop.
+                Err(e) if is_timeout(&e) => return Err(e),
                 Err(e) => match e {
                     Error::SocketRetry(_) => {}
                     _ => return Err(e),
