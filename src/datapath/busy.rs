@@ -3,9 +3,12 @@
 //! yields, looks at the port table), as OVS's `pmd-stats-show` and testpmd's
 //! `--record-core-cycles` count theirs. Busy cycles per frame forwarded do not depend on how
 //! fast the guests send (a busy-polling worker is on its CPU all the time whatever the load),
-//! so they compare builds and switches on a noisy machine (`query-workers`, bench-peers).
+//! so they compare builds and switches where throughput swings (`query-workers`, bench-peers).
 //!
-//! Each worker owns its counters (one cache-line-aligned block, written only by it with
+//! A worker reads the clock once per round: the cycles since its last reading (the round, and
+//! the short spin or look at the port table before it) are busy if the round moved frames,
+//! idle if not; a yield of the CPU is read apart and counted idle, and in event mode the sleep
+//! until a kick is not counted. Each worker owns its counters (one cache-line-aligned block, written only by it with
 //! relaxed loads and stores: no atomic read-modify-write, no line shared between workers); the
 //! control plane reads them. The clock is `rdtsc` on x86_64 and the monotonic clock in ns
 //! elsewhere; `Cycles::hz` gives its rate, measured against CLOCK_MONOTONIC since start.
@@ -107,10 +110,10 @@ impl Cycles {
     }
 }
 
-/// A worker's side: `begin` before a round, `end` after it.
+/// A worker's side: `round` after each round, one clock reading each.
 pub struct Meter {
     slot: Arc<WorkerCycles>,
-    /// The end of the last round counted.
+    /// The clock at the last reading (the end of the last round counted).
     last: u64,
 }
 
@@ -130,33 +133,35 @@ impl Meter {
             .store(u64::try_from(tid).unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Not counting what passed since the last round (event mode: the sleep until a kick).
+    /// Not counting what passed since the last reading (event mode: the sleep until a kick).
     #[inline]
     pub fn resume(&mut self) {
         self.last = now();
     }
 
-    /// The clock at the start of a round.
-    #[inline]
-    pub fn begin(&self) -> u64 {
-        now()
+    /// Counting what passed since the last reading as idle without a round (a yield of the
+    /// CPU, kept out of the next round, which may be a busy one).
+    pub fn idle(&mut self) {
+        let end = now();
+        add(&self.slot.idle_cycles, end.wrapping_sub(self.last));
+        self.last = end;
     }
 
-    /// The round that began at `start` ends: its cycles are busy if it `worked`, idle if
-    /// not; what passed between the last round and this one is idle.
+    /// A round ends: what passed since the last reading (the round, and the short spin or
+    /// look at the port table before it) is busy if it `worked`, idle if not.
     #[inline]
-    pub fn end(&mut self, start: u64, worked: bool) {
+    pub fn round(&mut self, worked: bool) {
         let end = now();
+        let d = end.wrapping_sub(self.last);
+        self.last = end;
         let w = &*self.slot;
         if worked {
-            add(&w.busy_cycles, end.wrapping_sub(start));
-            add(&w.idle_cycles, start.wrapping_sub(self.last));
+            add(&w.busy_cycles, d);
             add(&w.busy_rounds, 1);
         } else {
-            add(&w.idle_cycles, end.wrapping_sub(self.last));
+            add(&w.idle_cycles, d);
             add(&w.idle_rounds, 1);
         }
-        self.last = end;
     }
 }
 
@@ -169,13 +174,14 @@ mod tests {
         let c = Cycles::new(2);
         let mut m = c.meter(1);
         let mut other = c.meter(2);
-        other.end(other.begin(), true);
+        other.round(true);
         m.set_thread();
-        let t = m.begin();
+        m.resume();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        m.end(t, true);
-        let t = m.begin();
-        m.end(t, false);
+        m.round(true);
+        m.round(false);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        m.idle();
         let s = c.snapshot();
         assert_eq!(s[0], WorkerSnapshot::default());
         assert_eq!((s[1].busy_rounds, s[1].idle_rounds), (1, 1));
@@ -183,6 +189,7 @@ mod tests {
         let hz = c.hz();
         // 2 ms at anything from 100 MHz (1 GHz for ns) up.
         assert!(s[1].busy_cycles >= hz / 1000, "{s:?} at {hz} Hz");
+        assert!(s[1].idle_cycles >= hz / 1000, "{s:?} at {hz} Hz");
         assert!((100_000_000..20_000_000_000).contains(&hz), "{hz} Hz");
     }
 }

@@ -195,6 +195,7 @@ impl Worker {
                 if idle >= POLL_YIELD_ROUNDS {
                     idle = 0;
                     std::thread::yield_now();
+                    self.meter.idle();
                 } else {
                     std::hint::spin_loop();
                 }
@@ -202,12 +203,11 @@ impl Worker {
         }
     }
 
-    /// `tx_round`, its cycles counted busy or idle.
+    /// `tx_round`, its cycles counted busy or idle (one clock reading).
     #[inline]
     fn metered_round(&mut self, polling: bool) -> bool {
-        let start = self.meter.begin();
         let worked = self.tx_round(polling);
-        self.meter.end(start, worked);
+        self.meter.round(worked);
         worked
     }
 
