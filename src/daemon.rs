@@ -4,6 +4,7 @@
 mod faults;
 
 use crate::capture::{CaptureHub, CaptureSession, PcapngOut, PortSet};
+use crate::datapath::busy::{Cycles, WorkerSnapshot};
 use crate::datapath::DataPlane;
 use crate::events::EventBus;
 use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
@@ -182,6 +183,22 @@ pub struct Daemon {
     carrier: Arc<AtomicBool>,
     /// The running captures (the data plane's tap reads them).
     captures: Arc<CaptureHub>,
+    /// The workers' busy and idle cycles.
+    cycles: Arc<Cycles>,
+    /// How the workers run: busy-polling, and the CPU each is pinned to.
+    poll: bool,
+    worker_cpus: Vec<Option<usize>>,
+}
+
+/// The data-plane workers as `query-workers` shows them.
+#[derive(Debug, Clone)]
+pub struct WorkersInfo {
+    /// What the cycles count (`tsc`, or `monotonic-ns` off x86_64), and its rate.
+    pub clock: &'static str,
+    pub hz: u64,
+    pub poll: bool,
+    /// Per worker: its CPU (if pinned) and counters.
+    pub workers: Vec<(Option<usize>, WorkerSnapshot)>,
 }
 
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -231,6 +248,9 @@ impl Daemon {
             None => None,
         };
         let carrier = Arc::new(AtomicBool::new(uplink.as_ref().is_none_or(|u| u.carrier())));
+        let worker_cpus: Vec<Option<usize>> = (0..waker.workers())
+            .map(|w| (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]))
+            .collect();
         let daemon = Daemon {
             table: table.clone(),
             servers: Arc::new(Mutex::new(HashMap::new())),
@@ -246,6 +266,9 @@ impl Daemon {
             uplink_mtu: cfg.uplink_mtu,
             carrier: carrier.clone(),
             captures: Arc::default(),
+            cycles: Cycles::new(waker.workers()),
+            poll: cfg.poll,
+            worker_cpus: worker_cpus.clone(),
         };
         if let Some(req) = &cfg.pcap {
             daemon.capture_start(req)?;
@@ -275,8 +298,7 @@ impl Daemon {
                 );
             }
         }
-        for w in 0..waker.workers() {
-            let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]);
+        for (w, cpu) in worker_cpus.into_iter().enumerate() {
             DataPlane::new(
                 table.clone(),
                 switch.clone(),
@@ -286,6 +308,7 @@ impl Daemon {
             )
             .with_uplink(uplink.clone())
             .with_captures(daemon.captures.clone())
+            .with_cycles(daemon.cycles.clone())
             .worker(w)
             .polling(cfg.poll)
             .on_cpu(cpu)
@@ -651,6 +674,21 @@ impl Daemon {
             "capture stopped"
         );
         Ok((info, files))
+    }
+
+    /// The data-plane workers: mode, CPUs, busy and idle cycles.
+    pub fn workers(&self) -> WorkersInfo {
+        WorkersInfo {
+            clock: crate::datapath::busy::CLOCK,
+            hz: self.cycles.hz(),
+            poll: self.poll,
+            workers: self
+                .worker_cpus
+                .iter()
+                .copied()
+                .zip(self.cycles.snapshot())
+                .collect(),
+        }
     }
 
     /// The running captures.

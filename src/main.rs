@@ -185,6 +185,13 @@ enum CtlCmd {
     },
     /// The faults set on every port.
     Faults,
+    /// The data-plane workers: thread id, CPU, cycles (TSC) spent in rounds that moved frames
+    /// (busy) and elsewhere (idle), and the clock's rate.
+    Workers {
+        /// Pretty JSON (query-workers).
+        #[arg(short = 'j', long)]
+        json: bool,
+    },
     /// Run any control command: `ctl qmp query-vfs '{"...": ...}'`.
     Qmp {
         command: String,
@@ -586,6 +593,14 @@ fn ctl(a: CtlArgs) -> Result<(), ClientError> {
             c.execute(cmd, args)?;
         }
         CtlCmd::Faults => print_json(&c.execute("query-faults", none)?),
+        CtlCmd::Workers { json } => {
+            let w = c.execute("query-workers", none)?;
+            if json {
+                print_json(&w);
+            } else {
+                print!("{}", render::render_workers(&w));
+            }
+        }
         CtlCmd::Qmp { command, arguments } => {
             let args = match arguments {
                 Some(s) => serde_json::from_str(&s)

@@ -876,3 +876,71 @@ fn control_group_opens_the_socket_to_its_members_only() {
         "{err}"
     );
 }
+
+/// `query-workers` (and `ctl workers`): busy cycles and rounds grow with frames forwarded, idle
+/// rounds grow while a busy-polling worker finds nothing, and the clock's rate is sane.
+#[test]
+fn query_workers_counts_busy_cycles_for_frames_and_idle_rounds_while_idle() {
+    let emu = Emu::start(&["--vfs", "2", "--pv-ports", "0", "--poll"]);
+    let workers = || emu.control().execute("query-workers", json!({})).unwrap();
+    let w0 = |w: &Value, k: &str| w["workers"][0][k].as_u64().unwrap();
+    let first = workers();
+    assert_eq!(first["poll"], true, "{first}");
+    assert_eq!(first["workers"].as_array().unwrap().len(), 1, "{first}");
+    let hz = first["hz"].as_u64().unwrap();
+    assert!((100_000_000..20_000_000_000).contains(&hz), "{first}");
+    assert!(w0(&first, "tid") > 0, "{first}");
+    // The worker thread is the emulator's, named dataplane0.
+    let comm = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/comm",
+        emu.child.id(),
+        w0(&first, "tid")
+    ))
+    .unwrap();
+    assert_eq!(comm.trim(), "dataplane0");
+
+    // Busy-polling with nothing attached: idle rounds grow, no busy ones.
+    std::thread::sleep(Duration::from_millis(100));
+    let idle = workers();
+    assert!(
+        w0(&idle, "idle-rounds") > w0(&first, "idle-rounds"),
+        "{idle}"
+    );
+    assert!(
+        w0(&idle, "idle-cycles") > w0(&first, "idle-cycles"),
+        "{idle}"
+    );
+    assert_eq!(w0(&idle, "busy-rounds"), 0, "{idle}");
+
+    let mut a = connect(emu.path(), "vf0", pairs(1, 1));
+    let mut b = connect(emu.path(), "vf1", pairs(1, 1));
+    for seq in 0..50 {
+        a.send(0, &udp_frame(vf_mac(1), vf_mac(0), 1, 2, seq, 100))
+            .unwrap();
+    }
+    assert_eq!(recv_n(&mut b, 50, WAIT).len(), 50);
+    let busy = workers();
+    let rounds = w0(&busy, "busy-rounds");
+    assert!((1..=50).contains(&rounds), "{busy}");
+    assert!(w0(&busy, "busy-cycles") > 0, "{busy}");
+
+    // Idle again: the busy counters stay, the idle ones grow.
+    std::thread::sleep(Duration::from_millis(100));
+    let after = workers();
+    assert_eq!(w0(&after, "busy-rounds"), rounds, "{after}");
+    assert!(
+        w0(&after, "idle-rounds") > w0(&busy, "idle-rounds"),
+        "{after}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket-dir"])
+        .arg(emu.path())
+        .arg("workers")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("clock "), "{text}");
+    assert!(text.contains("MHz, busy-polling\nworker 0 tid "), "{text}");
+}

@@ -63,6 +63,7 @@ pub const COMMAND_ARGS: &[(&str, &[&str])] = &[
     ),
     ("fault-clear", &["port", "fault"]),
     ("query-faults", &[]),
+    ("query-workers", &[]),
     ("quit", &[]),
 ];
 
@@ -127,6 +128,7 @@ pub enum Command {
         kind: Option<FaultKind>,
     },
     QueryFaults,
+    QueryWorkers,
     Quit,
 }
 
@@ -209,6 +211,7 @@ pub fn parse_command(name: &str, arguments: Map<String, Value>) -> Result<Comman
                 .map_err(|e| QmpError::generic(e.to_string()))?,
         },
         "query-faults" => Command::QueryFaults,
+        "query-workers" => Command::QueryWorkers,
         "quit" => Command::Quit,
         _ => return Err(QmpError::not_found(name)),
     };
@@ -282,6 +285,7 @@ pub fn execute(
                 .map(|(port, faults)| json!({"port": port, "faults": faults}))
                 .collect(),
         )),
+        Command::QueryWorkers => query_workers(d),
         Command::Quit => {
             quit();
             Ok(json!({}))
@@ -297,6 +301,24 @@ fn query_version() -> CmdResult {
     Ok(json!({
         "qemu": {"major": v.first(), "minor": v.get(1), "micro": v.get(2)},
         "package": concat!("sriov-emu ", env!("CARGO_PKG_VERSION")),
+    }))
+}
+
+fn query_workers(d: &Daemon) -> CmdResult {
+    let w = d.workers();
+    Ok(json!({
+        "clock": w.clock,
+        "hz": w.hz,
+        "poll": w.poll,
+        "workers": w.workers.iter().enumerate().map(|(i, (cpu, c))| json!({
+            "worker": i,
+            "tid": c.tid,
+            "cpu": cpu,
+            "busy-cycles": c.busy_cycles,
+            "idle-cycles": c.idle_cycles,
+            "busy-rounds": c.busy_rounds,
+            "idle-rounds": c.idle_rounds,
+        })).collect::<Vec<_>>(),
     }))
 }
 

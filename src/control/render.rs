@@ -1,5 +1,5 @@
 //! The `sriov-emu ctl` renderings of control replies: `ip link show`, `ethtool -S`,
-//! OpenMetrics and `bridge fdb` text. Pure functions of the JSON the commands return.
+//! OpenMetrics, `bridge fdb` text and the workers' cycles. Pure functions of the JSON the commands return.
 
 use serde_json::Value;
 
@@ -146,9 +146,58 @@ pub fn render_fdb(fdb: &Value) -> String {
     out
 }
 
+/// One line per worker for `query-workers`: the share of its counted time spent in rounds
+/// that moved frames, the cycles and rounds behind it, and the clock.
+pub fn render_workers(w: &Value) -> String {
+    let hz = w["hz"].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "clock {} {:.1} MHz, {}\n",
+        w["clock"].as_str().unwrap_or("?"),
+        hz as f64 / 1e6,
+        if w["poll"].as_bool() == Some(true) {
+            "busy-polling"
+        } else {
+            "event mode"
+        }
+    );
+    for x in w["workers"].as_array().into_iter().flatten() {
+        let n = |k: &str| x[k].as_u64().unwrap_or(0);
+        let (busy, idle) = (n("busy-cycles"), n("idle-cycles"));
+        let share = if busy + idle > 0 {
+            100.0 * busy as f64 / (busy + idle) as f64
+        } else {
+            0.0
+        };
+        let cpu = x["cpu"]
+            .as_u64()
+            .map_or(String::new(), |c| format!(" cpu {c}"));
+        out += &format!(
+            "worker {} tid {}{cpu}: busy {share:.1}%, {busy} busy cycles in {} rounds, {idle} idle \
+             cycles in {} rounds\n",
+            x["worker"],
+            x["tid"],
+            n("busy-rounds"),
+            n("idle-rounds")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_render_one_line_each() {
+        let w = json!({"clock": "tsc", "hz": 2_596_000_000u64, "poll": true, "workers": [
+            {"worker": 0, "tid": 7, "cpu": 1, "busy-cycles": 300, "idle-cycles": 100,
+             "busy-rounds": 3, "idle-rounds": 10}]});
+        assert_eq!(
+            render_workers(&w),
+            "clock tsc 2596.0 MHz, busy-polling\nworker 0 tid 7 cpu 1: busy 75.0%, 300 busy \
+             cycles in 3 rounds, 100 idle cycles in 10 rounds\n"
+        );
+    }
     use serde_json::{json, Map};
 
     /// `ctl show` shows every knob: changing any one of them changes the VF's line.

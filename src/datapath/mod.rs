@@ -12,9 +12,11 @@
 //! - `groups.rs`: deliveries grouped by destination RX ring in one pass, in order.
 //! - `deliver.rs`: the groups written into RX rings, counted once per group.
 //!
+//! - `busy.rs`: each worker's busy and idle cycles (TSC), for `query-workers`.
 //! - `tap.rs`: the capture hook: records of the batch's frames for the running captures
 //!   (`capture`), one relaxed load per batch while none runs. A capture is not a port.
 
+pub mod busy;
 mod deliver;
 pub mod groups;
 mod pipeline;

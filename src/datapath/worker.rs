@@ -4,6 +4,7 @@
 //! Queue pair q of port p belongs to worker (p + q) mod N (`Waker::owner`): only that worker
 //! pops that TX queue; any worker may deliver into any RX queue (under that ring's lock).
 
+use super::busy::{Cycles, Meter};
 use super::pipeline::Pipeline;
 use super::views::Views;
 use crate::capture::CaptureHub;
@@ -43,6 +44,8 @@ pub struct DataPlane {
     events: Arc<EventBus>,
     uplink: Option<Arc<Uplink>>,
     captures: Arc<CaptureHub>,
+    /// Where the worker counts its busy and idle cycles (`busy`).
+    cycles: Arc<Cycles>,
 }
 
 impl DataPlane {
@@ -64,7 +67,14 @@ impl DataPlane {
             events,
             uplink: None,
             captures: Arc::default(),
+            cycles: Cycles::new(0),
         }
+    }
+
+    /// Counts busy and idle cycles into `cycles` (slot `worker`; none by default).
+    pub fn with_cycles(mut self, cycles: Arc<Cycles>) -> Self {
+        self.cycles = cycles;
+        self
     }
 
     /// Feeds the running captures of `captures` (none by default).
@@ -113,6 +123,7 @@ struct Worker {
     last_age: u64,
     /// The random state that picks where a round starts.
     round: u64,
+    meter: Meter,
 }
 
 impl Worker {
@@ -128,12 +139,14 @@ impl Worker {
             pipeline: Pipeline::new(cfg.switch.clone(), cfg.events.clone(), cfg.captures.clone()),
             last_age: 0,
             round: 0x9e37_79b9_7f4a_7c15 ^ cfg.worker as u64,
+            meter: cfg.cycles.meter(cfg.worker),
             cfg,
         }
     }
 
     fn run(mut self) {
         let _span = tracing::info_span!("dataplane", worker = self.cfg.worker).entered();
+        self.meter.set_thread();
         if let Some(cpu) = self.cfg.cpu {
             pin_to_cpu(self.cfg.worker, cpu);
         }
@@ -155,7 +168,8 @@ impl Worker {
             self.views.sync_table();
             self.views.refresh();
             self.age_fdb();
-            while self.tx_round(false) {}
+            self.meter.resume();
+            while self.metered_round(false) {}
         }
     }
 
@@ -174,18 +188,27 @@ impl Worker {
                     self.age_fdb();
                 }
             }
-            if self.tx_round(true) {
+            if self.metered_round(true) {
                 idle = 0;
             } else {
                 idle += 1;
                 if idle >= POLL_YIELD_ROUNDS {
                     idle = 0;
                     std::thread::yield_now();
+                    self.meter.idle();
                 } else {
                     std::hint::spin_loop();
                 }
             }
         }
+    }
+
+    /// `tx_round`, its cycles counted busy or idle (one clock reading).
+    #[inline]
+    fn metered_round(&mut self, polling: bool) -> bool {
+        let worked = self.tx_round(polling);
+        self.meter.round(worked);
+        worked
     }
 
     /// One pass over the TX queues this worker owns: every one when polling (kicks are off
