@@ -106,7 +106,15 @@ fn ten_thousand_frames_between_a_vf_and_the_tap_byte_exact() {
                 let got = w
                     .sock
                     .recv_matching(WAIT, is_test_frame)
-                    .unwrap_or_else(|| panic!("frame {} not on the wire", seq_of_frame(f)));
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "frame {} not on the wire (burst {burst}); vf0's TX ring: {} of \
+                             its chains not returned; {}",
+                            seq_of_frame(f),
+                            vf.tx_in_flight(0),
+                            nonzero_counters(&d, &["uplink", "vf0", "pv0"])
+                        )
+                    });
                 assert!(got == *f, "frame {} differs on the wire", seq_of_frame(f));
             }
         } else {
