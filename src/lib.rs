@@ -13,10 +13,12 @@
 //! - `events`: asynchronous events (VF attach, link, FDB moves, numvfs) for control clients.
 //! - `daemon`: wires it all together for `sriov-emu run`.
 //! - `fuzzing`: the fuzz targets' entry functions (fuzz/, tests/fuzz_smoke.rs, docs/fuzzing.md).
+//! - `affinity`: pinning a thread to a CPU.
 //!
 //! Errors: one `thiserror` enum per module. An error's message says what failed; its cause is
 //! its `source()`, never repeated in the message, so `ErrorChain` prints each cause once.
 
+pub mod affinity;
 pub mod capture;
 pub mod config;
 pub mod control;

@@ -278,21 +278,8 @@ impl Worker {
 
 /// Pins the calling thread to one CPU; a failure is logged, not fatal.
 fn pin_to_cpu(worker: usize, cpu: usize) {
-    // SAFETY: cpu_set_t is plain data, zeroed is a valid empty set; CPU_SET and
-    // sched_setaffinity(0 = this thread) only read and write that set.
-    let r = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if r != 0 {
-        tracing::warn!(
-            worker,
-            cpu,
-            "cannot pin the data-plane worker: {}",
-            io::Error::last_os_error()
-        );
-    } else {
-        tracing::info!(worker, cpu, "data-plane worker pinned");
+    match crate::affinity::pin_current_thread(cpu) {
+        Ok(()) => tracing::info!(worker, cpu, "data-plane worker pinned"),
+        Err(e) => tracing::warn!(worker, cpu, "cannot pin the data-plane worker: {e}"),
     }
 }

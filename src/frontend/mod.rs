@@ -714,17 +714,7 @@ impl VirtioNetFrontend {
     }
 
     fn wait_call(&self, q: usize, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.calls[q].as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis())
-            .unwrap_or(i32::MAX)
-            .max(1);
-        // SAFETY: `pfd` is valid for the call and nfds is 1.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
-        let _ = self.calls[q].read();
+        self.interrupted(q, timeout.max(Duration::from_millis(1)));
     }
 
     /// Starts dirty-page logging as QEMU does when a migration starts: SET_LOG_BASE with a

@@ -27,7 +27,7 @@ const STOP_TOKEN: u64 = 0;
 struct Shared {
     epoll: Epoll,
     /// The watched handlers by token, with their port's name for the log.
-    handlers: Mutex<HashMap<u64, (String, KickHandler)>>,
+    handlers: Mutex<HashMap<u64, (Arc<str>, KickHandler)>>,
     next_token: AtomicU64,
     stop: AtomicBool,
     stop_event: EventFd,
@@ -70,7 +70,7 @@ impl Kicks {
     pub fn register(&self, port: &str, handler: KickHandler) -> io::Result<u64> {
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         let fd = handler.as_raw_fd();
-        self.lock().insert(token, (port.to_owned(), handler));
+        self.lock().insert(token, (Arc::from(port), handler));
         let added = self.shared.epoll.ctl(
             ControlOperation::Add,
             fd,
@@ -104,7 +104,7 @@ impl Kicks {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, KickHandler)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<str>, KickHandler)>> {
         self.shared
             .handlers
             .lock()
@@ -124,17 +124,11 @@ impl Drop for Kicks {
 /// a thread per connection (`benches/latency.rs`, p50 63 -> 85 us; pinned: 63 us). Kicks are
 /// a read and a wake-up each, so one CPU is plenty.
 fn stay_on_this_cpu() {
-    // SAFETY: sched_getcpu has no arguments; sched_setaffinity(0 = this thread) only reads
-    // `set`, a zeroed cpu_set_t with one valid CPU index set.
-    unsafe {
-        let Ok(cpu) = usize::try_from(libc::sched_getcpu()) else {
-            return;
-        };
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::debug!("kick thread: cannot pin to CPU {cpu}; it may move between CPUs");
-        }
+    let Some(cpu) = crate::affinity::current_cpu() else {
+        return;
+    };
+    if let Err(e) = crate::affinity::pin_current_thread(cpu) {
+        tracing::debug!("kick thread: cannot pin to CPU {cpu}, it may move between CPUs: {e}");
     }
 }
 
