@@ -29,6 +29,7 @@ pub mod events;
 pub mod faults;
 pub mod frontend;
 pub mod fuzzing;
+pub mod malloc_arenas;
 pub mod pf;
 pub mod port;
 pub mod rss;

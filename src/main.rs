@@ -444,6 +444,7 @@ fn parse_cpu_list(s: &str) -> Result<CpuList, CpuListError> {
 const DEFAULT_UPLINK_RATE: u32 = 10_000;
 
 fn run(args: RunArgs) -> Result<(), MainError> {
+    sriov_emu::malloc_arenas::limit();
     let (pf, file) = pf_config(&args.pf)?;
     let fdb_aging = args
         .fdb_aging

@@ -241,13 +241,18 @@ pub fn recv_n(fe: &mut VirtioNetFrontend, n: usize, timeout: Duration) -> Vec<(u
 
 /// The resident memory (VmRSS) of process `pid`, KiB.
 pub fn vm_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// One `KiB` field of `/proc/PID/status` (`VmRSS`, `RssShmem`, ...).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
 
 /// A small deterministic PRNG (xorshift64*), so tests are repeatable without a crate.
@@ -319,6 +324,18 @@ impl Emu {
     /// The emulator's resident memory, KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         vm_rss_kib(self.child.id())
+    }
+
+    /// The emulator's own resident memory, KiB: VmRSS less the pages of guests' shared memory
+    /// it has touched while mapped (`RssShmem`, which comes and goes with the frontends).
+    pub fn own_rss_kib(&self) -> u64 {
+        let pid = self.child.id();
+        vm_rss_kib(pid).saturating_sub(status_kib(pid, "RssShmem"))
+    }
+
+    /// Resident pages of guests' shared memory the emulator has mapped, KiB.
+    pub fn guest_rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "RssShmem")
     }
 
     /// One counter of one port, through `query-stats`.
