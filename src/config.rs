@@ -78,6 +78,7 @@ fn at(path: Option<&Path>) -> String {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub socket_dir: Option<PathBuf>,
+    pub vf_client_dir: Option<PathBuf>,
     pub control: Option<PathBuf>,
     pub control_group: Option<String>,
     pub numvfs: Option<u32>,

@@ -361,9 +361,11 @@ impl Daemon {
                 Err(e) => {
                     // Dropping an unstarted server closes its listener; remove its socket.
                     for s in bound {
-                        let path = s.port().spec.socket.clone();
+                        let spec = s.port().spec.clone();
                         drop(s);
-                        let _ = std::fs::remove_file(path);
+                        if !spec.client {
+                            let _ = std::fs::remove_file(spec.socket);
+                        }
                     }
                     return Err(e.into());
                 }

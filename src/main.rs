@@ -229,6 +229,12 @@ struct PfArgs {
     /// host a guest migrates between.
     #[arg(long, value_name = "BYTES")]
     pv_mtu: Option<u32>,
+    /// Client mode for the VFs (OVS's dpdkvhostuserclient): VF N connects to DIR/vfN.sock,
+    /// which QEMU serves (`-chardev socket,...,server=on`; libvirt `mode='server'`), retries
+    /// every second until QEMU is there and reconnects after either side restarts, instead of
+    /// listening on its own socket. The emulator then needs no access granted to QEMU.
+    #[arg(long, value_name = "DIR")]
+    vf_client_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -355,15 +361,12 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), MainError> {
         .clone()
         .or(file.socket_dir.clone())
         .unwrap_or_else(default_socket_dir);
-    let dir = if dir.is_absolute() {
-        dir
-    } else {
-        match std::env::current_dir() {
-            Ok(cwd) => cwd.join(dir),
-            Err(source) => return Err(MainError::CurrentDir { dir, source }),
-        }
+    let dir = absolute(dir)?;
+    let client_dir = match a.vf_client_dir.clone().or(file.vf_client_dir.clone()) {
+        Some(d) => Some(absolute(d)?),
+        None => None,
     };
-    let pf = PfConfig::new(
+    let mut pf = PfConfig::new(
         dir,
         a.vfs.or(file.numvfs).unwrap_or(pf::DEFAULT_VFS.into()),
         a.pv_ports
@@ -375,9 +378,21 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), MainError> {
         a.mtu.or(file.mtu).unwrap_or(pf::DEFAULT_MTU.into()),
     )?
     .with_pv_ports(a.pv_channels.or(file.pv_channels), a.pv_mtu.or(file.pv_mtu))?;
+    pf.vf_client_dir = client_dir;
     file.check_vfs(pf.numvfs)?;
     file.check_faults()?;
     Ok((pf, file))
+}
+
+/// `dir` made absolute against the current directory.
+fn absolute(dir: PathBuf) -> Result<PathBuf, MainError> {
+    if dir.is_absolute() {
+        return Ok(dir);
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => Ok(cwd.join(dir)),
+        Err(source) => Err(MainError::CurrentDir { dir, source }),
+    }
 }
 
 /// Blocks SIGINT/SIGTERM in this thread (and every thread spawned after), so `wait_signal`
@@ -813,7 +828,9 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
                 let channels = c
                     .and_then(|c| c.knobs.channels)
                     .and_then(|n| u16::try_from(n).ok());
-                let mut spec = pf.vf_spec(i, channels.unwrap_or(pf.channels_per_vf));
+                let client = pf.vf_client_path(i);
+                let mut spec =
+                    pf.vf_spec(i, channels.unwrap_or(pf.channels_per_vf), client.as_deref());
                 if let Some(m) = c
                     .and_then(|c| c.knobs.settings.mac.as_deref())
                     .and_then(|m| m.parse().ok())
@@ -857,6 +874,7 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
         let nic = HotplugNic {
             name: &p.name,
             socket: &p.socket,
+            server: p.client,
             queue_pairs: qp,
             mac: p.mac.map(|m| m.to_string()),
             vectors,
@@ -868,8 +886,15 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
     }
     let mac = p.mac.map(|m| format!(",mac={m}")).unwrap_or_default();
     let mq = if qp > 1 { ",mq=on" } else { "" };
+    // In client mode QEMU serves the socket (and waits for the emulator at start);
+    // otherwise it connects, and reconnects every second after the emulator restarts.
+    let side = if p.client {
+        "server=on"
+    } else {
+        "reconnect-ms=1000"
+    };
     println!(
-        "-chardev socket,id={n},path={s},reconnect-ms=1000 -netdev vhost-user,id={n},chardev={n},queues={qp} \
+        "-chardev socket,id={n},path={s},{side} -netdev vhost-user,id={n},chardev={n},queues={qp} \
          -device virtio-net-pci,netdev={n},id={n}dev{mac}{mq},vectors={vectors},host_mtu={mtu}",
         n = p.name,
         s = p.socket.display(),
@@ -881,6 +906,8 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
 struct HotplugNic<'a> {
     name: &'a str,
     socket: &'a std::path::Path,
+    /// QEMU serves the socket (the port is in client mode).
+    server: bool,
     queue_pairs: u16,
     mac: Option<String>,
     vectors: u32,
@@ -908,7 +935,7 @@ impl HotplugNic<'_> {
             json!({"execute": "chardev-add", "arguments": {"id": n, "backend": {
                 "type": "socket", "data": {
                     "addr": {"type": "unix", "data": {"path": self.socket.display().to_string()}},
-                    "server": false, "reconnect-ms": 1000}}}}),
+                    "server": self.server, "reconnect-ms": if self.server { 0 } else { 1000 }}}}}),
             json!({"execute": "netdev_add", "arguments": {
                 "type": "vhost-user", "id": n, "chardev": n, "queues": self.queue_pairs}}),
             json!({"execute": "device_add", "arguments": device}),

@@ -384,6 +384,11 @@ fn vf_json(p: &Port) -> Value {
     );
     m.insert("attached".into(), json!(p.is_attached()));
     m.insert("socket".into(), json!(p.spec.socket));
+    // `client`: the port connects to `socket`, which the frontend (QEMU) serves.
+    m.insert(
+        "socket-mode".into(),
+        json!(if p.spec.client { "client" } else { "server" }),
+    );
     Value::Object(m)
 }
 
@@ -741,6 +746,7 @@ mod tests {
             queue_pairs: 2,
             mtu: 1500,
             socket: "/tmp/sriov-emu-test/vf3.sock".into(),
+            client: false,
         })
     }
 
@@ -768,7 +774,8 @@ mod tests {
                 "channels",
                 "enabled-queues",
                 "attached",
-                "socket"
+                "socket",
+                "socket-mode"
             ]
         );
         assert_eq!(
@@ -778,7 +785,7 @@ mod tests {
                    "link-state": "auto",
                    "link-up": true, "max-tx-rate": 0, "min-tx-rate": 0, "channels": 2,
                    "enabled-queues": [], "attached": false,
-                   "socket": "/tmp/sriov-emu-test/vf3.sock"})
+                   "socket": "/tmp/sriov-emu-test/vf3.sock", "socket-mode": "server"})
         );
     }
 

@@ -46,6 +46,12 @@ pub enum FrontendError {
         #[source]
         source: vhost::Error,
     },
+    #[error("no back-end connected to {path}")]
+    Accept {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("vhost-user {op} failed")]
     Protocol {
         op: &'static str,
@@ -233,8 +239,50 @@ impl VirtioNetFrontend {
     /// Connects to `path` and brings the device up, like QEMU at guest driver load.
     pub fn connect(path: impl AsRef<Path>, cfg: FrontendConfig) -> Result<Self> {
         let path = path.as_ref();
+        let fe = Self::open(path, &cfg)?;
+        Self::start(fe, path, cfg)
+    }
+
+    /// Takes the back-end's connection on `listener` (QEMU's `server=on`: the back-end is the
+    /// client, as in `sriov-emu run --vf-client-dir`) and brings the device up. Waits at most
+    /// `timeout` for the back-end to connect.
+    pub fn accept(
+        listener: &std::os::unix::net::UnixListener,
+        cfg: FrontendConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let accept_err = |source| FrontendError::Accept {
+            path: path.display().to_string(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(accept_err)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(accept_err(e));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(accept_err(e)),
+            }
+        };
+        stream.set_nonblocking(false).map_err(accept_err)?;
+        let fe = Frontend::from_stream(stream, 2 * cfg.queue_pairs as u64);
+        Self::start(fe, &path, cfg)
+    }
+
+    /// Brings the device up on the connection `fe` (to the back-end at `path`).
+    fn start(fe: Frontend, path: &Path, cfg: FrontendConfig) -> Result<Self> {
         let nq = 2 * cfg.queue_pairs;
-        let (fe, features, acked) = Self::negotiate(path, &cfg)?;
+        let (fe, features, acked) = Self::negotiate(fe, &cfg)?;
         let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
 
         // Memory: rings first, then one buffer per descriptor of every queue.
@@ -301,23 +349,28 @@ impl VirtioNetFrontend {
         // SAFETY: shutdown(2) on the socket `self.fe` owns and keeps open until it is replaced
         // below; it only ends the connection.
         unsafe { libc::shutdown(self.fe.as_raw_fd(), libc::SHUT_RDWR) };
-        (self.fe, self.features, self.acked) = Self::negotiate(&self.path, &self.cfg)?;
+        let fe = Self::open(&self.path, &self.cfg)?;
+        (self.fe, self.features, self.acked) = Self::negotiate(fe, &self.cfg)?;
         self.set_mem_table()?;
         self.set_up_rings()?;
         self.enable_pairs()?;
         Ok(self)
     }
 
-    /// Connects and negotiates the features and protocol features (with REPLY_ACK) as QEMU
-    /// does; returns the connection, the virtio features acked for the driver, and what
-    /// SET_FEATURES said (with PROTOCOL_FEATURES).
-    fn negotiate(path: &Path, cfg: &FrontendConfig) -> Result<(Frontend, u64, u64)> {
+    /// Connects to the back-end at `path`.
+    fn open(path: &Path, cfg: &FrontendConfig) -> Result<Frontend> {
         let nq = 2 * cfg.queue_pairs;
-        let mut fe =
-            Frontend::connect(path, nq as u64).map_err(|source| FrontendError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
+        Frontend::connect(path, nq as u64).map_err(|source| FrontendError::Connect {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Negotiates the features and protocol features (with REPLY_ACK) on `fe` as QEMU does;
+    /// returns the connection, the virtio features acked for the driver, and what
+    /// SET_FEATURES said (with PROTOCOL_FEATURES).
+    fn negotiate(mut fe: Frontend, cfg: &FrontendConfig) -> Result<(Frontend, u64, u64)> {
+        let nq = 2 * cfg.queue_pairs;
 
         fe.set_owner().map_err(proto("SET_OWNER"))?;
         let dev_features = fe.get_features().map_err(proto("GET_FEATURES"))?;

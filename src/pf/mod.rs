@@ -94,7 +94,11 @@ pub struct PortSpec {
     pub mac: Option<MacAddr>,
     pub queue_pairs: u16,
     pub mtu: u16,
+    /// The vhost-user socket: ours to bind, or with `client` the frontend's to connect to.
     pub socket: PathBuf,
+    /// Client mode (OVS's `dpdkvhostuserclient`): QEMU serves `socket` (`server=on`) and the
+    /// port connects to it, and again after either side restarts.
+    pub client: bool,
 }
 
 /// The validated PF configuration.
@@ -111,6 +115,8 @@ pub struct PfConfig {
     /// MTU of the PV ports (default: `mtu`). The PV NIC is the device that migrates with the
     /// guest, so hosts whose adapters differ (VF channels, MTU) keep it the same.
     pub pv_mtu: u16,
+    /// New VFs connect to `DIR/vfN.sock` (client mode) instead of listening in `socket_dir`.
+    pub vf_client_dir: Option<PathBuf>,
 }
 
 /// The default MAC of VF `index`: locally administered, stable, `02:00:00:00:<vf>:01`.
@@ -157,6 +163,7 @@ impl PfConfig {
             pv_channels: per_vf,
             mtu,
             pv_mtu: mtu,
+            vf_client_dir: None,
         })
     }
 
@@ -181,13 +188,21 @@ impl PfConfig {
         Ok(self)
     }
 
-    /// The description of VF `vf` with `channels` queue pairs.
-    pub fn vf_spec(&self, vf: u16, channels: u16) -> PortSpec {
+    /// The socket a new VF `vf` connects to in client mode, if VFs start in client mode.
+    pub fn vf_client_path(&self, vf: u16) -> Option<PathBuf> {
+        let dir = self.vf_client_dir.as_ref()?;
+        Some(socket_path(dir, &port_name(vf_port_id(vf))))
+    }
+
+    /// The description of VF `vf` with `channels` queue pairs, connecting to `client` if given
+    /// (else listening on its socket in `socket_dir`).
+    pub fn vf_spec(&self, vf: u16, channels: u16, client: Option<&Path>) -> PortSpec {
         let name = port_name(vf_port_id(vf));
         PortSpec {
             id: vf_port_id(vf),
             kind: PortKind::Vf(vf),
-            socket: socket_path(&self.socket_dir, &name),
+            socket: client.map_or_else(|| socket_path(&self.socket_dir, &name), Path::to_path_buf),
+            client: client.is_some(),
             name,
             mac: Some(default_vf_mac(vf)),
             queue_pairs: channels,
@@ -202,6 +217,7 @@ impl PfConfig {
             id: pv_port_id(pv),
             kind: PortKind::Pv(pv),
             socket: socket_path(&self.socket_dir, &name),
+            client: false,
             name,
             mac: None,
             queue_pairs: self.pv_channels,
@@ -261,6 +277,7 @@ pub fn uplink_spec(queues: u16, mtu: u16) -> PortSpec {
         queue_pairs: queues,
         mtu,
         socket: PathBuf::new(),
+        client: false,
     }
 }
 
@@ -316,7 +333,10 @@ mod tests {
         let pv = base.clone().with_pv_ports(Some(2), Some(1450)).unwrap();
         assert_eq!((pv.pv_spec(0).queue_pairs, pv.pv_spec(0).mtu), (2, 1450));
         assert_eq!(
-            (pv.vf_spec(0, 4).queue_pairs, pv.vf_spec(0, 4).mtu),
+            (
+                pv.vf_spec(0, 4, None).queue_pairs,
+                pv.vf_spec(0, 4, None).mtu
+            ),
             (4, 9000)
         );
         let same = base.clone().with_pv_ports(None, None).unwrap();
@@ -340,7 +360,7 @@ mod tests {
     #[test]
     fn port_ids_are_fixed_vfs_then_pv() {
         let c = PfConfig::new(PathBuf::from("/s"), 2, 1, 2, 1500).unwrap();
-        let vf = c.vf_spec(1, 4);
+        let vf = c.vf_spec(1, 4, None);
         assert_eq!(
             (vf.name.as_str(), vf.id, vf.queue_pairs),
             ("vf1", PortId(1), 4)

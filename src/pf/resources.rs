@@ -5,6 +5,7 @@ use super::{
     TOTAL_CHANNELS, TOTAL_VFS,
 };
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// What a numvfs change did: VFs in `removed` went away, VFs in `added` were created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct Pf {
     cfg: PfConfig,
     /// Channels of VF i, for i in 0..numvfs.
     vf_channels: Vec<u16>,
+    /// The socket VF i connects to in client mode (None: it listens on its own).
+    vf_client: Vec<Option<PathBuf>>,
     pool: ChannelPool,
     pv_pool: ChannelPool,
 }
@@ -30,6 +33,7 @@ impl Pf {
         pv_pool.take(u32::from(cfg.pv_ports) * u32::from(cfg.pv_channels))?;
         let mut pf = Pf {
             vf_channels: Vec::new(),
+            vf_client: Vec::new(),
             pool: ChannelPool::new(TOTAL_CHANNELS),
             pv_pool,
             cfg,
@@ -80,6 +84,7 @@ impl Pf {
             let freed: u32 = self.vf_channels.iter().map(|c| u32::from(*c)).sum();
             self.pool.give_back(freed);
             self.vf_channels.clear();
+            self.vf_client.clear();
             return Ok(NumVfsChange {
                 removed: 0..current,
                 added: 0..0,
@@ -88,6 +93,7 @@ impl Pf {
         let per_vf = self.cfg.channels_per_vf;
         self.pool.take(u32::from(n) * u32::from(per_vf))?;
         self.vf_channels = vec![per_vf; usize::from(n)];
+        self.vf_client = (0..n).map(|vf| self.cfg.vf_client_path(vf)).collect();
         Ok(NumVfsChange {
             removed: 0..0,
             added: 0..n,
@@ -121,9 +127,26 @@ impl Pf {
         self.vf_channels.get(usize::from(vf)).copied()
     }
 
+    /// Makes VF `vf` connect to `path` (client mode), or listen on its own socket (None).
+    pub fn set_vf_client_path(&mut self, vf: u32, path: Option<PathBuf>) -> Result<(), PfError> {
+        let numvfs = self.numvfs();
+        let slot = usize::try_from(vf)
+            .ok()
+            .filter(|i| *i < usize::from(numvfs))
+            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        self.vf_client[slot] = path;
+        Ok(())
+    }
+
+    /// The socket VF `vf` connects to, if it exists and is in client mode.
+    pub fn vf_client_path(&self, vf: u16) -> Option<&Path> {
+        self.vf_client.get(usize::from(vf))?.as_deref()
+    }
+
     /// The description of VF `vf`, if it exists.
     pub fn vf_spec(&self, vf: u16) -> Option<PortSpec> {
-        self.vf_channels(vf).map(|c| self.cfg.vf_spec(vf, c))
+        self.vf_channels(vf)
+            .map(|c| self.cfg.vf_spec(vf, c, self.vf_client_path(vf)))
     }
 
     /// Every existing VF and PV port.
@@ -137,7 +160,6 @@ impl Pf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn pf(numvfs: u32, per_vf: u32) -> Result<Pf, PfError> {
         Pf::new(PfConfig::new(PathBuf::from("/s"), numvfs, 1, per_vf, 1500)?)

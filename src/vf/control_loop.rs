@@ -17,7 +17,10 @@
 //! thread (`kicks.rs`).
 
 use super::kicks::Kicks;
-use super::port_socket::{stop_rings, PortServer, RateLimitedLog, PROTOCOL_ERROR_LOG_INTERVAL};
+use super::port_socket::{
+    connect_nonblocking, stop_rings, Endpoint, PortServer, RateLimitedLog,
+    PROTOCOL_ERROR_LOG_INTERVAL,
+};
 use super::session::{Burst, Ended, Session, SessionError};
 use std::collections::HashMap;
 use std::io;
@@ -38,6 +41,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const REFUSE_PAUSE: Duration = Duration::from_millis(100);
 /// The pause after the vhost-user daemon of a frontend could not be set up.
 const SETUP_RETRY: Duration = Duration::from_secs(1);
+/// Client mode: the pause after the frontend's socket refused (as QEMU's `reconnect-ms`).
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
+/// Client mode: how often a port whose link is down looks whether it is up again.
+const LINK_DOWN_RETRY: Duration = Duration::from_millis(250);
 
 /// The epoll token of the command eventfd; ports' tokens are `key << 1 | kind`, keys from 1.
 const COMMAND_TOKEN: u64 = 0;
@@ -170,9 +177,12 @@ struct Served {
     protocol_log: RateLimitedLog,
     /// The listener is in the epoll.
     listening: bool,
-    /// The listener waits until then (after a refusal or a failure).
+    /// The listener waits until then (after a refusal or a failure); in client mode, the
+    /// next connection attempt.
     paused_until: Option<Instant>,
     session: Option<Session>,
+    /// Client mode: the last attempt failed (said once, not at every retry).
+    connect_failing: bool,
 }
 
 fn token(key: u64, kind: u64) -> u64 {
@@ -265,6 +275,7 @@ impl Runner {
                 listening: false,
                 paused_until: None,
                 session: None,
+                connect_failing: false,
             },
         );
         if let Err(e) = self.listen(key) {
@@ -286,7 +297,8 @@ impl Runner {
         self.ports.get_mut(&key)?.session.as_mut()
     }
 
-    /// Puts port `key`'s listener in the epoll, unless it is serving, paused or stopping.
+    /// Puts port `key`'s listener in the epoll (in client mode: tries to connect), unless it
+    /// is serving, paused or stopping.
     fn listen(&mut self, key: u64) -> io::Result<()> {
         let Some(p) = self.ports.get_mut(&key) else {
             return Ok(());
@@ -298,9 +310,16 @@ impl Runner {
         {
             return Ok(());
         }
+        let listener = match &p.server.endpoint {
+            Endpoint::Listen(l) => l.as_raw_fd(),
+            Endpoint::Connect(_) => {
+                self.connect(key);
+                return Ok(());
+            }
+        };
         self.epoll.ctl(
             ControlOperation::Add,
-            p.server.listener.as_raw_fd(),
+            listener,
             EpollEvent::new(EventSet::IN, token(key, LISTENER)),
         )?;
         p.listening = true;
@@ -311,13 +330,51 @@ impl Runner {
         let Some(p) = self.ports.get_mut(&key) else {
             return;
         };
-        if p.listening {
+        if let (true, Endpoint::Listen(l)) = (p.listening, &p.server.endpoint) {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
-                p.server.listener.as_raw_fd(),
+                l.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, token(key, LISTENER)),
             );
             p.listening = false;
+        }
+    }
+
+    /// Client mode: port `key` connects to its frontend's socket, or tries again later.
+    fn connect(&mut self, key: u64) {
+        let Some(p) = self.ports.get_mut(&key) else {
+            return;
+        };
+        let Endpoint::Connect(path) = &p.server.endpoint else {
+            return;
+        };
+        let span = p.span.clone();
+        let _span = span.enter();
+        let port = p.server.port.clone();
+        if !port.link_up() {
+            // As in server mode, no frontend while the link is down: the guest sees it down.
+            self.pause(key, LINK_DOWN_RETRY);
+            return;
+        }
+        let stream = match connect_nonblocking(path) {
+            Ok(s) => s,
+            Err(e) => {
+                if !std::mem::replace(&mut p.connect_failing, true) {
+                    tracing::info!(
+                        port = %port.spec.name,
+                        "client mode: cannot connect to {} ({e}); retrying every {CONNECT_RETRY:?}",
+                        path.display()
+                    );
+                }
+                self.pause(key, CONNECT_RETRY);
+                return;
+            }
+        };
+        p.connect_failing = false;
+        tracing::info!(port = %port.spec.name, "client mode: connected to {}", path.display());
+        if let Err(e) = self.open_session(key, stream) {
+            tracing::error!(port = %port.spec.name, "cannot serve a frontend: {e}");
+            self.pause(key, SETUP_RETRY);
         }
     }
 
@@ -341,7 +398,10 @@ impl Runner {
             return;
         }
         let port = p.server.port.clone();
-        let stream = match p.server.listener.accept() {
+        let Endpoint::Listen(listener) = &p.server.endpoint else {
+            return;
+        };
+        let stream = match listener.accept() {
             Ok(Some(s)) => s,
             Ok(None) => return,
             Err(e) => {

@@ -8,6 +8,8 @@ use crate::pf::PortKind;
 use crate::port::Waker;
 use crate::switch::Switch;
 use std::fmt::Display;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,10 +58,18 @@ impl RateLimitedLog {
     }
 }
 
-/// A bound socket for one port.
+/// Where a port's frontends come from.
+pub(super) enum Endpoint {
+    /// Our socket: frontends connect to it.
+    Listen(Listener),
+    /// Client mode: the frontend serves this socket, and the port connects to it.
+    Connect(PathBuf),
+}
+
+/// A port's socket, bound (or, in client mode, the path to connect to).
 pub struct PortServer {
     pub(super) port: Arc<Port>,
-    pub(super) listener: Listener,
+    pub(super) endpoint: Endpoint,
     pub(super) waker: Arc<Waker>,
     pub(super) events: Arc<EventBus>,
     /// Told of every attach and detach before anyone else sees it (static VF MACs).
@@ -141,4 +151,54 @@ pub(super) fn stop_rings(port: &Port) {
             );
         }
     }
+}
+
+/// Connects to the unix socket `path` without waiting: a listener whose backlog is full (a
+/// frontend that is stopped, or does not accept) is a refusal to retry later, not a stall of
+/// the control loop that serves every port.
+pub(super) fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the socket path is too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the descriptor it returns is owned by the
+    // stream made of it right below, and by nothing else.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are used (the path and its
+    // terminating zero, which `zeroed` left); `fd` is the socket `stream` owns.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }

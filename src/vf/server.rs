@@ -4,7 +4,7 @@
 
 use super::control_loop::{ControlLoop, LoopError};
 use super::port::Port;
-use super::port_socket::{stop_rings, PortServer, PortShared};
+use super::port_socket::{stop_rings, Endpoint, PortServer, PortShared};
 use crate::events::EventBus;
 use crate::port::Waker;
 use crate::switch::Switch;
@@ -71,7 +71,9 @@ impl ServerHandle {
         stop_rings(&self.port);
         self.shared.shutdown_session();
         self.control.remove(self.key);
-        let _ = std::fs::remove_file(&self.port.spec.socket);
+        if !self.port.spec.client {
+            let _ = std::fs::remove_file(&self.port.spec.socket);
+        }
     }
 }
 
@@ -98,6 +100,17 @@ impl PortServer {
         switch: Arc<Mutex<Switch>>,
     ) -> Result<Self, ServerError> {
         let path = port.spec.socket.clone();
+        if port.spec.client {
+            // The frontend's socket: nothing to bind, and never ours to remove.
+            return Ok(PortServer {
+                port,
+                endpoint: Endpoint::Connect(path),
+                waker,
+                events,
+                switch,
+                shared: Arc::default(),
+            });
+        }
         claim_socket_path(&path)?;
         let listener =
             Listener::new(&path, true).map_err(|source| ServerError::Listen { path, source })?;
@@ -110,7 +123,7 @@ impl PortServer {
             })?;
         Ok(PortServer {
             port,
-            listener,
+            endpoint: Endpoint::Listen(listener),
             waker,
             events,
             switch,
