@@ -4,8 +4,9 @@ use clap::{Args, Parser, Subcommand};
 use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::render;
-use sriov_emu::control::{group_id, ControlError, ControlServer};
+use sriov_emu::control::{ControlError, ControlServer};
 use sriov_emu::daemon::{CaptureRequest, Daemon, DaemonConfig, DaemonError, DEFAULT_SNAPLEN};
+use sriov_emu::ownership::{group_id, OwnershipError, SocketMode, SocketOwner};
 use sriov_emu::pf::{self, PfConfig, PfError};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
 use sriov_emu::ErrorChain;
@@ -62,6 +63,8 @@ enum MainError {
     },
     #[error("--rate must be at least 1 frame per second")]
     ReplayRate,
+    #[error("cannot use the port sockets' group (--socket-group, socket_group)")]
+    SocketGroup(#[source] OwnershipError),
 }
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -261,6 +264,19 @@ struct RunArgs {
     /// members are served. Without it only the emulator's own user and root are (mode 0600).
     #[arg(long, value_name = "GROUP")]
     control_group: Option<String>,
+    /// Give every port socket (vfN.sock, pvN.sock; also those made again when numvfs or a VF's
+    /// channels change) to this group (a name or a gid), so that a QEMU running as another user
+    /// in it can connect: libvirt runs QEMU as `libvirt-qemu`, group `kvm`. The mode is then
+    /// 0660 unless --socket-mode says otherwise. The socket directory must let the group in
+    /// (search permission). Without it the sockets keep the emulator's group.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// The port sockets' permission bits, in octal: `0660` lets the group connect (connecting
+    /// needs write permission), `0666` anyone [default: 0660 with --socket-group, else as
+    /// bind(2) makes them: 0777 less the umask]. The control socket keeps its own mode (0600,
+    /// or 0660 with --control-group).
+    #[arg(long, value_name = "MODE", value_parser = clap::value_parser!(SocketMode))]
+    socket_mode: Option<SocketMode>,
     /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
@@ -466,6 +482,19 @@ fn run(args: RunArgs) -> Result<(), MainError> {
         Some(g) => Some(group_id(g).map_err(ControlError::from)?),
         None => None,
     };
+    let socket_group = match args.socket_group.as_ref().or(file.socket_group.as_ref()) {
+        Some(g) => Some(group_id(g).map_err(MainError::SocketGroup)?),
+        None => None,
+    };
+    let socket_owner = SocketOwner::new(socket_group, args.socket_mode.or(file.socket_mode));
+    if let (Some(gid), Some(mode)) = (socket_owner.group, socket_owner.mode) {
+        if mode.bits() & 0o020 == 0 {
+            tracing::warn!(
+                "--socket-mode {mode} gives group {gid} no write permission: its members \
+                 cannot connect to the port sockets"
+            );
+        }
+    }
     let signals = block_signals();
     let daemon = Daemon::start(DaemonConfig {
         pf,
@@ -494,6 +523,7 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             snaplen: DEFAULT_SNAPLEN,
             max_bytes: args.pcap_max_mb.map(|mb| mb << 20),
         }),
+        socket_owner,
     })?;
     let daemon = Arc::new(daemon);
     if let Err(e) = file

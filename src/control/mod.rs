@@ -3,8 +3,8 @@
 //!
 //! - `qmp.rs`: the wire format: greeting, requests, returns, errors, argument checking.
 //! - `commands.rs`: every command, on top of `Daemon` (documented in docs/control.md).
-//! - `access.rs`: who may connect: the socket's owner, group and mode, and every peer's
-//!   credentials checked (SO_PEERCRED).
+//! - `access.rs`: who may connect: the socket's group and mode (`crate::ownership`), and every
+//!   peer's credentials checked (SO_PEERCRED).
 //! - `server.rs`: the socket: several clients, one line per message, events after
 //!   `qmp_capabilities`, bad input answered with an error on a connection that stays usable.
 //! - `stream.rs`: splits the byte stream into JSON messages (no newlines needed, as in QEMU).
@@ -19,7 +19,6 @@ pub mod render;
 mod server;
 mod stream;
 
-pub use access::{group_id, AccessError};
 pub use commands::{execute, parse_command, Command, COMMAND_ARGS};
 pub use qmp::{parse_request, QmpError, Request, MAX_LINE};
 pub use server::{ControlError, ControlServer, CLIENT_WRITE_TIMEOUT, MAX_CLIENTS};
