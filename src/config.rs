@@ -84,6 +84,8 @@ pub struct ConfigFile {
     pub socket_group: Option<String>,
     /// `--socket-mode`: `"0660"` or `0o660`.
     pub socket_mode: Option<crate::ownership::SocketMode>,
+    /// `--metrics-listen`: `"127.0.0.1:9464"`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub numvfs: Option<u32>,
     pub pv_ports: Option<u32>,
     pub channels_per_vf: Option<u32>,
@@ -299,6 +301,7 @@ mod tests {
         let c = ConfigFile::parse(&all).unwrap_or_else(|e| panic!("{all}\n{e}"));
         assert_eq!(c.socket_group.as_deref(), Some("kvm"));
         assert_eq!(c.socket_mode.map(|m| m.bits()), Some(0o660));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     }
 
     /// The error and its causes, as `main` prints them.

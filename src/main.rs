@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::render;
-use sriov_emu::control::{ControlError, ControlServer};
+use sriov_emu::control::{ControlError, ControlServer, MetricsError, MetricsServer};
 use sriov_emu::daemon::{CaptureRequest, Daemon, DaemonConfig, DaemonError, DEFAULT_SNAPLEN};
 use sriov_emu::ownership::{group_id, OwnershipError, SocketMode, SocketOwner};
 use sriov_emu::pf::{self, PfConfig, PfError};
@@ -65,6 +65,8 @@ enum MainError {
     ReplayRate,
     #[error("cannot use the port sockets' group (--socket-group, socket_group)")]
     SocketGroup(#[source] OwnershipError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -277,6 +279,12 @@ struct RunArgs {
     /// or 0660 with --control-group).
     #[arg(long, value_name = "MODE", value_parser = clap::value_parser!(SocketMode))]
     socket_mode: Option<SocketMode>,
+    /// Serve the counters to Prometheus: `GET http://ADDR:PORT/metrics` answers with the
+    /// OpenMetrics text of `ctl stats --format openmetrics`. Off by default; bind it to
+    /// loopback (127.0.0.1:9464) unless the network is trusted: it has no authentication.
+    /// Port 0 takes a free port (logged: "metrics endpoint listening").
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
@@ -495,6 +503,7 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             );
         }
     }
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let signals = block_signals();
     let daemon = Daemon::start(DaemonConfig {
         pf,
@@ -545,8 +554,21 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             return Err(e.into());
         }
     };
+    let ready = metrics_listen
+        .map(|addr| MetricsServer::start(addr, daemon.clone()))
+        .transpose()
+        .map_err(MainError::from);
+    let metrics = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            drop(control);
+            daemon.shutdown();
+            return Err(e);
+        }
+    };
     let sig = wait_signal(&signals);
     tracing::info!(signal = sig, "shutting down");
+    drop(metrics);
     drop(control);
     daemon.shutdown();
     Ok(())
