@@ -15,6 +15,7 @@
 //! - `fuzzing`: the fuzz targets' entry functions (fuzz/, tests/fuzz_smoke.rs, docs/fuzzing.md).
 //! - `affinity`: pinning a thread to a CPU.
 //! - `ownership`: the group and mode of the sockets the emulator serves.
+//! - `service`: running under a service manager: sd_notify readiness, the PID file.
 //!
 //! Errors: one `thiserror` enum per module. An error's message says what failed; its cause is
 //! its `source()`, never repeated in the message, so `ErrorChain` prints each cause once.
@@ -35,6 +36,7 @@ pub mod ownership;
 pub mod pf;
 pub mod port;
 pub mod rss;
+pub mod service;
 pub mod stats;
 pub mod switch;
 pub mod uplink;

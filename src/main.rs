@@ -8,6 +8,7 @@ use sriov_emu::control::{ControlError, ControlServer, MetricsError, MetricsServe
 use sriov_emu::daemon::{CaptureRequest, Daemon, DaemonConfig, DaemonError, DEFAULT_SNAPLEN};
 use sriov_emu::ownership::{group_id, OwnershipError, SocketMode, SocketOwner};
 use sriov_emu::pf::{self, PfConfig, PfError};
+use sriov_emu::service::{self, PidFile, ServiceError};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
 use sriov_emu::ErrorChain;
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ enum MainError {
     SocketGroup(#[source] OwnershipError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -285,6 +288,11 @@ struct RunArgs {
     /// Port 0 takes a free port (logged: "metrics endpoint listening").
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the process id into PATH once every socket listens; removed at a clean exit
+    /// (SIGTERM, SIGINT, `quit`). Readiness is also announced to a service manager: `READY=1`
+    /// to $NOTIFY_SOCKET (systemd `Type=notify`; contrib/sriov-emu.service) when it is set.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
     /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
@@ -557,8 +565,12 @@ fn run(args: RunArgs) -> Result<(), MainError> {
     let ready = metrics_listen
         .map(|addr| MetricsServer::start(addr, daemon.clone()))
         .transpose()
-        .map_err(MainError::from);
-    let metrics = match ready {
+        .map_err(MainError::from)
+        .and_then(|metrics| {
+            let pid = args.pid_file.as_deref().map(PidFile::create).transpose()?;
+            Ok((metrics, pid))
+        });
+    let (metrics, pid_file) = match ready {
         Ok(r) => r,
         Err(e) => {
             drop(control);
@@ -566,11 +578,28 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             return Err(e);
         }
     };
+    // Every socket listens: tell whoever waits.
+    let pf = daemon.pf_snapshot();
+    let status = format!(
+        "STATUS=serving {} VFs and {} PV ports in {}",
+        pf.numvfs(),
+        pf.config().pv_ports,
+        daemon.socket_dir().display()
+    );
+    match service::notify(&format!("READY=1\n{status}")) {
+        Ok(true) => tracing::info!("readiness sent to the service manager (NOTIFY_SOCKET)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("{}", ErrorChain(&e)),
+    }
     let sig = wait_signal(&signals);
     tracing::info!(signal = sig, "shutting down");
+    if let Err(e) = service::notify("STOPPING=1") {
+        tracing::warn!("{}", ErrorChain(&e));
+    }
     drop(metrics);
     drop(control);
     daemon.shutdown();
+    drop(pid_file);
     Ok(())
 }
 
