@@ -1,6 +1,7 @@
-//! The `sriov-emu` command line: `run`, `qemu-args`, `ctl`.
+//! The `sriov-emu` command line: `run`, `qemu-args`, `ctl`, `replay`, and `completions` and
+//! `man`, which generate shell completions and manual pages from this same definition.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::render;
@@ -70,6 +71,14 @@ enum MainError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error("cannot write to standard output")]
+    Stdout(#[source] std::io::Error),
+    #[error("cannot write the manual pages into {dir}")]
+    Man {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -77,8 +86,20 @@ enum MainError {
 #[derive(Parser, Debug)]
 #[command(name = "sriov-emu", version, about, long_about = None)]
 struct Cli {
+    /// How log lines on stderr look: `text` for people, `json` for a log collector (one JSON
+    /// object per line: timestamp, level, target, message and the event's fields).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text,
+          global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +114,20 @@ enum Cmd {
     /// Send the frames of a pcap or pcapng file into a port as if its guest had transmitted
     /// them (through its vhost-user socket, which must be free: no QEMU on it).
     Replay(ReplayArgs),
+    /// Print a shell completion script: `sriov-emu completions bash >
+    /// /etc/bash_completion.d/sriov-emu` (zsh: a `_sriov-emu` file on $fpath; fish:
+    /// ~/.config/fish/completions/sriov-emu.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page sriov-emu(1) in roff (`sriov-emu man | man -l -`), or write it
+    /// and one page per subcommand (sriov-emu-run(1), sriov-emu-ctl-stats(1), ...) into DIR.
+    Man {
+        /// Write every page into this directory (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -1017,24 +1052,89 @@ impl HotplugNic<'_> {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
+}
+
+/// `completions SHELL`: the script for `shell`, from the command definition.
+fn completions(shell: clap_complete::Shell) -> Result<(), MainError> {
+    let mut cmd = Cli::command();
+    let name = cmd.get_name().to_string();
+    // Into memory first: the generator panics if its writer fails (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    to_stdout(&script)
+}
+
+/// `man [--out-dir DIR]`: sriov-emu(1) on stdout, or every page into `dir`.
+fn man(out_dir: Option<PathBuf>) -> Result<(), MainError> {
+    let cmd = Cli::command();
+    match out_dir {
+        Some(dir) => {
+            let err = |source| MainError::Man {
+                dir: dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&dir).map_err(err)?;
+            clap_mangen::generate_to(cmd, &dir).map_err(err)?;
+            eprintln!("manual pages written into {}", dir.display());
+            Ok(())
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(MainError::Stdout)?;
+            to_stdout(&page)
+        }
+    }
+}
+
+/// Writes `bytes` to standard output; a reader that went away early (`| head`) is no error.
+fn to_stdout(bytes: &[u8]) -> Result<(), MainError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(MainError::Stdout(e)),
+        _ => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::QemuArgs(a) => qemu_args(a),
         Cmd::Ctl(a) => ctl(a).map_err(MainError::from),
         Cmd::Replay(a) => replay(a),
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::Man { out_dir } => man(out_dir),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cli.log_format == LogFormat::Json => {
+            tracing::error!(error = %ErrorChain(&e), "sriov-emu: error");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("sriov-emu: error: {}", ErrorChain(&e));
             ExitCode::FAILURE
