@@ -267,8 +267,27 @@ fn serve(mut c: TcpStream, d: &Daemon) {
     let _ = c.set_write_timeout(Some(REQUEST_TIMEOUT));
     if let Err(e) = c.write_all(&out) {
         tracing::debug!(?peer, "metrics client did not take the reply: {e}");
+        return;
     }
-    let _ = c.shutdown(std::net::Shutdown::Both);
+    linger(&mut c);
+}
+
+/// Closes after the reply as HTTP servers do: our side first, then what the client still
+/// sends (a body, the rest of a refused head) is read and dropped for a moment, since
+/// closing with unread data resets the connection and can destroy the reply in flight.
+fn linger(c: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_millis(200);
+    const LINGER_BYTES: usize = 64 * 1024;
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = c.set_read_timeout(Some(LINGER));
+    let end = Instant::now() + LINGER;
+    let (mut chunk, mut drained) = ([0u8; 1024], 0);
+    while drained < LINGER_BYTES && Instant::now() < end {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 #[cfg(test)]
