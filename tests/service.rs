@@ -965,3 +965,84 @@ fn completions_and_man_pages_name_every_subcommand() {
         assert!(parent.contains(&roff), "no {roff} in the parent's page");
     }
 }
+
+/// The unit in contrib/ as systemd would run it: its `ExecStart=` command line (with the
+/// socket directory, the group and the metrics port swapped for the test's), under
+/// `NOTIFY_SOCKET`, becomes ready with the sockets of the group and mode it names.
+#[test]
+fn the_systemd_unit_runs_and_becomes_ready() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/sriov-emu.service"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = unit.lines().collect();
+    assert!(lines.contains(&"Type=notify"), "{unit}");
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("ExecStart="))
+        .expect("an ExecStart= line");
+    let mut cmd = String::new();
+    for l in &lines[start..] {
+        let l = l.trim();
+        match l.strip_suffix('\\') {
+            Some(part) => cmd += part,
+            None => {
+                cmd += l;
+                break;
+            }
+        }
+        cmd.push(' ');
+    }
+    let words: Vec<&str> = cmd
+        .trim_start_matches("ExecStart=")
+        .split_whitespace()
+        .collect();
+    assert_eq!(words[..2], ["/usr/local/bin/sriov-emu", "run"], "{cmd}");
+    let group = TempGroup::new("unit");
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/config.toml");
+    let mut args: Vec<String> = Vec::new();
+    let mut it = words[2..].iter();
+    while let Some(w) = it.next() {
+        args.push(w.to_string());
+        let value = match *w {
+            "--config" => config.to_str().unwrap().to_string(),
+            "--socket-dir" => dir.path().to_str().unwrap().to_string(),
+            "--socket-group" => group.name.clone(),
+            "--metrics-listen" => "127.0.0.1:0".to_string(),
+            _ => continue,
+        };
+        it.next();
+        args.push(value);
+    }
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let log = std::fs::File::create(dir.path().join("emulator.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .args(&args)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let msg = next_datagram(&notify);
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "{msg:?}\n{}",
+        std::fs::read_to_string(dir.path().join("emulator.log")).unwrap_or_default()
+    );
+    let want: Vec<String> = (0..8)
+        .map(|i| format!("vf{i}.sock"))
+        .chain(["pv0.sock".to_string()])
+        .collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    assert_ports_owned(dir.path(), &want, group.gid, 0o660, "the unit's sockets");
+    assert_eq!(sigterm_and_wait(&mut child), Some(0));
+    // Its logs are JSON lines (--log-format json).
+    let log = std::fs::read_to_string(dir.path().join("emulator.log")).unwrap();
+    assert!(log.lines().count() >= 3, "{log}");
+    for l in log.lines() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+    }
+}
