@@ -647,19 +647,34 @@ fn the_metrics_endpoint_serves_what_ctl_stats_says() {
     );
 }
 
+/// A child emulator, stopped by its PID (SIGTERM) if a failed assertion leaves it running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child's PID, not yet reaped.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `sriov-emu run` with `NOTIFY_SOCKET` set to `notify` and stderr into DIR/emulator.log.
-fn spawn_notified(dir: &Path, notify: &str, args: &[&str]) -> Child {
+fn spawn_notified(dir: &Path, notify: &str, args: &[&str]) -> Running {
     let log = std::fs::File::create(dir.join("emulator.log")).unwrap();
-    Command::new(BIN)
-        .arg("run")
-        .arg("--socket-dir")
-        .arg(dir)
-        .args(args)
-        .env("NOTIFY_SOCKET", notify)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Running(
+        Command::new(BIN)
+            .arg("run")
+            .arg("--socket-dir")
+            .arg(dir)
+            .args(args)
+            .env("NOTIFY_SOCKET", notify)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// The next datagram on `s` (fails after 10 s).
@@ -670,7 +685,8 @@ fn next_datagram(s: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-fn sigterm_and_wait(child: &mut Child) -> Option<i32> {
+fn sigterm_and_wait(child: &mut Running) -> Option<i32> {
+    let child = &mut child.0;
     // SAFETY: kill(2) on our own child's PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let t = Instant::now();
@@ -724,7 +740,7 @@ fn ready_is_announced_only_once_every_socket_exists_and_the_pid_file_follows_it(
     assert!(missing.is_empty(), "READY=1 before {missing:?} existed");
     assert_eq!(
         pid.as_deref(),
-        Some(format!("{}\n", child.id()).as_str()),
+        Some(format!("{}\n", child.0.id()).as_str()),
         "the PID file when READY=1 came"
     );
     assert!(
@@ -762,15 +778,17 @@ fn ready_goes_to_an_abstract_notify_socket_too() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--socket-dir"])
-        .arg(dir.path())
-        .args(["--vfs", "2", "--metrics-listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["--log-format", "json", "run", "--socket-dir"])
+            .arg(dir.path())
+            .args(["--vfs", "2", "--metrics-listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = BufReader::new(child.0.stderr.take().unwrap());
     // Read up to the metrics line (the last at start), then attach a frontend (more lines).
     let mut lines = Vec::new();
     let mut line = String::new();
@@ -1018,14 +1036,16 @@ fn the_systemd_unit_runs_and_becomes_ready() {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let log = std::fs::File::create(dir.path().join("emulator.log")).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .args(&args)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(BIN)
+            .arg("run")
+            .args(&args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let msg = next_datagram(&notify);
     assert!(
         msg.lines().any(|l| l == "READY=1"),
