@@ -81,6 +81,12 @@ pub struct ConfigFile {
     pub vf_client_dir: Option<PathBuf>,
     pub control: Option<PathBuf>,
     pub control_group: Option<String>,
+    /// `--socket-group`: a group name or gid for every port socket.
+    pub socket_group: Option<String>,
+    /// `--socket-mode`: `"0660"` or `0o660`.
+    pub socket_mode: Option<crate::ownership::SocketMode>,
+    /// `--metrics-listen`: `"127.0.0.1:9464"`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub numvfs: Option<u32>,
     pub pv_ports: Option<u32>,
     pub channels_per_vf: Option<u32>,
@@ -281,6 +287,22 @@ mod tests {
         assert_eq!(c.numvfs, Some(8));
         assert!(c.vf.iter().any(|v| v.knobs.settings.vlan == Some(100)));
         c.check_vfs(8).unwrap();
+        // The commented-out top-level keys parse too, uncommented.
+        let top = &text[..text.find("[[vf]]").unwrap()];
+        let all: String = top
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(k) if k.starts_with(|c: char| c.is_ascii_lowercase()) && k.contains(" = ") => {
+                    k
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = ConfigFile::parse(&all).unwrap_or_else(|e| panic!("{all}\n{e}"));
+        assert_eq!(c.socket_group.as_deref(), Some("kvm"));
+        assert_eq!(c.socket_mode.map(|m| m.bits()), Some(0o660));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     }
 
     /// The error and its causes, as `main` prints them.

@@ -7,6 +7,7 @@ use crate::capture::{CaptureHub, CaptureSession, PcapngOut, PortSet};
 use crate::datapath::busy::{Cycles, WorkerSnapshot};
 use crate::datapath::DataPlane;
 use crate::events::EventBus;
+use crate::ownership::SocketOwner;
 use crate::pf::{self, Pf, PfConfig, PfError, PortSpec};
 use crate::port::Waker;
 use crate::switch::{PortId, Switch};
@@ -115,6 +116,8 @@ pub struct DaemonConfig {
     pub uplink_rate: u32,
     /// A capture from the start (`--pcap`).
     pub pcap: Option<CaptureRequest>,
+    /// The group and mode of every port socket (`--socket-group`, `--socket-mode`).
+    pub socket_owner: SocketOwner,
 }
 
 /// A capture to start: into `path` (a ring of files under `max_bytes` when given), of `ports`
@@ -157,6 +160,7 @@ impl DaemonConfig {
             uplink_mtu: crate::uplink::spec::DEFAULT_UNDERLAY_MTU,
             uplink_rate: 10_000,
             pcap: None,
+            socket_owner: SocketOwner::default(),
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct Daemon {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     socket_dir: PathBuf,
+    /// Given to every port socket when it is bound.
+    socket_owner: SocketOwner,
     flow_learning: bool,
     events: Arc<EventBus>,
     uplink: Option<Arc<Uplink>>,
@@ -259,6 +265,7 @@ impl Daemon {
             waker: waker.clone(),
             stop: stop.clone(),
             socket_dir: cfg.pf.socket_dir.clone(),
+            socket_owner: cfg.socket_owner,
             flow_learning: cfg.flow_learning,
             events: EventBus::new(),
             pf: Mutex::new(pf.clone()),
@@ -353,6 +360,7 @@ impl Daemon {
             port.rss().set_learning(self.flow_learning);
             match PortServer::bind(
                 port,
+                &self.socket_owner,
                 self.waker.clone(),
                 self.events.clone(),
                 self.switch.clone(),

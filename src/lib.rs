@@ -14,6 +14,8 @@
 //! - `daemon`: wires it all together for `sriov-emu run`.
 //! - `fuzzing`: the fuzz targets' entry functions (fuzz/, tests/fuzz_smoke.rs, docs/fuzzing.md).
 //! - `affinity`: pinning a thread to a CPU.
+//! - `ownership`: the group and mode of the sockets the emulator serves.
+//! - `service`: running under a service manager: sd_notify readiness, the PID file.
 //!
 //! Errors: one `thiserror` enum per module. An error's message says what failed; its cause is
 //! its `source()`, never repeated in the message, so `ErrorChain` prints each cause once.
@@ -30,9 +32,11 @@ pub mod faults;
 pub mod frontend;
 pub mod fuzzing;
 pub mod malloc_arenas;
+pub mod ownership;
 pub mod pf;
 pub mod port;
 pub mod rss;
+pub mod service;
 pub mod stats;
 pub mod switch;
 pub mod uplink;

@@ -1,12 +1,15 @@
-//! The `sriov-emu` command line: `run`, `qemu-args`, `ctl`.
+//! The `sriov-emu` command line: `run`, `qemu-args`, `ctl`, `replay`, and `completions` and
+//! `man`, which generate shell completions and manual pages from this same definition.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use sriov_emu::config::{ConfigError, ConfigFile};
 use sriov_emu::control::client::{self, Client, ClientError};
 use sriov_emu::control::render;
-use sriov_emu::control::{group_id, ControlError, ControlServer};
+use sriov_emu::control::{ControlError, ControlServer, MetricsError, MetricsServer};
 use sriov_emu::daemon::{CaptureRequest, Daemon, DaemonConfig, DaemonError, DEFAULT_SNAPLEN};
+use sriov_emu::ownership::{group_id, OwnershipError, SocketMode, SocketOwner};
 use sriov_emu::pf::{self, PfConfig, PfError};
+use sriov_emu::service::{self, PidFile, ServiceError};
 use sriov_emu::switch::DEFAULT_AGING_SECS;
 use sriov_emu::ErrorChain;
 use std::path::PathBuf;
@@ -62,6 +65,20 @@ enum MainError {
     },
     #[error("--rate must be at least 1 frame per second")]
     ReplayRate,
+    #[error("cannot use the port sockets' group (--socket-group, socket_group)")]
+    SocketGroup(#[source] OwnershipError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("cannot write to standard output")]
+    Stdout(#[source] std::io::Error),
+    #[error("cannot write the manual pages into {dir}")]
+    Man {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A software SR-IOV 10G adapter for QEMU guests: VFs and PV ports are vhost-user virtio-net
@@ -69,8 +86,20 @@ enum MainError {
 #[derive(Parser, Debug)]
 #[command(name = "sriov-emu", version, about, long_about = None)]
 struct Cli {
+    /// How log lines on stderr look: `text` for people, `json` for a log collector (one JSON
+    /// object per line: timestamp, level, target, message and the event's fields).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text,
+          global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +114,20 @@ enum Cmd {
     /// Send the frames of a pcap or pcapng file into a port as if its guest had transmitted
     /// them (through its vhost-user socket, which must be free: no QEMU on it).
     Replay(ReplayArgs),
+    /// Print a shell completion script: `sriov-emu completions bash >
+    /// /etc/bash_completion.d/sriov-emu` (zsh: a `_sriov-emu` file on $fpath; fish:
+    /// ~/.config/fish/completions/sriov-emu.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page sriov-emu(1) in roff (`sriov-emu man | man -l -`), or write it
+    /// and one page per subcommand (sriov-emu-run(1), sriov-emu-ctl-stats(1), ...) into DIR.
+    Man {
+        /// Write every page into this directory (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -267,6 +310,30 @@ struct RunArgs {
     /// members are served. Without it only the emulator's own user and root are (mode 0600).
     #[arg(long, value_name = "GROUP")]
     control_group: Option<String>,
+    /// Give every port socket (vfN.sock, pvN.sock; also those made again when numvfs or a VF's
+    /// channels change) to this group (a name or a gid), so that a QEMU running as another user
+    /// in it can connect: libvirt runs QEMU as `libvirt-qemu`, group `kvm`. The mode is then
+    /// 0660 unless --socket-mode says otherwise. The socket directory must let the group in
+    /// (search permission). Without it the sockets keep the emulator's group.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// The port sockets' permission bits, in octal: `0660` lets the group connect (connecting
+    /// needs write permission), `0666` anyone [default: 0660 with --socket-group, else as
+    /// bind(2) makes them: 0777 less the umask]. The control socket keeps its own mode (0600,
+    /// or 0660 with --control-group).
+    #[arg(long, value_name = "MODE", value_parser = clap::value_parser!(SocketMode))]
+    socket_mode: Option<SocketMode>,
+    /// Serve the counters to Prometheus: `GET http://ADDR:PORT/metrics` answers with the
+    /// OpenMetrics text of `ctl stats --format openmetrics`. Off by default; bind it to
+    /// loopback (127.0.0.1:9464) unless the network is trusted: it has no authentication.
+    /// Port 0 takes a free port (logged: "metrics endpoint listening").
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the process id into PATH once every socket listens; removed at a clean exit
+    /// (SIGTERM, SIGINT, `quit`). Readiness is also announced to a service manager: `READY=1`
+    /// to $NOTIFY_SOCKET (systemd `Type=notify`; contrib/sriov-emu.service) when it is set.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
     /// Learn flow steering from each VF's transmit queues: replies of a flow a guest sends on
     /// TX queue k arrive on RX queue k (accelerated RFS). Off: RSS and explicit rules only.
     #[arg(long)]
@@ -481,6 +548,20 @@ fn run(args: RunArgs) -> Result<(), MainError> {
         Some(g) => Some(group_id(g).map_err(ControlError::from)?),
         None => None,
     };
+    let socket_group = match args.socket_group.as_ref().or(file.socket_group.as_ref()) {
+        Some(g) => Some(group_id(g).map_err(MainError::SocketGroup)?),
+        None => None,
+    };
+    let socket_owner = SocketOwner::new(socket_group, args.socket_mode.or(file.socket_mode));
+    if let (Some(gid), Some(mode)) = (socket_owner.group, socket_owner.mode) {
+        if mode.bits() & 0o020 == 0 {
+            tracing::warn!(
+                "--socket-mode {mode} gives group {gid} no write permission: its members \
+                 cannot connect to the port sockets"
+            );
+        }
+    }
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let signals = block_signals();
     let daemon = Daemon::start(DaemonConfig {
         pf,
@@ -509,6 +590,7 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             snaplen: DEFAULT_SNAPLEN,
             max_bytes: args.pcap_max_mb.map(|mb| mb << 20),
         }),
+        socket_owner,
     })?;
     let daemon = Arc::new(daemon);
     if let Err(e) = file
@@ -530,10 +612,44 @@ fn run(args: RunArgs) -> Result<(), MainError> {
             return Err(e.into());
         }
     };
+    let ready = metrics_listen
+        .map(|addr| MetricsServer::start(addr, daemon.clone()))
+        .transpose()
+        .map_err(MainError::from)
+        .and_then(|metrics| {
+            let pid = args.pid_file.as_deref().map(PidFile::create).transpose()?;
+            Ok((metrics, pid))
+        });
+    let (metrics, pid_file) = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            drop(control);
+            daemon.shutdown();
+            return Err(e);
+        }
+    };
+    // Every socket listens: tell whoever waits.
+    let pf = daemon.pf_snapshot();
+    let status = format!(
+        "STATUS=serving {} VFs and {} PV ports in {}",
+        pf.numvfs(),
+        pf.config().pv_ports,
+        daemon.socket_dir().display()
+    );
+    match service::notify(&format!("READY=1\n{status}")) {
+        Ok(true) => tracing::info!("readiness sent to the service manager (NOTIFY_SOCKET)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("{}", ErrorChain(&e)),
+    }
     let sig = wait_signal(&signals);
     tracing::info!(signal = sig, "shutting down");
+    if let Err(e) = service::notify("STOPPING=1") {
+        tracing::warn!("{}", ErrorChain(&e));
+    }
+    drop(metrics);
     drop(control);
     daemon.shutdown();
+    drop(pid_file);
     Ok(())
 }
 
@@ -963,24 +1079,89 @@ impl HotplugNic<'_> {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
+}
+
+/// `completions SHELL`: the script for `shell`, from the command definition.
+fn completions(shell: clap_complete::Shell) -> Result<(), MainError> {
+    let mut cmd = Cli::command();
+    let name = cmd.get_name().to_string();
+    // Into memory first: the generator panics if its writer fails (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    to_stdout(&script)
+}
+
+/// `man [--out-dir DIR]`: sriov-emu(1) on stdout, or every page into `dir`.
+fn man(out_dir: Option<PathBuf>) -> Result<(), MainError> {
+    let cmd = Cli::command();
+    match out_dir {
+        Some(dir) => {
+            let err = |source| MainError::Man {
+                dir: dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&dir).map_err(err)?;
+            clap_mangen::generate_to(cmd, &dir).map_err(err)?;
+            eprintln!("manual pages written into {}", dir.display());
+            Ok(())
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(MainError::Stdout)?;
+            to_stdout(&page)
+        }
+    }
+}
+
+/// Writes `bytes` to standard output; a reader that went away early (`| head`) is no error.
+fn to_stdout(bytes: &[u8]) -> Result<(), MainError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(MainError::Stdout(e)),
+        _ => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::QemuArgs(a) => qemu_args(a),
         Cmd::Ctl(a) => ctl(a).map_err(MainError::from),
         Cmd::Replay(a) => replay(a),
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::Man { out_dir } => man(out_dir),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cli.log_format == LogFormat::Json => {
+            tracing::error!(error = %ErrorChain(&e), "sriov-emu: error");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("sriov-emu: error: {}", ErrorChain(&e));
             ExitCode::FAILURE

@@ -3,80 +3,19 @@
 //! a mode can be opened by hand: every peer is checked again by its credentials (SO_PEERCRED),
 //! as libvirt and OVS check theirs.
 
-use std::ffi::CString;
+use crate::ownership::{OwnershipError, SocketMode, SocketOwner};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-/// Why a group cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("unknown group {0:?} (a group name from /etc/group, or a numeric gid)")]
-    UnknownGroup(String),
-    #[error("cannot give {path} to group {gid}")]
-    Chown {
-        path: String,
-        gid: u32,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot set {path}'s mode to {mode:o}")]
-    Mode {
-        path: String,
-        mode: u32,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Resolves a group name or a numeric gid.
-pub fn group_id(name: &str) -> Result<u32, AccessError> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    let unknown = || AccessError::UnknownGroup(name.to_string());
-    let c = CString::new(name).map_err(|_| unknown())?;
-    let mut grp: libc::group = empty_group();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r(3) with a NUL-terminated name, a group struct and a buffer we own
-    // (the buffer's length passed), and `out` to write the result pointer into.
-    let r =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return Err(unknown());
-    }
-    Ok(grp.gr_gid)
-}
-
-fn empty_group() -> libc::group {
-    libc::group {
-        gr_name: std::ptr::null_mut(),
-        gr_passwd: std::ptr::null_mut(),
-        gr_gid: 0,
-        gr_mem: std::ptr::null_mut(),
-    }
-}
-
-/// The socket's owner group and mode: 0600 for the owner alone, 0660 with a group.
-pub fn restrict(path: &Path, group: Option<u32>) -> Result<(), AccessError> {
-    let shown = || path.display().to_string();
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| AccessError::Chown {
-            path: shown(),
-            gid,
-            source,
-        })?;
-    }
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        AccessError::Mode {
-            path: shown(),
-            mode,
-            source,
-        }
-    })
+/// The control socket's owner group and mode: 0600 for the owner alone, 0660 with a group
+/// (`SocketOwner`, as the port sockets are given theirs).
+pub fn restrict(path: &Path, group: Option<u32>) -> Result<(), OwnershipError> {
+    let mode = match group {
+        Some(_) => SocketMode::OWNER_AND_GROUP,
+        None => SocketMode::OWNER_ONLY,
+    };
+    SocketOwner::new(group, Some(mode)).apply(path)
 }
 
 /// A peer's credentials.
@@ -150,16 +89,6 @@ pub fn check_peer(c: &UnixStream, group: Option<u32>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn groups_by_name_or_number() {
-        assert_eq!(group_id("0").unwrap(), 0);
-        assert_eq!(group_id("root").unwrap(), 0);
-        assert_eq!(group_id("54400").unwrap(), 54400);
-        let e = group_id("no-such-group-here").unwrap_err().to_string();
-        assert!(e.contains("unknown group \"no-such-group-here\""), "{e}");
-        assert!(group_id("bad\0name").is_err());
-    }
 
     #[test]
     fn a_process_of_our_own_uid_is_admitted() {

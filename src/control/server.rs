@@ -1,10 +1,11 @@
 //! The control socket: QMP framing, clients, events.
 
-use super::access::{check_peer, restrict, AccessError};
+use super::access::{check_peer, restrict};
 use super::commands::execute;
 use super::qmp::{self, QmpError, MAX_LINE};
 use super::stream::{Piece, Splitter};
 use crate::daemon::Daemon;
+use crate::ownership::OwnershipError;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -25,7 +26,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Access(#[from] AccessError),
+    Access(#[from] OwnershipError),
 }
 
 type QuitFn = dyn Fn() + Send + Sync;

@@ -6,6 +6,7 @@ use super::control_loop::{ControlLoop, LoopError};
 use super::port::Port;
 use super::port_socket::{stop_rings, Endpoint, PortServer, PortShared};
 use crate::events::EventBus;
+use crate::ownership::{OwnershipError, SocketOwner};
 use crate::port::Waker;
 use crate::switch::Switch;
 use std::os::unix::net::UnixStream;
@@ -28,6 +29,13 @@ pub enum ServerError {
     Listen {
         path: PathBuf,
         source: vhost::vhost_user::Error,
+    },
+    /// `--socket-group` / `--socket-mode` could not be applied (the socket is removed).
+    #[error("cannot give {port}'s socket its group and mode")]
+    Ownership {
+        port: String,
+        #[source]
+        source: OwnershipError,
     },
     #[error("cannot make the socket of {port} non-blocking")]
     Nonblocking {
@@ -92,9 +100,11 @@ fn claim_socket_path(path: &Path) -> Result<(), ServerError> {
 }
 
 impl PortServer {
-    /// Binds the port's socket.
+    /// Binds the port's socket and gives it `owner`'s group and mode (every bind of a port
+    /// socket comes here: at start, when numvfs or a VF's channels change).
     pub fn bind(
         port: Arc<Port>,
+        owner: &SocketOwner,
         waker: Arc<Waker>,
         events: Arc<EventBus>,
         switch: Arc<Mutex<Switch>>,
@@ -112,8 +122,18 @@ impl PortServer {
             });
         }
         claim_socket_path(&path)?;
-        let listener =
-            Listener::new(&path, true).map_err(|source| ServerError::Listen { path, source })?;
+        let listener = Listener::new(&path, true).map_err(|source| ServerError::Listen {
+            path: path.clone(),
+            source,
+        })?;
+        if let Err(source) = owner.apply(&path) {
+            drop(listener);
+            let _ = std::fs::remove_file(&path);
+            return Err(ServerError::Ownership {
+                port: port.spec.name.clone(),
+                source,
+            });
+        }
         // The control loop accepts when epoll says a frontend is waiting.
         listener
             .set_nonblocking(true)
