@@ -31,6 +31,7 @@ pub mod events;
 pub mod faults;
 pub mod frontend;
 pub mod fuzzing;
+pub mod libvirt;
 pub mod malloc_arenas;
 pub mod ownership;
 pub mod pf;

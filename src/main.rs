@@ -404,6 +404,11 @@ struct QemuArgsCmd {
     #[arg(long, value_name = "STEP", num_args = 0..=1, default_missing_value = "both",
           value_parser = ["plug", "unplug", "both"])]
     hotplug: Option<String>,
+    /// Instead of command-line options, print the `<interface type='vhostuser'>` element for
+    /// a libvirt domain's XML or `virsh attach-device` (MAC, source path and mode, reconnect,
+    /// virtio model, queues, MTU). The domain needs shared memory (docs/libvirt.md).
+    #[arg(long, conflicts_with = "hotplug")]
+    libvirt: bool,
     /// With --hotplug: the free pcie-root-port the NIC goes on (q35 hot-plugs into root
     /// ports: start QEMU with e.g. `-device pcie-root-port,id=rp0,chassis=1,slot=1`).
     #[arg(long, value_name = "ID", default_value = "rp0", requires = "hotplug")]
@@ -998,6 +1003,10 @@ fn qemu_args(a: QemuArgsCmd) -> Result<(), MainError> {
             bus: &a.bus,
         };
         print!("{}", nic.qmp(step));
+        return Ok(());
+    }
+    if a.libvirt {
+        print!("{}", sriov_emu::libvirt::interface_xml(&p, mtu));
         return Ok(());
     }
     let mac = p.mac.map(|m| format!(",mac={m}")).unwrap_or_default();
