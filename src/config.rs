@@ -218,6 +218,7 @@ impl ConfigFile {
                     return Err(check(PfError::Channels(c).into()));
                 }
             }
+            v.knobs.client_path().map_err(|e| check(e.into()))?;
             let mac = default_vf_mac(index as u16);
             v.knobs
                 .settings
@@ -225,6 +226,15 @@ impl ConfigFile {
                 .map_err(|e| check(e.into()))?;
         }
         Ok(())
+    }
+
+    /// The client-mode sockets the `[[vf]]` tables give (None: the VF's own socket), for the
+    /// PF's configuration, so those VFs connect from the start.
+    pub fn vf_client_paths(&self) -> std::collections::BTreeMap<u16, Option<PathBuf>> {
+        self.vf
+            .iter()
+            .filter_map(|v| Some((u16::try_from(v.index).ok()?, v.knobs.client_path().ok()??)))
+            .collect()
     }
 
     /// Applies the `[[vf]]` tables to a running daemon (the control commands' code path).
@@ -238,6 +248,13 @@ impl ConfigFile {
             })?;
             if let Some(c) = channels {
                 d.set_vf_channels(index, c).map_err(apply)?;
+            }
+            let client = v.knobs.client_path().map_err(|e| ConfigError::VfCheck {
+                index,
+                source: e.into(),
+            })?;
+            if let Some(path) = client {
+                d.set_vf_client_path(index, path).map_err(apply)?;
             }
             let update = &v.knobs.settings;
             if *update != SettingsUpdate::default() {

@@ -474,6 +474,39 @@ impl Daemon {
         Ok(())
     }
 
+    /// Makes VF `vf` connect to `path` (client mode: QEMU serves it) or, with None, listen on
+    /// its own socket. A frontend attached now is disconnected; the VF keeps its knobs.
+    pub fn set_vf_client_path(&self, vf: u32, path: Option<PathBuf>) -> Result<(), DaemonError> {
+        let mut pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());
+        let numvfs = pf.numvfs();
+        let id = u16::try_from(vf)
+            .ok()
+            .filter(|v| *v < numvfs)
+            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        let old = pf.vf_client_path(id).map(Path::to_path_buf);
+        if old == path {
+            return Ok(());
+        }
+        pf.set_vf_client_path(vf, path)?;
+        let old_port = self.table.get(pf::vf_port_id(id));
+        self.remove_ports([pf::vf_port_id(id)]);
+        let spec = pf.vf_spec(id).into_iter().collect();
+        let result = self.add_ports(spec);
+        if result.is_err() {
+            // Back to the socket it had (if that cannot be bound again either, the VF has no
+            // port until the next numvfs change, as after a failed channel change).
+            let _ = pf.set_vf_client_path(vf, old);
+            let spec = pf.vf_spec(id).into_iter().collect();
+            let _ = self.add_ports(spec);
+        }
+        if let (Some(old_port), Some(new_port)) = (old_port, self.table.get(pf::vf_port_id(id))) {
+            new_port.inherit_config(&old_port);
+        }
+        result?;
+        tracing::info!(vf = id, client = ?pf.vf_client_path(id), "VF socket changed");
+        Ok(())
+    }
+
     /// Applies `update` to VF `vf` as a whole (nothing changes on error). Disabling the link
     /// closes the frontend's connection, which is how QEMU shows a guest NO-CARRIER.
     pub fn vf_set(&self, vf: u32, update: &SettingsUpdate) -> Result<VfSettings, DaemonError> {

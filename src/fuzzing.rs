@@ -864,7 +864,11 @@ pub fn config_file(data: &[u8]) -> Reached {
 /// Settings as `query-vfs` shows them, given back to `vf-set` (on a VF with other settings):
 /// the settings and channel count they make.
 fn settings_round_trip(s: &VfSettings, channels: u16) -> Option<(VfSettings, u16)> {
-    let shown: Map<String, Value> = knobs::json_fields(s, channels);
+    let res = knobs::VfResources {
+        channels,
+        client_path: None,
+    };
+    let shown: Map<String, Value> = knobs::json_fields(s, &res);
     let mut vals = KnobValues::default();
     for k in KNOBS {
         k.set_json(shown.get(k.qmp)?, &mut vals).ok()?;
@@ -873,5 +877,9 @@ fn settings_round_trip(s: &VfSettings, channels: u16) -> Option<(VfSettings, u16
     other.trust = !s.trust;
     let back = vals.settings.apply(&other).ok()?;
     let ch = u16::try_from(vals.channels().ok()??).ok()?;
+    // "" (no client path) given back is the VF's own socket again.
+    if vals.client_path().ok()? != Some(None) {
+        return None;
+    }
     Some((back, ch))
 }

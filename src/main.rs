@@ -452,6 +452,7 @@ fn pf_config(a: &PfArgs) -> Result<(PfConfig, ConfigFile), MainError> {
     .with_pv_ports(a.pv_channels.or(file.pv_channels), a.pv_mtu.or(file.pv_mtu))?;
     pf.vf_client_dir = client_dir;
     file.check_vfs(pf.numvfs)?;
+    pf.vf_client_paths = file.vf_client_paths();
     file.check_faults()?;
     Ok((pf, file))
 }

@@ -118,3 +118,79 @@ fn vfs_connect_to_the_frontends_sockets_and_come_back_after_either_side_restarts
         assert!(qemu_dir.path().join(format!("vf{vf}.sock")).exists());
     }
 }
+
+#[test]
+fn one_vf_switches_to_client_mode_and_back_through_the_control_socket_and_the_config_file() {
+    let qemu_dir = tempfile::tempdir().unwrap();
+    let qsock = qemu_dir.path().join("guest-a.sock");
+    let config = qemu_dir.path().join("emu.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "numvfs = 2\npv_ports = 0\n[[vf]]\nindex = 1\nclient_path = \"{}\"\n",
+            qemu_dir.path().join("guest-b.sock").display()
+        ),
+    )
+    .unwrap();
+    let emu = Emu::start(&["--config", config.to_str().unwrap()]);
+    let mut ctl = emu.control();
+    // vf1 is a client from the start (the config file); vf0 listens.
+    let vfs = ctl.execute("query-vfs", json!({})).unwrap();
+    assert_eq!(vfs[1]["socket-mode"], "client", "{}", vfs[1]);
+    assert_eq!(
+        vfs[1]["client-path"],
+        json!(qemu_dir.path().join("guest-b.sock"))
+    );
+    assert!(!emu.path().join("vf1.sock").exists());
+    assert_eq!(vfs[0]["client-path"], "");
+    assert!(emu.path().join("vf0.sock").exists());
+
+    // vf0 gets a VLAN, then becomes a client of guest-a.sock: its own socket goes, the VLAN
+    // stays, and it connects.
+    ctl.execute("vf-set", json!({"vf": 0, "vlan": 42})).unwrap();
+    let l = UnixListener::bind(&qsock).unwrap();
+    let v = ctl
+        .execute("vf-set", json!({"vf": 0, "client-path": qsock}))
+        .unwrap();
+    assert_eq!(
+        (&v["socket-mode"], &v["client-path"], &v["vlan"]),
+        (&json!("client"), &json!(qsock), &json!(42)),
+        "{v}"
+    );
+    assert!(!emu.path().join("vf0.sock").exists());
+    let fe = serve(&l);
+    wait_attached(&emu, 0, true);
+    // Back to its own socket: the frontend is let go, vf0.sock is there again and takes one.
+    let v = ctl
+        .execute("vf-set", json!({"vf": 0, "client-path": ""}))
+        .unwrap();
+    assert_eq!(v["socket-mode"], "server", "{v}");
+    drop(fe);
+    wait_attached(&emu, 0, false);
+    let _fe = VirtioNetFrontend::connect(emu.path().join("vf0.sock"), pairs(1, 1)).unwrap();
+    wait_attached(&emu, 0, true);
+
+    // A relative path is refused, and nothing changes.
+    let e = ctl
+        .execute("vf-set", json!({"vf": 0, "client-path": "vf0.sock"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an absolute socket path"), "{e}");
+    assert!(attached(&emu, 0));
+
+    // qemu-args with the same config file makes QEMU the server for vf1 only.
+    let args = |vf: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+            .args(["qemu-args", "vf", vf, "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        args("1").contains("guest-b.sock,server=on"),
+        "{}",
+        args("1")
+    );
+    assert!(args("0").contains("reconnect-ms=1000"), "{}", args("0"));
+}

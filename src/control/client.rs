@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(
             err("set colour blue"),
             "unknown VF setting \"colour\" (the settings are mac, vlan, qos, proto, spoofchk, \
-             trust, promisc, state, max_tx_rate|rate, min_tx_rate, channels)"
+             trust, promisc, state, max_tx_rate|rate, min_tx_rate, channels, client_path)"
         );
         assert_eq!(err("set"), "vf N set: nothing to set");
     }

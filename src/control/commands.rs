@@ -375,7 +375,11 @@ fn vf_json(p: &Port) -> Value {
     let mut m = Map::new();
     m.insert("vf".into(), json!(vf));
     m.insert("name".into(), json!(p.spec.name));
-    m.extend(knobs::json_fields(&p.settings(), p.spec.queue_pairs));
+    let resources = knobs::VfResources {
+        channels: p.spec.queue_pairs,
+        client_path: p.spec.client.then_some(p.spec.socket.as_path()),
+    };
+    m.extend(knobs::json_fields(&p.settings(), &resources));
     // The link as it is now: `auto` follows the uplink's carrier.
     m.insert("link-up".into(), json!(p.link_up()));
     m.insert(
@@ -421,10 +425,14 @@ fn vf_set(d: &Daemon, vf: u32, vals: &KnobValues) -> CmdResult {
     if vals.settings.min_tx_rate.is_some() {
         d.check_guarantees(vf, &port, &vals.settings)?;
     }
+    let client_path = vals.client_path()?;
     if let Some(c) = vals.channels()? {
         if c != u32::from(port.spec.queue_pairs) {
             d.set_vf_channels(vf, c)?;
         }
+    }
+    if let Some(path) = client_path {
+        d.set_vf_client_path(vf, path)?;
     }
     if vals.settings != SettingsUpdate::default() {
         d.vf_set(vf, &vals.settings)?;
@@ -772,6 +780,7 @@ mod tests {
                 "max-tx-rate",
                 "min-tx-rate",
                 "channels",
+                "client-path",
                 "enabled-queues",
                 "attached",
                 "socket",
@@ -784,7 +793,7 @@ mod tests {
                    "proto": "802.1Q", "spoofchk": true, "trust": false, "promisc": false,
                    "link-state": "auto",
                    "link-up": true, "max-tx-rate": 0, "min-tx-rate": 0, "channels": 2,
-                   "enabled-queues": [], "attached": false,
+                   "client-path": "", "enabled-queues": [], "attached": false,
                    "socket": "/tmp/sriov-emu-test/vf3.sock", "socket-mode": "server"})
         );
     }

@@ -68,7 +68,11 @@ pub fn render_show(pf: &Value, vfs: &Value) -> String {
         } else {
             "detached"
         };
-        line += &format!(", channels {}, {attached}\n", v["channels"]);
+        line += &format!(", channels {}", v["channels"]);
+        if let Some(path) = v["client-path"].as_str().filter(|p| !p.is_empty()) {
+            line += &format!(", client of {path}");
+        }
+        line += &format!(", {attached}\n");
         out += &line;
     }
     out
@@ -212,7 +216,11 @@ mod tests {
         }
         .apply(&VfSettings::new("02:00:00:00:00:01".parse().unwrap()))
         .unwrap();
-        let mut vf = knobs::json_fields(&s, 2);
+        let res = knobs::VfResources {
+            channels: 2,
+            client_path: None,
+        };
+        let mut vf = knobs::json_fields(&s, &res);
         vf.insert("vf".into(), json!(0));
         vf.insert("attached".into(), json!(false));
         let pf = json!({"numvfs": 1, "totalvfs": 254, "mtu": 1500,

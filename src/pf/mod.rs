@@ -117,6 +117,8 @@ pub struct PfConfig {
     pub pv_mtu: u16,
     /// New VFs connect to `DIR/vfN.sock` (client mode) instead of listening in `socket_dir`.
     pub vf_client_dir: Option<PathBuf>,
+    /// Per VF, the socket it connects to (None: its own socket), over `vf_client_dir`.
+    pub vf_client_paths: std::collections::BTreeMap<u16, Option<PathBuf>>,
 }
 
 /// The default MAC of VF `index`: locally administered, stable, `02:00:00:00:<vf>:01`.
@@ -164,6 +166,7 @@ impl PfConfig {
             mtu,
             pv_mtu: mtu,
             vf_client_dir: None,
+            vf_client_paths: Default::default(),
         })
     }
 
@@ -190,6 +193,9 @@ impl PfConfig {
 
     /// The socket a new VF `vf` connects to in client mode, if VFs start in client mode.
     pub fn vf_client_path(&self, vf: u16) -> Option<PathBuf> {
+        if let Some(p) = self.vf_client_paths.get(&vf) {
+            return p.clone();
+        }
         let dir = self.vf_client_dir.as_ref()?;
         Some(socket_path(dir, &port_name(vf_port_id(vf))))
     }

@@ -1,8 +1,9 @@
 //! The VF knobs, listed once: `KNOBS` gives each knob's name in every vocabulary (QMP `vf-set`
 //! argument and `query-vfs` field, `[[vf]]` key of the config file, `ip link` words of
 //! `ctl vf N set`), its value type, and where its value goes (`SettingsUpdate`) and comes from
-//! (`VfSettings`), or that it is the VF's channel count (a PF resource, changed by
-//! `Daemon::set_vf_channels`). The control commands, the ctl client and the config file read
+//! (`VfSettings`), or that it is one of the VF's PF resources: its channel count (changed by
+//! `Daemon::set_vf_channels`) or the socket it connects to in client mode
+//! (`Daemon::set_vf_client_path`). The control commands, the ctl client and the config file read
 //! the knobs through this table, so a knob added here reaches all of them.
 //!
 //! Only the type is checked here; the values are checked as a whole by
@@ -11,6 +12,7 @@
 
 use super::settings::{SettingsUpdate, VfSettings};
 use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
 
 /// Where a settings knob's value goes and where it is read back from.
 pub struct Field<T> {
@@ -32,6 +34,16 @@ pub enum Kind {
     Choice(&'static [&'static str], Field<String>),
     /// The VF's queue pairs, an integer: taken from the PF's channel pool, not a setting.
     Channels,
+    /// The socket the VF connects to in client mode (QEMU serves it), a string; `""`: the VF
+    /// listens on its own socket. A PF resource, not a setting.
+    ClientPath,
+}
+
+/// A VF's PF resources, shown among its knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct VfResources<'a> {
+    pub channels: u16,
+    pub client_path: Option<&'a Path>,
 }
 
 /// One VF knob.
@@ -172,6 +184,13 @@ pub static KNOBS: &[Knob] = &[
         kind: Kind::Channels,
         shown_with: None,
     },
+    Knob {
+        qmp: "client-path",
+        toml: "client_path",
+        words: &["client_path"],
+        kind: Kind::ClientPath,
+        shown_with: None,
+    },
 ];
 
 /// The knob whose QMP name is `name`.
@@ -221,6 +240,11 @@ pub enum KnobError {
     },
     #[error("{0} channels per VF is out of range")]
     Channels(i64),
+    #[error(
+        "client-path {0:?} is not an absolute socket path of at most 107 bytes \
+         (or \"\" for the VF's own socket)"
+    )]
+    ClientPath(String),
 }
 
 /// Values given for some knobs, as a user gave them: only their types are checked.
@@ -230,6 +254,8 @@ pub struct KnobValues {
     pub settings: SettingsUpdate,
     /// The channel count, unchecked (see `channels`).
     pub channels: Option<i64>,
+    /// The client-mode socket, unchecked (see `client_path`).
+    pub client_path: Option<String>,
 }
 
 impl KnobValues {
@@ -245,13 +271,30 @@ impl KnobValues {
             .map(|c| u32::try_from(c).map_err(|_| KnobError::Channels(c)))
             .transpose()
     }
+
+    /// The client-mode socket if one is given: `Some(None)` for `""` (the VF listens on its
+    /// own socket), refused unless absolute and short enough for a unix socket address.
+    pub fn client_path(&self) -> Result<Option<Option<PathBuf>>, KnobError> {
+        let Some(p) = &self.client_path else {
+            return Ok(None);
+        };
+        if p.is_empty() {
+            return Ok(Some(None));
+        }
+        let path = PathBuf::from(p);
+        // sun_path holds 108 bytes with the terminating zero.
+        if !path.is_absolute() || p.len() > 107 {
+            return Err(KnobError::ClientPath(p.clone()));
+        }
+        Ok(Some(Some(path)))
+    }
 }
 
 impl Knob {
     /// The type a JSON or TOML value of this knob must have, for messages.
     pub fn expects(&self) -> &'static str {
         match self.kind {
-            Kind::Mac(_) | Kind::Choice(..) => "a string",
+            Kind::Mac(_) | Kind::Choice(..) | Kind::ClientPath => "a string",
             Kind::Int(_) | Kind::Channels => "an integer",
             Kind::OnOff(_) => "a boolean",
         }
@@ -268,6 +311,7 @@ impl Knob {
             Kind::Int(f) => (f.set)(u, v.as_i64().ok_or_else(wrong)?),
             Kind::OnOff(f) => (f.set)(u, v.as_bool().ok_or_else(wrong)?),
             Kind::Channels => out.channels = Some(v.as_i64().ok_or_else(wrong)?),
+            Kind::ClientPath => out.client_path = Some(v.as_str().ok_or_else(wrong)?.into()),
         }
         Ok(())
     }
@@ -281,7 +325,7 @@ impl Knob {
             value: value.into(),
         };
         Ok(match self.kind {
-            Kind::Mac(_) | Kind::Choice(..) => json!(value),
+            Kind::Mac(_) | Kind::Choice(..) | Kind::ClientPath => json!(value),
             Kind::Int(_) | Kind::Channels => {
                 json!(value.parse::<i64>().map_err(|_| bad("a number"))?)
             }
@@ -293,13 +337,17 @@ impl Knob {
         })
     }
 
-    /// The knob's current value as `query-vfs` shows it; `channels` is the VF's channel count.
-    pub fn to_json(&self, s: &VfSettings, channels: u16) -> Value {
+    /// The knob's current value as `query-vfs` shows it, of a VF with settings `s` and PF
+    /// resources `r`.
+    pub fn to_json(&self, s: &VfSettings, r: &VfResources<'_>) -> Value {
         match &self.kind {
             Kind::Mac(f) | Kind::Choice(_, f) => json!((f.get)(s)),
             Kind::Int(f) => json!((f.get)(s)),
             Kind::OnOff(f) => json!((f.get)(s)),
-            Kind::Channels => json!(channels),
+            Kind::Channels => json!(r.channels),
+            Kind::ClientPath => json!(r
+                .client_path
+                .map_or(String::new(), |p| p.display().to_string())),
         }
     }
 
@@ -313,6 +361,8 @@ impl Knob {
             Kind::Int(_) | Kind::Channels => json!(v.as_i64().unwrap_or(0) + 1),
             Kind::OnOff(_) => json!(!v.as_bool().unwrap_or(false)),
             Kind::Choice(c, _) => json!(c.iter().find(|w| v != *w).unwrap_or(&c[0])),
+            Kind::ClientPath if v == "" => json!("/tmp/sriov-emu-test/qemu/vf.sock"),
+            Kind::ClientPath => json!(""),
         }
     }
 
@@ -330,10 +380,10 @@ impl Knob {
 
 /// Every knob of a VF as `query-vfs` shows it, in table order, each followed by its
 /// `shown_with` field.
-pub fn json_fields(s: &VfSettings, channels: u16) -> Map<String, Value> {
+pub fn json_fields(s: &VfSettings, r: &VfResources<'_>) -> Map<String, Value> {
     let mut m = Map::new();
     for k in KNOBS {
-        m.insert(k.qmp.into(), k.to_json(s, channels));
+        m.insert(k.qmp.into(), k.to_json(s, r));
         if let Some(d) = &k.shown_with {
             m.insert(d.name.into(), (d.get)(s));
         }
@@ -380,8 +430,12 @@ mod tests {
     #[test]
     fn every_knob_reads_back_what_was_set() {
         let base = base();
+        let res = VfResources {
+            channels: 2,
+            client_path: None,
+        };
         for k in KNOBS {
-            let want = k.other_value(&k.to_json(&base, 2));
+            let want = k.other_value(&k.to_json(&base, &res));
             let mut vals = KnobValues::default();
             k.set_json(&want, &mut vals).unwrap();
             assert!(!vals.is_empty(), "{}", k.qmp);
@@ -390,8 +444,13 @@ mod tests {
                 .channels()
                 .unwrap()
                 .map_or(2, |c| u16::try_from(c).unwrap());
-            assert_eq!(k.to_json(&s, channels), want, "{}", k.qmp);
-            let fields = json_fields(&s, channels);
+            let client = vals.client_path().unwrap().flatten();
+            let res = VfResources {
+                channels,
+                client_path: client.as_deref(),
+            };
+            assert_eq!(k.to_json(&s, &res), want, "{}", k.qmp);
+            let fields = json_fields(&s, &res);
             assert_eq!(fields.get(k.qmp), Some(&want), "{}", k.qmp);
         }
     }
@@ -404,7 +463,11 @@ mod tests {
                     let mut vals = KnobValues::default();
                     k.set_json(&json!(c), &mut vals).unwrap();
                     let s = vals.settings.apply(&base()).unwrap();
-                    assert_eq!(k.to_json(&s, 2), json!(c), "{}", k.qmp);
+                    let res = VfResources {
+                        channels: 2,
+                        client_path: None,
+                    };
+                    assert_eq!(k.to_json(&s, &res), json!(c), "{}", k.qmp);
                 }
             }
         }
@@ -450,6 +513,19 @@ mod tests {
         assert_eq!(
             c.channels().unwrap_err().to_string(),
             "-3 channels per VF is out of range"
+        );
+        let path = |p: &str| KnobValues {
+            client_path: Some(p.into()),
+            ..Default::default()
+        };
+        assert!(path("vf0.sock").client_path().is_err(), "relative");
+        assert!(path(&format!("/{}", "a".repeat(107)))
+            .client_path()
+            .is_err());
+        assert_eq!(path("").client_path().unwrap(), Some(None));
+        assert_eq!(
+            path("/run/q/vf0.sock").client_path().unwrap(),
+            Some(Some(PathBuf::from("/run/q/vf0.sock")))
         );
     }
 }
