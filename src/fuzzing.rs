@@ -298,7 +298,7 @@ pub fn desc_chain(data: &[u8]) -> Reached {
             for f in &mut frames[..popped] {
                 let head = ring.avail_entry(tx_next);
                 ring.prefetch_desc(head);
-                ring.prefetch_buffer(&map, head);
+                ring.prefetch_buffer(&map, head, hdr_len);
                 tx_next = tx_next.wrapping_add(1);
                 f.returnable = head < ring.size();
                 let len = walk_tx(ring, &map, head, hdr_len, h.max_frame, &mut f.segs);

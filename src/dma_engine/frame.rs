@@ -6,7 +6,9 @@
 //! sender's guest memory, or in a host buffer a port owns (`Segments::push_host`). Only the
 //! copy functions here read it.
 
-use super::copy::{copy_segments, copy_short, read_segments, write_segments, CopyError};
+use super::copy::{
+    copy_segments, copy_short, read_segments, write_segments, write_unless_equal, CopyError,
+};
 use super::net_hdr::{rx_header, VNET_HDR_MAX};
 use super::segments::Segments;
 
@@ -102,7 +104,7 @@ pub unsafe fn copy_first_chain(
             // SAFETY: `p..p + hdr_len + split` is inside `dst`'s first segment, writable and
             // not overlapping `hdr` (a local) or `f.head` (the caller's contract).
             unsafe {
-                copy_short(hdr.as_ptr(), p, hdr_len);
+                write_unless_equal(hdr.as_ptr(), p, hdr_len);
                 copy_short(f.head.as_ptr(), p.add(hdr_len), split);
             }
         }

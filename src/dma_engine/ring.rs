@@ -249,11 +249,13 @@ impl SplitRing {
     }
 
     /// Starts loading the buffer of chain `head` (its first descriptor, if direct and in
-    /// guest memory) for writing: the copy into it follows shortly. Write intent, because the
-    /// line is usually dirty in the guest's cache (its driver last read or rewrote the frame in
-    /// it): a read prefetch would fetch it shared and the store would still wait for ownership.
+    /// guest memory): the `hdr_len` bytes of virtio-net header for reading (they are written
+    /// only if they differ, `copy::write_unless_equal`), the frame's first two lines after it
+    /// for writing. Write intent, because those lines are usually dirty in the guest's cache
+    /// (its driver last read or rewrote a frame in them): a read prefetch would fetch them
+    /// shared and the store would still wait for ownership.
     #[inline]
-    pub fn prefetch_buffer(&self, map: &GuestMap, head: u16) {
+    pub fn prefetch_buffer(&self, map: &GuestMap, head: u16, hdr_len: usize) {
         if head >= self.addrs.size {
             return;
         }
@@ -261,10 +263,17 @@ impl SplitRing {
         // by `self._mem`; `head < size` is checked above.
         let d = unsafe { Self::read_desc(self.desc, head) };
         if d.flags & VRING_DESC_F_INDIRECT == 0 {
-            if let Some((host, n)) = map.translate(d.addr, 128) {
-                prefetch_write(host);
-                if n > 64 {
-                    prefetch_write(host + 64);
+            if let Some((host, n)) = map.translate(d.addr, 192) {
+                let data = host + hdr_len;
+                if (host ^ data) & !63 != 0 {
+                    // The header has a line of its own (or a part of one).
+                    prefetch(host);
+                }
+                if n > hdr_len as u64 {
+                    prefetch_write(data);
+                }
+                if n > hdr_len as u64 + 64 {
+                    prefetch_write(data + 64);
                 }
             }
         }

@@ -338,7 +338,7 @@ impl<'a> RxFill<'a> {
         let avail = self.cur.avail_idx;
         while self.buffer_ahead != end && self.buffer_ahead != avail {
             let head = self.ring.avail_entry(self.buffer_ahead);
-            self.ring.prefetch_buffer(self.map, head);
+            self.ring.prefetch_buffer(self.map, head, self.hdr_len);
             self.buffer_ahead = self.buffer_ahead.wrapping_add(1);
         }
     }
