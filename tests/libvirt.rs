@@ -539,6 +539,7 @@ fn wait_event(
             && ev["data"]["port"] == port
             && state.is_none_or(|s| ev["data"]["state"] == s)
         {
+            eprintln!("emulator event: {ev}");
             return ev;
         }
     }
