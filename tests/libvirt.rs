@@ -69,7 +69,9 @@ fn libvirt_missing() -> Option<String> {
     if id("-u").is_none() {
         return Some("there is no libvirt-qemu user (libvirt-daemon-driver-qemu)".into());
     }
-    let out = Command::new("libvirtd").arg("--version").output().ok()?;
+    let Ok(out) = Command::new("libvirtd").arg("--version").output() else {
+        return Some("libvirtd --version cannot be run".into());
+    };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let major: u32 = text
         .rsplit(' ')
