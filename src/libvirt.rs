@@ -5,6 +5,9 @@
 use crate::pf::PortSpec;
 use std::fmt::Write as _;
 
+/// Ethernet's MTU, the one a guest uses when the device tells it none.
+const ETHERNET_MTU: u32 = 1500;
+
 /// The element for port `p` whose guest MTU is `mtu`. With the port in client mode, QEMU
 /// serves the socket (`mode='server'`); otherwise QEMU connects (`mode='client'`) and
 /// reconnects every second after the emulator restarts.
@@ -25,7 +28,17 @@ pub fn interface_xml(p: &PortSpec, mtu: u32) -> String {
     if p.queue_pairs > 1 {
         let _ = writeln!(x, "  <driver queues='{}'/>", p.queue_pairs);
     }
-    let _ = writeln!(x, "  <mtu size='{mtu}'/>");
+    // No `<mtu>`: libvirt (11.3) applies it to the host interface of a vhostuser port, an
+    // OVS port, and with none (`ifname` empty) the domain fails to start or the device to
+    // attach ("Cannot set interface MTU on '': No such device"). So the guest learns no MTU
+    // from the device, and one other than Ethernet's is set in the guest.
+    if mtu != ETHERNET_MTU {
+        let _ = writeln!(
+            x,
+            "  <!-- the port's MTU is {mtu}: set it in the guest (ip link set DEV mtu {mtu}); \
+             libvirt cannot pass it to a vhostuser interface outside OVS -->"
+        );
+    }
     x.push_str("</interface>\n");
     x
 }
@@ -64,7 +77,6 @@ mod tests {
              \x20 </source>\n\
              \x20 <model type='virtio'/>\n\
              \x20 <driver queues='2'/>\n\
-             \x20 <mtu size='1500'/>\n\
              </interface>\n"
         );
         let client = pf.vf_spec(0, 1, Some(Path::new("/var/lib/q/it's&<x>.sock")));
@@ -74,7 +86,8 @@ mod tests {
              \x20 <mac address='02:00:00:00:00:01'/>\n\
              \x20 <source type='unix' path='/var/lib/q/it&apos;s&amp;&lt;x&gt;.sock' mode='server'/>\n\
              \x20 <model type='virtio'/>\n\
-             \x20 <mtu size='1450'/>\n\
+             \x20 <!-- the port's MTU is 1450: set it in the guest (ip link set DEV mtu 1450); \
+             libvirt cannot pass it to a vhostuser interface outside OVS -->\n\
              </interface>\n"
         );
         let pv = interface_xml(&pf.pv_spec(0), 1500);

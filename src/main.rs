@@ -406,7 +406,8 @@ struct QemuArgsCmd {
     hotplug: Option<String>,
     /// Instead of command-line options, print the `<interface type='vhostuser'>` element for
     /// a libvirt domain's XML or `virsh attach-device` (MAC, source path and mode, reconnect,
-    /// virtio model, queues, MTU). The domain needs shared memory (docs/libvirt.md).
+    /// virtio model, queues; an MTU other than 1500 as a comment: libvirt cannot set it on a
+    /// vhostuser interface outside OVS). The domain needs shared memory (docs/libvirt.md).
     #[arg(long, conflicts_with = "hotplug")]
     libvirt: bool,
     /// With --hotplug: the free pcie-root-port the NIC goes on (q35 hot-plugs into root
