@@ -446,11 +446,7 @@ impl Daemon {
     /// from the pool, and the error says how many are free.
     pub fn set_vf_channels(&self, vf: u32, channels: u32) -> Result<(), DaemonError> {
         let mut pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());
-        let numvfs = pf.numvfs();
-        let id = u16::try_from(vf)
-            .ok()
-            .filter(|v| *v < numvfs)
-            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        let id = pf.vf_index(vf)?;
         if self
             .table
             .get(pf::vf_port_id(id))
@@ -478,11 +474,7 @@ impl Daemon {
     /// its own socket. A frontend attached now is disconnected; the VF keeps its knobs.
     pub fn set_vf_client_path(&self, vf: u32, path: Option<PathBuf>) -> Result<(), DaemonError> {
         let mut pf = self.pf.lock().unwrap_or_else(|e| e.into_inner());
-        let numvfs = pf.numvfs();
-        let id = u16::try_from(vf)
-            .ok()
-            .filter(|v| *v < numvfs)
-            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        let id = pf.vf_index(vf)?;
         let old = pf.vf_client_path(id).map(Path::to_path_buf);
         if old == path {
             return Ok(());

@@ -209,21 +209,7 @@ fn query_pf_and_ctl_show_describe_the_uplink() {
 #[test]
 fn ctl_show_json_stats_fdb_and_events() {
     let emu = Emu::start(&["--vfs", "2"]);
-    let ctl = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("ctl")
-            .arg("--socket-dir")
-            .arg(emu.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ctl = |args: &[&str]| emu.ctl(args);
     assert!(ctl(&[
         "vf",
         "1",

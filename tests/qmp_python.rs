@@ -11,31 +11,9 @@ use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The venv's python if it can `import qemu.qmp`, else what is missing.
-fn qmp_python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("SRIOV_QMP_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qmp-venv"));
-    let p = venv.join("bin/python");
-    let ok = Command::new(&p)
-        .args(["-c", "import qemu.qmp"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Ok(p)
-    } else {
-        Err(format!(
-            "the Python qemu.qmp client is not installed in {} (`{} -c 'import qemu.qmp'` fails; \
-             SRIOV_QMP_VENV names another venv)",
-            venv.display(),
-            p.display()
-        ))
-    }
-}
-
 #[test]
 fn python_qemu_qmp_client_works_unchanged() {
-    let python = match qmp_python() {
+    let python = match venv_python("qemu.qmp") {
         Ok(python) => python,
         Err(missing) => {
             skip::skip_or_fail("python_qemu_qmp_client_works_unchanged", &missing);

@@ -395,43 +395,6 @@ fn get(addr: SocketAddr, path: &str) -> (String, BTreeMap<String, String>, Strin
     )
 }
 
-fn ctl(emu: &Emu, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket-dir")
-        .arg(emu.path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The test venv's python, if it has `prometheus_client`, else what is missing.
-fn prometheus_python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("SRIOV_QMP_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qmp-venv"));
-    let p = venv.join("bin/python");
-    let ok = Command::new(&p)
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Ok(p)
-    } else {
-        Err(format!(
-            "the Python prometheus_client parser is not installed in {} (SRIOV_QMP_VENV names \
-             another venv)",
-            venv.display()
-        ))
-    }
-}
-
 /// The samples of an OpenMetrics text as `prometheus_client`'s OpenMetrics parser reads it
 /// (it refuses text that breaks the format): `name{label="v",...}` -> value.
 fn parse_with_prometheus_client(python: &Path, text: &str) -> BTreeMap<String, f64> {
@@ -531,11 +494,11 @@ fn the_metrics_endpoint_serves_what_ctl_stats_says() {
         "{body}"
     );
     // The same text as `ctl stats --format openmetrics`, byte for byte.
-    assert_eq!(body, ctl(&emu, &["stats", "--format", "openmetrics"]));
+    assert_eq!(body, emu.ctl(&["stats", "--format", "openmetrics"]));
 
     // Every counter of `ctl stats -j`, with its value, as a Prometheus parser reads the text.
-    let stats: Value = serde_json::from_str(&ctl(&emu, &["stats", "-j"])).unwrap();
-    match prometheus_python() {
+    let stats: Value = serde_json::from_str(&emu.ctl(&["stats", "-j"])).unwrap();
+    match venv_python("prometheus_client.openmetrics.parser") {
         Ok(python) => {
             let samples = parse_with_prometheus_client(&python, &body);
             let mut n = 0;

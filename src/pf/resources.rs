@@ -122,6 +122,15 @@ impl Pf {
         Ok(())
     }
 
+    /// VF `vf`'s index, if it exists; else the error that says how many there are.
+    pub fn vf_index(&self, vf: u32) -> Result<u16, PfError> {
+        let numvfs = self.numvfs();
+        u16::try_from(vf)
+            .ok()
+            .filter(|v| *v < numvfs)
+            .ok_or(PfError::NoSuchVf { vf, numvfs })
+    }
+
     /// Channels of VF `vf`, if it exists.
     pub fn vf_channels(&self, vf: u16) -> Option<u16> {
         self.vf_channels.get(usize::from(vf)).copied()

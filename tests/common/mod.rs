@@ -12,7 +12,7 @@ use sriov_emu::frontend::{FrontendConfig, VirtioNetFrontend};
 use sriov_emu::pf::{default_vf_mac, PfConfig};
 use sriov_emu::rss::FlowTuple;
 use sriov_emu::wire::MacAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Starts an emulator in this process with its sockets in `dir`.
@@ -321,6 +321,23 @@ impl Emu {
         std::fs::read_to_string(self.path().join("emulator.log")).unwrap_or_default()
     }
 
+    /// What `sriov-emu ctl --socket-dir DIR ARGS...` prints; panics with its stderr if it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sriov-emu"))
+            .arg("ctl")
+            .arg("--socket-dir")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// The emulator's resident memory, KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         vm_rss_kib(self.child.id())
@@ -355,5 +372,28 @@ impl Drop for Emu {
         // SAFETY: kill(2) on our own child's PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+    }
+}
+
+/// The python of the test venv (target/qmp-venv, which scripts/setup makes; SRIOV_QMP_VENV
+/// names another) if it can `import module`, else what is missing.
+pub fn venv_python(module: &str) -> Result<PathBuf, String> {
+    let venv = std::env::var_os("SRIOV_QMP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qmp-venv"));
+    let p = venv.join("bin/python");
+    let ok = std::process::Command::new(&p)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(p)
+    } else {
+        Err(format!(
+            "the Python module {module} is not installed in {} (`{} -c 'import {module}'` fails; \
+             ./scripts/setup installs it; SRIOV_QMP_VENV names another venv)",
+            venv.display(),
+            p.display()
+        ))
     }
 }
