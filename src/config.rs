@@ -249,13 +249,8 @@ impl ConfigFile {
             if let Some(c) = channels {
                 d.set_vf_channels(index, c).map_err(apply)?;
             }
-            let client = v.knobs.client_path().map_err(|e| ConfigError::VfCheck {
-                index,
-                source: e.into(),
-            })?;
-            if let Some(path) = client {
-                d.set_vf_client_path(index, path).map_err(apply)?;
-            }
+            // `client_path` is not applied here: it is in the PF's configuration from the
+            // start (`vf_client_paths`), so the VF never listens on a socket of its own first.
             let update = &v.knobs.settings;
             if *update != SettingsUpdate::default() {
                 d.vf_set(index, update).map_err(apply)?;

@@ -13,8 +13,8 @@ use crate::port::Waker;
 use crate::switch::{PortId, Switch};
 use crate::uplink::{Uplink, UplinkError, UplinkSpec};
 use crate::vf::{
-    port_event_data, ControlLoop, LinkState, LoopError, Port, PortServer, PortTable, ServerError,
-    ServerHandle, SettingsError, SettingsUpdate, VfSettings,
+    port_event_data, remove_own_socket, ControlLoop, LinkState, LoopError, Port, PortServer,
+    PortTable, ServerError, ServerHandle, SettingsError, SettingsUpdate, VfSettings,
 };
 use crate::wire::MacAddr;
 use std::collections::HashMap;
@@ -369,11 +369,9 @@ impl Daemon {
                 Err(e) => {
                     // Dropping an unstarted server closes its listener; remove its socket.
                     for s in bound {
-                        let spec = s.port().spec.clone();
+                        let port = s.port().clone();
                         drop(s);
-                        if !spec.client {
-                            let _ = std::fs::remove_file(spec.socket);
-                        }
+                        remove_own_socket(&port.spec);
                     }
                     return Err(e.into());
                 }
@@ -456,18 +454,33 @@ impl Daemon {
         }
         let old = pf.vf_channels(id).unwrap_or(0);
         pf.set_vf_channels(vf, channels)?;
+        // Its counters start again with the new queue layout.
+        self.remake_vf_port(&mut pf, id, |pf| {
+            let _ = pf.set_vf_channels(vf, u32::from(old));
+        })
+    }
+
+    /// Makes VF `id`'s port anew from `pf`'s description of it, after a change of its
+    /// channels or socket; the VF keeps its knobs. If the new port cannot be made, `undo`
+    /// puts `pf` back and the port is made again as it was (if that fails too, the VF has no
+    /// port until the next numvfs change).
+    fn remake_vf_port(
+        &self,
+        pf: &mut Pf,
+        id: u16,
+        undo: impl FnOnce(&mut Pf),
+    ) -> Result<(), DaemonError> {
         let old_port = self.table.get(pf::vf_port_id(id));
         self.remove_ports([pf::vf_port_id(id)]);
-        let spec = pf.vf_spec(id).into_iter().collect();
-        if let Err(e) = self.add_ports(spec) {
-            let _ = pf.set_vf_channels(vf, u32::from(old));
-            return Err(e);
+        let result = self.add_ports(pf.vf_spec(id).into_iter().collect());
+        if result.is_err() {
+            undo(pf);
+            let _ = self.add_ports(pf.vf_spec(id).into_iter().collect());
         }
-        // The VF keeps its knobs; its counters start again with the new queue layout.
         if let (Some(old_port), Some(new_port)) = (old_port, self.table.get(pf::vf_port_id(id))) {
             new_port.inherit_config(&old_port);
         }
-        Ok(())
+        result
     }
 
     /// Makes VF `vf` connect to `path` (client mode: QEMU serves it) or, with None, listen on
@@ -480,21 +493,9 @@ impl Daemon {
             return Ok(());
         }
         pf.set_vf_client_path(vf, path)?;
-        let old_port = self.table.get(pf::vf_port_id(id));
-        self.remove_ports([pf::vf_port_id(id)]);
-        let spec = pf.vf_spec(id).into_iter().collect();
-        let result = self.add_ports(spec);
-        if result.is_err() {
-            // Back to the socket it had (if that cannot be bound again either, the VF has no
-            // port until the next numvfs change, as after a failed channel change).
+        self.remake_vf_port(&mut pf, id, |pf| {
             let _ = pf.set_vf_client_path(vf, old);
-            let spec = pf.vf_spec(id).into_iter().collect();
-            let _ = self.add_ports(spec);
-        }
-        if let (Some(old_port), Some(new_port)) = (old_port, self.table.get(pf::vf_port_id(id))) {
-            new_port.inherit_config(&old_port);
-        }
-        result?;
+        })?;
         tracing::info!(vf = id, client = ?pf.vf_client_path(id), "VF socket changed");
         Ok(())
     }

@@ -103,11 +103,7 @@ impl Pf {
     /// Changes VF `vf`'s channel count; the difference comes from (or goes back to) the pool.
     /// The caller makes sure the VF is detached.
     pub fn set_vf_channels(&mut self, vf: u32, channels: u32) -> Result<(), PfError> {
-        let numvfs = self.numvfs();
-        let slot = usize::try_from(vf)
-            .ok()
-            .filter(|i| *i < usize::from(numvfs))
-            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        let slot = usize::from(self.vf_index(vf)?);
         let new = u16::try_from(channels)
             .ok()
             .filter(|c| (1..=MAX_CHANNELS_PER_VF).contains(c))
@@ -138,11 +134,7 @@ impl Pf {
 
     /// Makes VF `vf` connect to `path` (client mode), or listen on its own socket (None).
     pub fn set_vf_client_path(&mut self, vf: u32, path: Option<PathBuf>) -> Result<(), PfError> {
-        let numvfs = self.numvfs();
-        let slot = usize::try_from(vf)
-            .ok()
-            .filter(|i| *i < usize::from(numvfs))
-            .ok_or(PfError::NoSuchVf { vf, numvfs })?;
+        let slot = usize::from(self.vf_index(vf)?);
         self.vf_client[slot] = path;
         Ok(())
     }

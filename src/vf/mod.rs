@@ -43,7 +43,7 @@ pub use io::{VhostIo, VhostRx};
 pub use knobs::{Knob, KnobError, KnobValues, KNOBS};
 pub use port::{port_event_data, Connection, Port, RssGuard};
 pub use port_socket::PortServer;
-pub use server::{ServerError, ServerHandle};
+pub use server::{remove_own_socket, ServerError, ServerHandle};
 pub use settings::{
     LinkState, SettingsError, SettingsUpdate, VfSettings, VlanProto, MAX_QOS, MAX_RATE_MBPS,
     MAX_VLAN,

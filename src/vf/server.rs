@@ -7,6 +7,7 @@ use super::port::Port;
 use super::port_socket::{stop_rings, Endpoint, PortServer, PortShared};
 use crate::events::EventBus;
 use crate::ownership::{OwnershipError, SocketOwner};
+use crate::pf::PortSpec;
 use crate::port::Waker;
 use crate::switch::Switch;
 use std::os::unix::net::UnixStream;
@@ -79,9 +80,14 @@ impl ServerHandle {
         stop_rings(&self.port);
         self.shared.shutdown_session();
         self.control.remove(self.key);
-        if !self.port.spec.client {
-            let _ = std::fs::remove_file(&self.port.spec.socket);
-        }
+        remove_own_socket(&self.port.spec);
+    }
+}
+
+/// Removes a port's socket file if it is the port's own (in client mode it is QEMU's).
+pub fn remove_own_socket(spec: &PortSpec) {
+    if !spec.client {
+        let _ = std::fs::remove_file(&spec.socket);
     }
 }
 
