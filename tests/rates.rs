@@ -39,12 +39,12 @@ fn sender_rings() -> FrontendConfig {
 }
 
 /// A sender that keeps its TX rings full (an offered load as high as the rings allow, far
-/// above any rate here), until `stop`. Returns the frames it queued.
+/// above any rate here), until `stop`. Returns the frames it queued, and the frontend.
 fn flood(
     mut fe: VirtioNetFrontend,
     frame: Vec<u8>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<u64> {
+) -> std::thread::JoinHandle<(u64, VirtioNetFrontend)> {
     std::thread::spawn(move || {
         let mut queued = 0u64;
         while !stop.load(Ordering::Relaxed) {
@@ -59,7 +59,7 @@ fn flood(
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
-        queued
+        (queued, fe)
     })
 }
 
@@ -121,7 +121,11 @@ fn shaped(rate: u32, len: usize, poll: bool) -> Shaped {
     let secs = begin.elapsed().as_secs_f64();
     let mbps = |bytes: u64| bytes as f64 * 8.0 / secs / 1e6;
     stop.store(true, Ordering::Relaxed);
-    assert!(tx.join().unwrap() > 0);
+    let (queued, a) = tx.join().unwrap();
+    assert!(queued > 0);
+    // Frames held back by the rate go back to the avail side, and come out in order.
+    assert_in_order(&[&a, &b]);
+    drop(a);
     // The sender is gone (its ring with it); what it had sent has reached vf1 by now.
     b.drain(Duration::from_millis(200));
     let out = Shaped {

@@ -230,9 +230,6 @@ impl<'a> RxFill<'a> {
         let size = self.ring.size();
         let mut nused = 0;
         let mut written = 0;
-        // Chains completed with length 0 because the guest posted them broken: once one is in
-        // the frame, the popped chains cannot be put back and are completed empty instead.
-        let mut poisoned = false;
         let result = loop {
             if written == need {
                 break Ok(());
@@ -254,11 +251,18 @@ impl<'a> RxFill<'a> {
                 .is_ok();
             let cap = segs.total();
             if !walk_ok || (nused == 0 && cap < hdr_len) || cap == 0 {
+                // Chains are completed in ring order (IN_ORDER): the ones this frame took
+                // before the broken one go back empty first, and the frame starts again in
+                // the next chain.
+                for &(h, _) in &rx.used[..nused] {
+                    self.push_used(h, 0);
+                }
+                nused = 0;
+                written = 0;
                 if head < size {
                     self.push_used(head, 0);
                 }
                 self.bad_buffers += 1;
-                poisoned = true;
                 continue;
             }
             if !self.mergeable && cap < need {
@@ -312,14 +316,9 @@ impl<'a> RxFill<'a> {
                 }
             }
             Err(e) => {
-                if poisoned {
-                    for &(head, _) in &rx.used[..nused] {
-                        self.push_used(head, 0);
-                    }
-                } else {
-                    // Put the chains back for the next frame.
-                    self.cur.next_avail = self.cur.next_avail.wrapping_sub(nused as u16);
-                }
+                // Put the chains back for the next frame: they are the last ones popped (any
+                // broken chain before them is completed already).
+                self.cur.next_avail = self.cur.next_avail.wrapping_sub(nused as u16);
                 Err(e)
             }
         }
@@ -547,6 +546,30 @@ mod tests {
             assert_eq!(used_elem(&rx, 0), (0, 64));
             assert_eq!(used_elem(&rx, 1), (1, (HDR + 100 - 64) as u32));
         });
+    }
+
+    #[test]
+    fn chains_are_completed_in_ring_order_around_a_broken_one() {
+        // IN_ORDER: the used ring lists the chains in the order they were made available, also
+        // when one in the middle of a frame is broken (its address is outside guest memory).
+        let rx = rx_queue(5, false);
+        let broken = SplitDescriptor::new(0x1000_0000, BUF_LEN, WRITE, 0);
+        rx.mem
+            .write_obj(RawDescriptor::from(broken), GuestAddress(DESC + 16))
+            .unwrap();
+        let f = frame(100, 5);
+        let (r, (next_avail, next_used, _)) = deliver(&rx, true, std::slice::from_ref(&f));
+        assert_eq!(r, vec![Ok(())]);
+        assert_eq!((next_avail, next_used), (4, 4));
+        let used: Vec<_> = (0..4).map(|i| used_elem(&rx, i)).collect();
+        assert_eq!(
+            used,
+            vec![(0, 0), (1, 0), (2, 64), (3, (HDR + 100 - 64) as u32)],
+            "chain 0 goes back empty before the broken chain 1; the frame is in 2 and 3"
+        );
+        let mut got = buffer(&rx, 2, 64)[HDR..].to_vec();
+        got.extend_from_slice(&buffer(&rx, 3, 100 - (64 - HDR)));
+        assert_eq!(got, f);
     }
 
     #[test]

@@ -494,6 +494,12 @@ impl VirtioNetFrontend {
         self.features
     }
 
+    /// Used elements, over every ring, that did not return the oldest chain still posted on
+    /// their ring: 0 when the device kept the order VIRTIO_F_IN_ORDER promises.
+    pub fn out_of_order_completions(&self) -> u64 {
+        self.rings.iter().map(DriverRing::out_of_order).sum()
+    }
+
     /// The virtio-net header length in use.
     pub fn hdr_len(&self) -> usize {
         self.hdr_len

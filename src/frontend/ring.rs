@@ -1,5 +1,6 @@
 //! The driver side of a split virtqueue, in the frontend's own memory.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -59,6 +60,11 @@ pub struct DriverRing {
     event_idx: bool,
     /// `avail_idx` at the last kick, for EVENT_IDX's kick suppression.
     kicked_at: u16,
+    /// Heads in the order they were made available, to check that the device uses them in
+    /// that order (what a driver that acked VIRTIO_F_IN_ORDER relies on).
+    posted: VecDeque<u16>,
+    /// Used elements whose head was not the oldest one posted.
+    out_of_order: u64,
 }
 
 /// A descriptor to add: guest address, length, device-writable.
@@ -118,7 +124,15 @@ impl DriverRing {
             last_used: 0,
             event_idx,
             kicked_at: 0,
+            posted: VecDeque::with_capacity(usize::from(layout.size)),
+            out_of_order: 0,
         }
+    }
+
+    /// Used elements so far whose head was not the oldest chain still posted: 0 for a device
+    /// that uses chains in ring order.
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
     }
 
     /// The head index the next `add` will use.
@@ -193,6 +207,7 @@ impl DriverRing {
     }
 
     fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        self.posted.push_back(head);
         let slot = self.layout.avail + 4 + 2 * u64::from(self.avail_idx % self.layout.size);
         let _ = mem.write_obj(head.to_le(), GuestAddress(slot));
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -261,6 +276,9 @@ impl DriverRing {
             GuestAddress(used_event),
             Ordering::Release,
         );
+        if u32::from(self.posted.pop_front().unwrap_or(u16::MAX)) != head {
+            self.out_of_order += 1;
+        }
         let head = u16::try_from(head).ok().filter(|h| *h < self.layout.size)?;
         self.free_chain(mem, head);
         Some(Used { head, len })

@@ -108,6 +108,23 @@ pub fn connect<H: Host + ?Sized>(host: &H, port: &str, cfg: FrontendConfig) -> V
     fe
 }
 
+/// Asserts that the frontends negotiated VIRTIO_F_IN_ORDER and that the emulator used every
+/// chain in the order it was posted, as a driver relying on it (DPDK's virtio PMD) expects.
+pub fn assert_in_order(fes: &[&VirtioNetFrontend]) {
+    for (i, fe) in fes.iter().enumerate() {
+        assert_ne!(
+            fe.features() & (1 << 35),
+            0,
+            "frontend {i}: VIRTIO_F_IN_ORDER not negotiated"
+        );
+        assert_eq!(
+            fe.out_of_order_completions(),
+            0,
+            "frontend {i}: chains used out of the order they were posted in"
+        );
+    }
+}
+
 pub fn pairs(queue_pairs: usize, enabled: usize) -> FrontendConfig {
     FrontendConfig {
         queue_pairs,
