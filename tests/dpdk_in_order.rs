@@ -12,7 +12,6 @@ mod common;
 
 use common::*;
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,14 +20,6 @@ const TESTPMD: &str = "dpdk-testpmd";
 const IN_FLIGHT: u64 = 64;
 /// How long the frames loop.
 const LOOP: Duration = Duration::from_secs(3);
-
-fn have(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            std::fs::metadata(d.join(prog)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
 
 /// One port's forward statistics as testpmd prints them at `stop`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -214,7 +205,7 @@ fn loop_frames(poll: bool) {
 }
 
 fn testpmd_or_skip(test: &str) -> bool {
-    if have(TESTPMD) {
+    if skip::have(TESTPMD) {
         return true;
     }
     skip::skip_or_fail(

@@ -64,7 +64,7 @@ fn scenario(test: &str, tools: &[(&str, &str)]) -> Option<std::sync::MutexGuard<
         .iter()
         .chain(tools)
     {
-        if !on_path(cmd) {
+        if !qemu::skip::have(cmd) {
             qemu::skip::skip_or_fail(
                 test,
                 &format!("the `{cmd}` command is missing (Debian package {package})"),
@@ -75,13 +75,6 @@ fn scenario(test: &str, tools: &[(&str, &str)]) -> Option<std::sync::MutexGuard<
     let serial = one_at_a_time();
     qemu::guest_image().expect("guest image");
     Some(serial)
-}
-
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join(cmd).is_file())
 }
 
 /// A guest on `emu`'s VF `vf` that runs `cmd` (if any) under fixtures/guest/serve.sh and then

@@ -119,15 +119,6 @@ fn connect_as(gid: u32, sock: &Path) -> Result<(), String> {
     }
 }
 
-/// Whether `prog` is an executable on PATH.
-fn have(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            std::fs::metadata(d.join(prog)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
 fn wait_detached(emu: &Emu, vf: usize) {
     wait_for("the frontend detached", || {
         emu.control().execute("query-vfs", json!({})).unwrap()[vf]["attached"] == json!(false)
@@ -162,7 +153,7 @@ fn port_sockets_get_the_group_and_mode_whenever_they_are_made() {
 
     // A process of the group can connect (a unix socket needs write permission), one outside
     // it cannot: the libvirt case (QEMU as libvirt-qemu, group kvm).
-    if !have("socat") || !have("setpriv") {
+    if !skip::have("socat") || !skip::have("setpriv") {
         skip::skip_or_fail(
             "port_sockets_get_the_group_and_mode_whenever_they_are_made",
             "socat or setpriv (util-linux) is not installed",
@@ -523,7 +514,7 @@ fn the_metrics_endpoint_serves_what_ctl_stats_says() {
     }
 
     // curl, as an operator would check it.
-    if have("curl") {
+    if skip::have("curl") {
         let out = Command::new("curl")
             .args(["-sS", "--fail", "-D", "-", "--max-time", "10"])
             .arg(format!("http://{addr}/metrics"))
@@ -904,7 +895,7 @@ fn completions_and_man_pages_name_every_subcommand() {
             "fish: {path:?}"
         );
     }
-    if have("bash") {
+    if skip::have("bash") {
         let st = Command::new("bash")
             .args(["-n", "-c", &bash])
             .status()

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 
 /// The environment variable that turns "missing, so fail" into "missing, so skip".
 pub const SKIP_ENV: &str = "SRIOV_SKIP_QEMU";
@@ -52,4 +53,16 @@ pub fn skip_or_fail(test: &str, missing: &str) {
         }
         Err(message) => panic!("{message}"),
     }
+}
+
+/// Whether `prog` is an executable file in a directory of PATH, or of /usr/sbin or /sbin (not
+/// always on a test's PATH).
+pub fn have(prog: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| {
+            std::fs::metadata(d.join(prog))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
