@@ -781,7 +781,8 @@ fn capture_info(id: u32, s: &CaptureSession) -> CaptureInfo {
     }
 }
 
-/// Follows the uplink's carrier (every 100 ms) and sends its keepalives (every second). On a
+/// Follows the uplink's carrier (every 100 ms) and sends its keepalives (every second, or a
+/// third of the peer timeout: `Carrier::keepalive_interval`). On a
 /// change every port re-reads its edge policy, and the VFs with link state `auto` follow: down,
 /// their frontends are disconnected and refused (QEMU shows the guest NO-CARRIER); up, they
 /// are accepted again (QEMU reconnects).
@@ -793,13 +794,17 @@ fn watch_carrier(
     servers: &Mutex<HashMap<PortId, ServerHandle>>,
     stop: &AtomicBool,
 ) {
+    const TICK: Duration = Duration::from_millis(100);
+    let keepalive_ticks = up
+        .keepalive_interval(TICK)
+        .map(|d| (d.as_millis() / TICK.as_millis()).max(1) as u64);
     let mut tick = 0u64;
     while !stop.load(Ordering::Acquire) {
-        if tick.is_multiple_of(10) {
+        if keepalive_ticks.is_some_and(|k| tick.is_multiple_of(k)) {
             up.send_keepalives();
         }
         tick += 1;
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(TICK);
         let Some(now) = up.check_carrier(carrier) else {
             continue;
         };

@@ -345,7 +345,7 @@ struct RunArgs {
     /// VXLAN (RFC 7348) to other sriov-emu instances or Linux vxlan devices (IPv6 in
     /// brackets); floods go to every remote; carrier always (`on`, the default), or while a
     /// remote was heard from within peer-timeout-ms (`peer`, default 3000; sriov-emu peers
-    /// send keepalives every second). `offload=on` (the default) sends runs of frames to one
+    /// send keepalives every second, or three per timeout if it is shorter). `offload=on` (the default) sends runs of frames to one
     /// remote as UDP GSO messages and receives UDP GRO trains; `off` makes every datagram its
     /// own send and receive (an underlay capture then shows no 64 KiB trains). VFs with link
     /// state `auto` follow the carrier; without an uplink they are up.

@@ -275,8 +275,16 @@ impl Uplink {
         }
     }
 
-    /// With `carrier=peer`, tells every remote we are alive (one datagram each; called about
-    /// once a second). Nothing otherwise.
+    /// How often to send keepalives (`Carrier::keepalive_interval`); `None` without them.
+    pub fn keepalive_interval(&self, min: std::time::Duration) -> Option<std::time::Duration> {
+        match &self.wire {
+            Wire::Vxlan(v) => v.carrier.keepalive_interval(min),
+            Wire::Tap(_) => None,
+        }
+    }
+
+    /// With `carrier=peer`, tells every remote we are alive (one datagram each; called every
+    /// `keepalive_interval`). Nothing otherwise.
     pub fn send_keepalives(&self) {
         let Wire::Vxlan(v) = &self.wire else {
             return;

@@ -82,6 +82,19 @@ pub enum Carrier {
     Peer { timeout: Duration },
 }
 
+impl Carrier {
+    /// How often an emulator with this carrier sends its remotes keepalives: every second, or
+    /// a third of the peer timeout when that is shorter (never under `min`, the carrier
+    /// watcher's period), so that a peer counts as gone after about three missed keepalives,
+    /// not when one comes a little late. `None` with `carrier=on` (no keepalives).
+    pub fn keepalive_interval(&self, min: Duration) -> Option<Duration> {
+        match self {
+            Carrier::AlwaysOn => None,
+            Carrier::Peer { timeout } => Some((*timeout / 3).min(Duration::from_secs(1)).max(min)),
+        }
+    }
+}
+
 /// Why an `--uplink` value is refused. Each message names the fault and shows the syntax.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {

@@ -466,3 +466,25 @@ fn serde_uses_the_string_form() {
         "\"tap:t0,queues=2\""
     );
 }
+
+#[test]
+fn keepalives_go_three_times_per_peer_timeout_at_most_once_a_second() {
+    let tick = Duration::from_millis(100);
+    let peer = |ms| Carrier::Peer {
+        timeout: Duration::from_millis(ms),
+    };
+    assert_eq!(Carrier::AlwaysOn.keepalive_interval(tick), None);
+    assert_eq!(
+        peer(3000).keepalive_interval(tick),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        peer(60_000).keepalive_interval(tick),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        peer(1000).keepalive_interval(tick),
+        Some(Duration::from_nanos(333_333_333))
+    );
+    assert_eq!(peer(250).keepalive_interval(tick), Some(tick));
+}
