@@ -113,7 +113,7 @@ pub fn connect<H: Host + ?Sized>(host: &H, port: &str, cfg: FrontendConfig) -> V
 pub fn assert_in_order(fes: &[&VirtioNetFrontend]) {
     for (i, fe) in fes.iter().enumerate() {
         assert_ne!(
-            fe.features() & (1 << 35),
+            fe.features() & (1 << virtio_bindings::bindings::virtio_config::VIRTIO_F_IN_ORDER),
             0,
             "frontend {i}: VIRTIO_F_IN_ORDER not negotiated"
         );
